@@ -1,0 +1,3 @@
+//! The HTTPS API (axum).
+//!
+//! SKELETON.

@@ -1,0 +1,174 @@
+//! The command line. Exit codes: 0 success, 1 failure, 2 bad usage (clap's own).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "drawbridge", version, about = "Short-lived SSH certificate authority and bastion")]
+pub struct Cli {
+    /// Configuration file; without it, the embedded default (relative to the working directory).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS API and the SSH bastion; creates ca/ keys on first start.
+    Serve(ServeArgs),
+    /// Manage the CA key files.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Manage local password users (argon2id, in the users file outside Git).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Check, test, explain and diff policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Run only the SSH bastion: it needs no CA private key.
+    #[arg(long, conflicts_with = "api_only")]
+    pub bastion_only: bool,
+    /// Run only the HTTPS API.
+    #[arg(long)]
+    pub api_only: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the user CA, host CA, bastion host key, token key and TLS certificate.
+    Init {
+        /// Key folder (default: paths.ca of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Sign a host public key with the host CA and print the certificate line.
+    SignHost {
+        /// The host's name (its first principal).
+        #[arg(long)]
+        name: String,
+        /// More names or addresses the host answers to (repeatable).
+        #[arg(long = "principal", value_name = "NAME")]
+        principals: Vec<String>,
+        /// Validity, e.g. "52w" (default 52 weeks).
+        #[arg(long, default_value = "52w")]
+        validity: String,
+        /// Key folder (default: paths.ca of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Write the certificate to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// The host's public key file.
+        key: PathBuf,
+    },
+    /// Make a new user CA that signs from now on; the old one stays trusted.
+    Rotate {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a password user, or change their password.
+    Add {
+        name: String,
+        /// Read the password from standard input (first line) instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy folder and print every error.
+    Check { dir: Option<PathBuf> },
+    /// Run the cases in DIR/tests/*.toml.
+    Test { dir: Option<PathBuf> },
+    /// Explain the decision for USER reaching HOST as LOGIN.
+    Explain {
+        user: String,
+        host: String,
+        login: String,
+        /// Groups an identity provider asserts for the user.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Evaluate at this time (RFC 3339), default now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Policy folder (default: paths.policies of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Access gained and lost between two Git revisions.
+    Diff {
+        rev_a: String,
+        rev_b: String,
+        dir: Option<PathBuf>,
+    },
+    /// AuthorizedPrincipalsFile contents for HOST, per login.
+    Principals {
+        host: String,
+        /// Write one file per login into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Policy folder (default: paths.policies of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 1 naming the first bad record.
+    Verify { file: PathBuf },
+}
+
+/// Entry point for `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drawbridge: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => crate::serve::run(config, args),
+        Command::Ca(cmd) => crate::issuer::cmd::run(&config, cmd),
+        Command::User(cmd) => crate::identity::cmd::run(&config, cmd),
+        Command::Policy(cmd) => crate::policy::cmd::run(&config, cmd),
+        Command::Audit(cmd) => crate::audit::cmd::run(&config, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drawbridge: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DRAWBRIDGE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,russh=warn,hyper=warn,rustls=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

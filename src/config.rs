@@ -1,0 +1,416 @@
+//! `drawbridge.toml`: every key optional, unknown keys are errors, paths are
+//! relative to the file's folder (to the working directory for the embedded default).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::util::serde_duration;
+
+/// What went wrong reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub ssh: SshConfig,
+    pub paths: PathsConfig,
+    pub certs: CertsConfig,
+    pub login: LoginConfig,
+    pub audit: AuditConfig,
+    pub oidc: Vec<OidcConfig>,
+    /// The folder relative paths are resolved against (not a config key).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// `false` only behind a TLS-terminating proxy on loopback.
+    pub tls: bool,
+    /// Time allowed for the TLS handshake and the request headers (slowloris).
+    #[serde(with = "serde_duration")]
+    pub header_timeout: Duration,
+    /// Time allowed for a whole request, body and handler included.
+    #[serde(with = "serde_duration")]
+    pub request_timeout: Duration,
+    /// Open HTTP connections at most; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    pub listen: SocketAddr,
+    /// Principals of the bastion's host certificate.
+    pub host_names: Vec<String>,
+    #[serde(with = "serde_duration")]
+    pub idle_timeout: Duration,
+    pub max_connections_per_user: usize,
+    pub disconnect_on_cert_expiry: bool,
+    /// Time from TCP accept to a successful authentication (sshd's LoginGraceTime).
+    #[serde(with = "serde_duration")]
+    pub login_grace_time: Duration,
+    /// Connections not yet authenticated, in all (sshd's MaxStartups).
+    pub max_unauthenticated: usize,
+    /// Connections not yet authenticated, per source address.
+    pub max_unauthenticated_per_source: usize,
+    /// Authentication attempts per connection (sshd's MaxAuthTries).
+    pub max_auth_attempts: usize,
+    /// Channels open at once on one connection.
+    pub max_channels_per_connection: usize,
+    /// Time allowed to dial a DMZ host.
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// On SIGTERM, how long open forwards may go on before they are cut.
+    #[serde(with = "serde_duration")]
+    pub shutdown_grace: Duration,
+    /// Cipher preference, e.g. `["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]`.
+    /// Empty means drawbridge's default list.
+    pub ciphers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub ca: PathBuf,
+    pub policies: PathBuf,
+    pub audit: PathBuf,
+    pub users: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsConfig {
+    #[serde(with = "serde_duration")]
+    pub default_ttl: Duration,
+    #[serde(with = "serde_duration")]
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// Lifetime of a token from `POST /v1/login`.
+    #[serde(with = "serde_duration")]
+    pub token_ttl: Duration,
+    /// Failed password attempts allowed per user and per client address in `window`.
+    pub max_failures: u32,
+    #[serde(with = "serde_duration")]
+    pub window: Duration,
+    /// Password hashes computed at once; more wait in a queue of `hash_queue`, then get 429.
+    pub hash_workers: usize,
+    pub hash_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Names this replica in every record (several replicas, one chain each).
+    pub replica: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// A file (relative to the config) or an `https://` URL, fetched and cached.
+    pub jwks: String,
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+fn default_user_claim() -> String {
+    "email".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8443).into(),
+            tls: true,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 2222).into(),
+            host_names: vec!["localhost".into(), "127.0.0.1".into()],
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_connections_per_user: 20,
+            disconnect_on_cert_expiry: false,
+            login_grace_time: Duration::from_secs(30),
+            max_unauthenticated: 256,
+            max_unauthenticated_per_source: 64,
+            max_auth_attempts: 6,
+            max_channels_per_connection: 10,
+            connect_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            ciphers: Vec::new(),
+        }
+    }
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            ca: "ca".into(),
+            policies: "policies".into(),
+            audit: "var/audit.log".into(),
+            users: "ca/users.toml".into(),
+        }
+    }
+}
+
+impl Default for CertsConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(5 * 60),
+            max_ttl: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(15 * 60),
+            max_failures: 5,
+            window: Duration::from_secs(5 * 60),
+            hash_workers: 2,
+            hash_queue: 32,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            replica: "drawbridge-1".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api: ApiConfig::default(),
+            ssh: SshConfig::default(),
+            paths: PathsConfig::default(),
+            certs: CertsConfig::default(),
+            login: LoginConfig::default(),
+            audit: AuditConfig::default(),
+            oidc: Vec::new(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or returns the embedded default (relative to the working
+    /// directory) when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text. Errors carry line and column.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!("{line}:{col}: ")
+                })
+                .unwrap_or_default();
+            format!("{at}{}", e.message())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.certs.default_ttl > self.certs.max_ttl {
+            return Err(format!(
+                "certs.default_ttl ({}) is above certs.max_ttl ({})",
+                crate::util::format_duration(self.certs.default_ttl),
+                crate::util::format_duration(self.certs.max_ttl)
+            ));
+        }
+        if self.certs.default_ttl.is_zero() {
+            return Err("certs.default_ttl must be above zero".into());
+        }
+        if self.ssh.host_names.is_empty() {
+            return Err("ssh.host_names must name at least one host name or address".into());
+        }
+        if !self.api.tls && !self.api.listen.ip().is_loopback() {
+            return Err(format!(
+                "api.tls = false is allowed only on a loopback address (behind a TLS proxy); listen is {}",
+                self.api.listen
+            ));
+        }
+        for (what, n) in [
+            ("ssh.max_connections_per_user", self.ssh.max_connections_per_user),
+            ("ssh.max_unauthenticated", self.ssh.max_unauthenticated),
+            ("ssh.max_unauthenticated_per_source", self.ssh.max_unauthenticated_per_source),
+            ("ssh.max_auth_attempts", self.ssh.max_auth_attempts),
+            ("ssh.max_channels_per_connection", self.ssh.max_channels_per_connection),
+            ("login.hash_workers", self.login.hash_workers),
+            ("api.max_connections", self.api.max_connections),
+        ] {
+            if n == 0 {
+                return Err(format!("{what} must be at least 1"));
+            }
+        }
+        for (i, o) in self.oidc.iter().enumerate() {
+            if o.issuer.is_empty() || o.audience.is_empty() || o.jwks.is_empty() {
+                return Err(format!("oidc[{i}]: issuer, audience and jwks must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a configured path against the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.resolve(&self.paths.ca)
+    }
+    pub fn policies_dir(&self) -> PathBuf {
+        self.resolve(&self.paths.policies)
+    }
+    pub fn audit_path(&self) -> PathBuf {
+        self.resolve(&self.paths.audit)
+    }
+    pub fn users_path(&self) -> PathBuf {
+        self.resolve(&self.paths.users)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.certs.default_ttl, Duration::from_secs(300));
+        assert!(c.api.tls);
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = Config::parse(
+            r#"
+[api]
+listen = "127.0.0.1:8443"
+tls    = true
+[ssh]
+listen     = "127.0.0.1:2222"
+host_names = ["bastion.example.org", "localhost", "127.0.0.1"]
+idle_timeout = "15m"
+max_connections_per_user = 20
+disconnect_on_cert_expiry = false
+[paths]
+ca = "ca"
+policies = "policies"
+audit = "var/audit.log"
+users = "ca/users.toml"
+[certs]
+default_ttl = "5m"
+max_ttl     = "1h"
+[[oidc]]
+issuer       = "https://idp.example.org"
+audience     = "drawbridge"
+jwks         = "ca/idp-jwks.json"
+user_claim   = "email"
+groups_claim = "groups"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.oidc.len(), 1);
+        assert_eq!(c.ssh.idle_timeout, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let e = Config::parse("[ssh]\nlisten = \"127.0.0.1:2222\"\nidle_timout = \"1m\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("3:1: "), "{e}");
+        assert!(e.contains("idle_timout"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::parse("[certs]\ndefault_ttl = \"2h\"\n").is_err());
+        assert!(Config::parse("[certs]\nmax_ttl = \"often\"\n").is_err());
+        assert!(Config::parse("[api]\ntls = false\nlisten = \"0.0.0.0:8443\"\n").is_err());
+        assert!(Config::parse("[api]\ntls = false\n").is_ok());
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+    }
+}

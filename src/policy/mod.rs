@@ -1,0 +1,125 @@
+//! The access model: who may reach which DMZ host as which login.
+//!
+//! Policy lives in Git as TOML (`DESIGN.md`, Policy files). [`Policy::load`] reads and
+//! validates a folder; evaluation ([`Policy::decide`] and friends) is pure: no I/O, no
+//! clock (the time is a parameter). [`watch::PolicyStore`] holds the current policy for
+//! `serve` and swaps it atomically on a valid reload.
+//!
+//! SKELETON: the public API below is the contract the issuer and the bastion code against.
+//! The policy work fills in the bodies; it may add to the API but not change these shapes.
+
+pub mod cmd;
+pub mod model;
+pub mod watch;
+
+pub use model::*;
+
+use std::path::Path;
+use std::time::SystemTime;
+
+/// Every error found while loading a policy folder (all of them, not only the first).
+#[derive(Debug, Clone)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+/// One policy error: `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+impl std::fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// A question to the policy.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    /// The identity (a certificate's key id, a login name, an OIDC user claim).
+    pub user: &'a str,
+    /// Groups asserted by a trusted identity provider, on top of the policy's own.
+    pub extra_groups: &'a [String],
+    /// An inventory host name.
+    pub host: &'a str,
+    /// The login on the host; `None` for the bastion, which cannot see the login.
+    pub login: Option<&'a str>,
+    /// Only these principals count (a certificate's principals); `None` = all held.
+    pub within: Option<&'a [String]>,
+    pub now: SystemTime,
+}
+
+/// How a user holds a principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// `[users.NAME] principals`.
+    User,
+    /// A group that lists the user (or that an identity provider asserted).
+    Group(String),
+    /// A `[[temporary]]` grant, until its expiry.
+    Temporary { until: SystemTime, reason: String },
+}
+
+/// A principal held by a user, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub principal: String,
+    pub via: Via,
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow { grant: Grant },
+    Deny { reason: String },
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+}
+
+impl Policy {
+    /// Reads and validates every `*.toml` under `dir` except `dir/tests/`.
+    pub fn load(dir: &Path) -> Result<Policy, LoadErrors> {
+        let _ = dir;
+        todo!("policy loading")
+    }
+
+    /// The principals `user` holds at `now` (policy groups plus `extra_groups`).
+    pub fn held(&self, user: &str, extra_groups: &[String], now: SystemTime) -> Vec<Grant> {
+        let _ = (user, extra_groups, now);
+        todo!()
+    }
+
+    /// Allow with the deciding grant, or deny with a reason a person can act on.
+    pub fn decide(&self, q: &Query<'_>) -> Decision {
+        let _ = q;
+        todo!()
+    }
+
+    /// Whether a certificate is revoked by serial or key id; the matching entry.
+    pub fn revoked(&self, serial: u64, key_id: &str) -> Option<&Revoked> {
+        self.revoked
+            .iter()
+            .find(|r| r.serial == Some(serial) || r.key_id.as_deref() == Some(key_id))
+    }
+}

@@ -1,0 +1,105 @@
+//! The validated policy. Everything here is plain data: built by the loader, read by
+//! evaluation.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+/// Where a definition stands in the policy folder (for messages).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A loaded, validated policy folder.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Git commit of the folder when it is a Git work tree (with `+dirty` when it has
+    /// uncommitted changes), else `sha256:<hash of the files>`.
+    pub version: String,
+    pub hosts: BTreeMap<String, Host>,
+    pub principals: BTreeMap<String, Principal>,
+    pub groups: BTreeMap<String, Group>,
+    pub users: BTreeMap<String, User>,
+    pub temporary: Vec<Temporary>,
+    pub revoked: Vec<Revoked>,
+}
+
+/// An inventory entry: the bastion forwards to nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    /// Host name or IP address as written (IPv6 without brackets).
+    pub address: String,
+    pub port: u16,
+    pub labels: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+/// Which hosts a principal grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSelector {
+    /// `"*"`: every inventory host.
+    All,
+    /// A list of inventory host names.
+    Names(Vec<String>),
+    /// A label selector: every label must match.
+    Labels(BTreeMap<String, String>),
+}
+
+/// A role: a set of hosts and a set of logins on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub hosts: HostSelector,
+    pub logins: Vec<String>,
+    pub max_ttl: Option<Duration>,
+    /// Certificate extensions; default `["permit-pty"]`.
+    pub extensions: Vec<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<String>,
+    pub principals: Vec<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub principals: Vec<String>,
+    /// Becomes the certificate's `source-address` critical option when not empty.
+    pub source: Vec<IpNet>,
+    pub origin: Origin,
+}
+
+/// A break-glass grant that ends by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Temporary {
+    pub user: String,
+    pub principal: String,
+    pub until: SystemTime,
+    pub reason: String,
+    pub origin: Origin,
+}
+
+/// A revocation: by serial, by key id, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub serial: Option<u64>,
+    pub key_id: Option<String>,
+    pub reason: Option<String>,
+    pub origin: Origin,
+}
