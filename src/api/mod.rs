@@ -4,5 +4,6 @@
 //! read, so an anonymous request with a bad body gets 401, not 400 or 413.
 
 pub mod error;
+pub mod metrics;
 pub mod request;
 pub mod server;
