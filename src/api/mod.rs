@@ -7,3 +7,4 @@ pub mod error;
 pub mod metrics;
 pub mod request;
 pub mod server;
+pub mod ssh_config;
