@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "drawbridge", version, about = "Short-lived SSH certificate authority and bastion")]
+#[command(
+    name = "drawbridge",
+    version,
+    about = "Short-lived SSH certificate authority and bastion"
+)]
 pub struct Cli {
     /// Configuration file; without it, the embedded default (relative to the working directory).
     #[arg(long, global = true, value_name = "FILE")]

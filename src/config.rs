@@ -293,11 +293,20 @@ impl Config {
             ));
         }
         for (what, n) in [
-            ("ssh.max_connections_per_user", self.ssh.max_connections_per_user),
+            (
+                "ssh.max_connections_per_user",
+                self.ssh.max_connections_per_user,
+            ),
             ("ssh.max_unauthenticated", self.ssh.max_unauthenticated),
-            ("ssh.max_unauthenticated_per_source", self.ssh.max_unauthenticated_per_source),
+            (
+                "ssh.max_unauthenticated_per_source",
+                self.ssh.max_unauthenticated_per_source,
+            ),
             ("ssh.max_auth_attempts", self.ssh.max_auth_attempts),
-            ("ssh.max_channels_per_connection", self.ssh.max_channels_per_connection),
+            (
+                "ssh.max_channels_per_connection",
+                self.ssh.max_channels_per_connection,
+            ),
             ("login.hash_workers", self.login.hash_workers),
             ("api.max_connections", self.api.max_connections),
         ] {
@@ -307,7 +316,9 @@ impl Config {
         }
         for (i, o) in self.oidc.iter().enumerate() {
             if o.issuer.is_empty() || o.audience.is_empty() || o.jwks.is_empty() {
-                return Err(format!("oidc[{i}]: issuer, audience and jwks must not be empty"));
+                return Err(format!(
+                    "oidc[{i}]: issuer, audience and jwks must not be empty"
+                ));
             }
         }
         Ok(())
@@ -341,7 +352,12 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 

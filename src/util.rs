@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Parses a human duration such as `90s`, `15m`, `1h`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (use a number and a unit, e.g. \"90s\", \"15m\", \"1h\")")
+        format!(
+            "invalid duration {s:?}: {e} (use a number and a unit, e.g. \"90s\", \"15m\", \"1h\")"
+        )
     })
 }
 
@@ -16,7 +18,9 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Seconds since the Unix epoch (0 for times before it).
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// RFC 3339 UTC text for a time, e.g. `2026-11-25T06:00:00Z`.

@@ -14,9 +14,15 @@ use super::{LoadErrors, Policy};
 #[derive(Debug, Clone)]
 pub enum ReloadOutcome {
     /// The files changed and the new policy is in force.
-    Applied { old_version: String, new_version: String },
+    Applied {
+        old_version: String,
+        new_version: String,
+    },
     /// The files changed but do not load; the last good policy stays in force.
-    Rejected { kept_version: String, errors: LoadErrors },
+    Rejected {
+        kept_version: String,
+        errors: LoadErrors,
+    },
     /// Nothing changed.
     Unchanged,
 }

@@ -1,0 +1,130 @@
+//! Prometheus metrics of the issuer (`GET /metrics`). The bastion's own counters are
+//! registered into the same registry by `serve`.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// The issuer's metrics and the registry they are exposed from.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub certs_issued: Counter,
+    pub cert_refusals: Family<ReasonLabel, Counter>,
+    pub logins_ok: Counter,
+    pub login_failures: Family<ReasonLabel, Counter>,
+    pub tokens_issued: Counter,
+    pub signing_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("drawbridge");
+        let certs_issued = Counter::default();
+        let cert_refusals = Family::<ReasonLabel, Counter>::default();
+        let logins_ok = Counter::default();
+        let login_failures = Family::<ReasonLabel, Counter>::default();
+        let tokens_issued = Counter::default();
+        // 10 µs .. ~10 ms
+        let signing_seconds = Histogram::new(exponential_buckets(0.00001, 2.0, 11));
+        registry.register(
+            "certs_issued",
+            "User certificates issued",
+            certs_issued.clone(),
+        );
+        registry.register(
+            "cert_refusals",
+            "Certificate requests refused, by reason",
+            cert_refusals.clone(),
+        );
+        registry.register("logins_ok", "Successful authentications", logins_ok.clone());
+        registry.register(
+            "login_failures",
+            "Failed authentications (password or token), by reason",
+            login_failures.clone(),
+        );
+        registry.register(
+            "tokens_issued",
+            "Bearer tokens issued by POST /v1/login",
+            tokens_issued.clone(),
+        );
+        registry.register(
+            "signing_seconds",
+            "Time to sign one user certificate",
+            signing_seconds.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            certs_issued,
+            cert_refusals,
+            logins_ok,
+            login_failures,
+            tokens_issued,
+            signing_seconds,
+        }
+    }
+
+    /// Registers more metrics (the bastion's) in the same registry.
+    pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
+        if let Ok(mut r) = self.registry.lock() {
+            f(&mut r);
+        }
+    }
+
+    pub fn refuse(&self, reason: &str) {
+        self.cert_refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn login_failed(&self, reason: &str) {
+        self.login_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_with_reasons() {
+        let m = Metrics::new();
+        m.certs_issued.inc();
+        m.refuse("principal_not_held");
+        let text = m.encode();
+        assert!(text.contains("drawbridge_certs_issued_total 1"), "{text}");
+        assert!(
+            text.contains("drawbridge_cert_refusals_total{reason=\"principal_not_held\"} 1"),
+            "{text}"
+        );
+    }
+}
