@@ -8,10 +8,16 @@
 //! SKELETON: the public API below is the contract the issuer and the bastion code against.
 //! The policy work fills in the bodies; it may add to the API but not change these shapes.
 
+pub mod cases;
 pub mod cmd;
+pub mod diff;
+pub mod eval;
+pub mod load;
 pub mod model;
 pub mod watch;
 
+pub use eval::{PolicyIndex, Reach};
+pub use load::SourceFile;
 pub use model::*;
 
 use std::path::Path;
@@ -32,11 +38,15 @@ pub struct LoadError {
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
     }
 }
 
@@ -103,21 +113,44 @@ impl Decision {
 
 impl Policy {
     /// Reads and validates every `*.toml` under `dir` except `dir/tests/`.
+    ///
+    /// Every error is reported (see [`LoadErrors`]), each naming `dir.join(file)`, line
+    /// and column. The version is the folder's Git commit when it is in a Git work tree,
+    /// else a hash of the files ([`load::version_of`]).
     pub fn load(dir: &Path) -> Result<Policy, LoadErrors> {
-        let _ = dir;
-        todo!("policy loading")
+        let files = load::read_dir_files(dir)?;
+        let mut policy = Policy::from_files(&files)?;
+        policy.version = load::version_of(dir, &files);
+        Ok(policy)
     }
 
-    /// The principals `user` holds at `now` (policy groups plus `extra_groups`).
-    pub fn held(&self, user: &str, extra_groups: &[String], now: SystemTime) -> Vec<Grant> {
-        let _ = (user, extra_groups, now);
-        todo!()
+    /// Validates policy files already in memory (`policy diff` reads them from Git);
+    /// the version is the hash of their contents.
+    pub fn from_files(files: &[SourceFile]) -> Result<Policy, LoadErrors> {
+        let mut policy = load::parse_files(files)?;
+        policy.version = load::content_hash(files);
+        let index = std::sync::Arc::new(PolicyIndex::build(&policy));
+        let _ = policy.index.set(index);
+        Ok(policy)
+    }
+
+    /// A policy from one TOML text, named `file` in messages (for tests of other modules:
+    /// `Policy::from_toml("policy.toml", r#"[hosts.web-1] ..."#)`).
+    pub fn from_toml(file: &str, text: &str) -> Result<Policy, LoadErrors> {
+        Policy::from_files(&[SourceFile {
+            rel: file.to_string(),
+            display: file.to_string(),
+            text: text.to_string(),
+        }])
     }
 
     /// Allow with the deciding grant, or deny with a reason a person can act on.
+    ///
+    /// The grants considered are those [`Policy::held`] returns (restricted to
+    /// `q.within` when set); the first, in that order, whose principal grants the host
+    /// and the login (any login when `q.login` is `None`) decides.
     pub fn decide(&self, q: &Query<'_>) -> Decision {
-        let _ = q;
-        todo!()
+        self.decide_impl(q)
     }
 
     /// Whether a certificate is revoked by serial or key id; the matching entry.
@@ -127,3 +160,6 @@ impl Policy {
             .find(|r| r.serial == Some(serial) || r.key_id.as_deref() == Some(key_id))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,6 +32,12 @@ pub struct Policy {
     pub users: BTreeMap<String, User>,
     pub temporary: Vec<Temporary>,
     pub revoked: Vec<Revoked>,
+    /// Lookup tables for fast evaluation, built by [`Policy::load`] or on first use.
+    /// Not part of the policy's meaning: build a policy by hand with
+    /// `Policy { hosts, .., ..Default::default() }`, and do not change the fields of a
+    /// policy after its first query (build a new one instead).
+    #[doc(hidden)]
+    pub index: std::sync::OnceLock<std::sync::Arc<super::eval::PolicyIndex>>,
 }
 
 /// An inventory entry: the bastion forwards to nothing else.

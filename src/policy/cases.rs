@@ -1,0 +1,1 @@
+//! `policy test`: expectations in `DIR/tests/*.toml`.

@@ -1,0 +1,1 @@
+//! `policy diff`: effective access gained and lost between two Git revisions.

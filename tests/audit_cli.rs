@@ -1,0 +1,62 @@
+//! `drawbridge audit verify FILE` run as the real binary.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use drawbridge::audit::{Audit, Event};
+
+fn verify_cmd(file: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["audit", "verify"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn audit_verify_ok_then_names_the_edited_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let audit = Audit::open(&path, "test-1").unwrap();
+    for i in 0..4 {
+        audit
+            .record(Event::new("cert.issued").with("user", "alice").with("n", i))
+            .await
+            .unwrap();
+    }
+    let (last_seq, last_hash) = audit.head();
+    assert_eq!(last_seq, 4);
+
+    let (code, stdout, _) = verify_cmd(&path);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        format!("ok: 4 records, last hash {last_hash}")
+    );
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let edited = lines[1].replace("alice", "mallory");
+    lines[1] = &edited;
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let (code, stdout, stderr) = verify_cmd(&path);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2: hash mismatch", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn audit_verify_missing_file_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = verify_cmd(&dir.path().join("nope.log"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nope.log"), "{stderr}");
+}
