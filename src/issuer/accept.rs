@@ -191,7 +191,7 @@ mod tests {
 
         let p = keygen(tmp.path(), "sk-p256-src", &["-t", "ecdsa", "-b", "256"]);
         let p = PublicKey::from_openssh(&p).unwrap();
-        let ec = p.key_data().ecdsa().unwrap().clone();
+        let ec = *p.key_data().ecdsa().unwrap();
         let ssh_key::public::EcdsaPublicKey::NistP256(point) = ec else {
             panic!("p256")
         };
