@@ -334,6 +334,12 @@ impl Drawbridge {
         }
     }
 
+    /// Starts the server again in the same folder (after [`Drawbridge::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop() first");
+        self.spawn(&[]);
+    }
+
     /// Sends a signal (e.g. "HUP") to the server.
     pub fn signal(&self, sig: &str) {
         if let Some(child) = self.child.as_ref() {
