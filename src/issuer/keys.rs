@@ -279,6 +279,16 @@ pub fn load_trusted(path: &Path) -> Result<Vec<PublicKey>, CaError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        if line
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|t| t.ends_with("-cert-v01@openssh.com"))
+        {
+            return Err(CaError::invalid(
+                path,
+                format!("line {}: a certificate cannot be a CA key", i + 1),
+            ));
+        }
         let key = PublicKey::from_openssh(line).map_err(|e| {
             CaError::invalid(
                 path,
@@ -808,6 +818,33 @@ mod tests {
             CaKey::load(&r.retired).unwrap().fingerprint(),
             r.old_fingerprint
         );
+    }
+
+    #[test]
+    fn trusted_file_refuses_certificates_and_emptiness() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("trusted");
+        let ca = CaKey::generate("ca").unwrap();
+        let cert = super::super::sign::sign_host_cert(
+            &ca,
+            ca.public_key(),
+            &["h".to_string()],
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )
+        .unwrap();
+        std::fs::write(&p, cert.openssh_line().unwrap()).unwrap();
+        let e = load_trusted(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: a certificate cannot be a CA key"),
+            "{e}"
+        );
+        std::fs::write(&p, "# only a comment\n\n").unwrap();
+        let e = load_trusted(&p).unwrap_err().to_string();
+        assert!(e.contains("lists no user CA key"), "{e}");
+        let line = public_to_openssh(ca.public_key()).unwrap();
+        std::fs::write(&p, format!("# current\n{line}\n")).unwrap();
+        assert_eq!(load_trusted(&p).unwrap().len(), 1);
     }
 
     #[test]
