@@ -1,3 +1,164 @@
 //! The SSH front (russh): certificate authentication and `direct-tcpip` forwarding.
 //!
-//! SKELETON: the bastion work fills this in.
+//! # Layout
+//!
+//! | file | what it does |
+//! |---|---|
+//! | [`verify`] | the pure certificate check (`verify_certificate`): CA, type, window, principals, options, revocation |
+//! | [`targets`] | inventory lookup for a `direct-tcpip` request, and the hosts a cert may reach (`hosts`) |
+//! | `server` | the accept loop (pre-auth caps, login grace), the russh `Handler` (auth, sessions, refusals) |
+//! | `forward` | per-request authorization under the policy loaded now, dialing, byte pumping |
+//!
+//! # Invariants
+//!
+//! - Only a certificate that [`verify::verify_certificate`] accepts authenticates; plain
+//!   keys, passwords and keyboard-interactive never do. The SSH user name grants nothing.
+//! - The bastion dials only inventory addresses, and only after the policy loaded *at the
+//!   time of the request* allows it and the `forward.opened` record is on disk.
+//! - Any audit write failure refuses the action it was recording (fail closed).
+//! - Nothing a peer sends can panic the process: no `unwrap`/`expect` on peer input.
+//! - Memory per forward is bounded: 64 KiB copy buffers each way, and client→target data
+//!   queued inside russh is bounded by `channel_buffer_size` packets (F11).
+//!
+//! # Known gap
+//!
+//! russh refuses a certificate outside its validity window *before* calling our handler
+//! (it logs a `WARN` "Certificate is expired or not yet valid"), so that refusal has no
+//! `ssh.auth.failed` record of its own. The OpenSSH client then falls back to the bare
+//! key, which is refused and audited with reason `no-certificate` and the same key
+//! fingerprint; the `auth.refused` metric and the audit trail therefore still show the
+//! attempt, but under that reason.
+
+mod forward;
+mod server;
+pub mod targets;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::audit::Audit;
+use crate::config::SshConfig;
+use crate::policy::watch::PolicyStore;
+
+pub use verify::{CertIdentity, Refusal, TrustedCas, verify_certificate};
+
+/// What the bastion needs from `ca/`: no CA private key.
+///
+/// Shaped like `crate::issuer::keys::BastionKeys` so `serve` can pass its fields across.
+pub struct BastionKeysInput {
+    /// User CA public keys trusted for authentication (several during a rotation).
+    pub trusted_user_cas: Vec<ssh_key::PublicKey>,
+    /// The bastion's host key.
+    pub host_key: ssh_key::PrivateKey,
+    /// The bastion's host certificate (signed by the host CA), presented to clients so
+    /// they verify the bastion through one `@cert-authority` line.
+    pub host_cert: Option<ssh_key::Certificate>,
+}
+
+impl std::fmt::Debug for BastionKeysInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BastionKeysInput")
+            .field("trusted_user_cas", &self.trusted_user_cas.len())
+            .field("host_key", &"***")
+            .field("host_cert", &self.host_cert.is_some())
+            .finish()
+    }
+}
+
+/// Counters for `/metrics`. All monotonic except the `*_active` gauges.
+#[derive(Debug, Default)]
+pub struct BastionMetrics {
+    /// TCP connections being served (authenticated or not).
+    pub connections_active: AtomicU64,
+    /// TCP connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections not yet authenticated.
+    pub unauthenticated_active: AtomicU64,
+    /// Connections dropped at accept by the pre-auth caps (F1).
+    pub connections_dropped: AtomicU64,
+    /// Connections closed at the login grace limit (F2).
+    pub login_grace_expired: AtomicU64,
+    /// `accept()` errors (EMFILE and friends).
+    pub accept_errors: AtomicU64,
+    /// Successful certificate authentications.
+    pub auth_ok: AtomicU64,
+    /// Forwards open now.
+    pub forwards_active: AtomicU64,
+    /// Forwards opened since start.
+    pub forwards_total: AtomicU64,
+    /// Bytes piped from SSH clients to DMZ hosts.
+    pub bytes_client_to_target: AtomicU64,
+    /// Bytes piped from DMZ hosts to SSH clients.
+    pub bytes_target_to_client: AtomicU64,
+    /// Refusals (authentication, forwards, sessions) by reason code.
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl BastionMetrics {
+    pub fn new() -> Arc<BastionMetrics> {
+        Arc::new(BastionMetrics::default())
+    }
+
+    /// Counts one refusal under `code` (a stable, low-cardinality name).
+    pub fn refused(&self, code: &'static str) {
+        let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(code).or_insert(0) += 1;
+    }
+
+    /// Refusal counts by reason code, sorted by code.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        let m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Refusals counted under one code.
+    pub fn refusals_of(&self, code: &str) -> u64 {
+        let m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(code).copied().unwrap_or(0)
+    }
+
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dec(c: &AtomicU64) {
+        // Never wraps below zero, even on a bookkeeping bug.
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+}
+
+/// Runs the bastion on `listener` until `shutdown` turns true (or its sender is dropped),
+/// then stops accepting, lets open forwards run for `cfg.shutdown_grace`, cuts the rest
+/// and returns.
+///
+/// - `max_cert_validity`: the longest certificate validity accepted, i.e. the global
+///   `certs.max_ttl` plus the issuer's 60 s backdating;
+/// - `policy`: read afresh for every authentication and every forward;
+/// - `audit`: every accept and refusal is recorded before it takes effect.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    cfg: SshConfig,
+    max_cert_validity: Duration,
+    keys: BastionKeysInput,
+    policy: Arc<PolicyStore>,
+    audit: Audit,
+    metrics: Arc<BastionMetrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    server::run(
+        listener,
+        cfg,
+        max_cert_validity,
+        keys,
+        policy,
+        audit,
+        metrics,
+        shutdown,
+    )
+    .await
+}

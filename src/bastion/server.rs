@@ -1,0 +1,1096 @@
+//! The accept loop and the russh `Handler`: authentication, sessions and refusals.
+//! Forwarding itself lives in `forward.rs`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::task::AtomicWaker;
+use russh::keys::ssh_key::{self, Certificate, HashAlg};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Preferred, SshId};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::targets;
+use super::verify::{CertIdentity, TrustedCas, verify_certificate};
+use super::{BastionKeysInput, BastionMetrics};
+use crate::audit::{Audit, Event};
+use crate::config::SshConfig;
+use crate::policy::watch::PolicyStore;
+use crate::util::escape;
+
+/// Refusal codes used here besides [`super::Refusal::code`].
+pub(super) mod code {
+    pub const PRE_AUTH_CAP: &str = "pre-auth-cap";
+    pub const NO_CERTIFICATE: &str = "no-certificate";
+    pub const WEAK_ALGORITHM: &str = "weak-algorithm";
+    pub const TOO_MANY_CONNECTIONS: &str = "too-many-connections";
+    pub const TOO_MANY_CHANNELS: &str = "too-many-channels";
+    pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+    pub const SESSION: &str = "session-refused";
+    pub const REMOTE_FORWARD: &str = "remote-forward";
+    pub const STREAMLOCAL: &str = "streamlocal";
+}
+
+/// russh's per-channel queue of client data not yet read by us, in packets (of up to
+/// `maximum_packet_size` = 32 KiB): 32 × 32 KiB = 1 MiB per forward at most (F11). When
+/// it is full russh stops reading the connection, so TCP pushes back on the client.
+const CHANNEL_BUFFER_PACKETS: usize = 32;
+
+/// State shared by every connection.
+pub(super) struct Shared {
+    pub cfg: SshConfig,
+    pub max_validity: Duration,
+    pub trusted: TrustedCas,
+    pub policy: Arc<PolicyStore>,
+    pub audit: Audit,
+    pub metrics: Arc<BastionMetrics>,
+    /// Turns true when open forwards must be cut (shutdown grace is over).
+    pub cut: watch::Receiver<bool>,
+    users: Mutex<HashMap<String, usize>>,
+    unauth: Mutex<Unauth>,
+    next_conn: AtomicU64,
+}
+
+#[derive(Default)]
+struct Unauth {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// One place among the unauthenticated connections; given back on drop.
+pub(super) struct UnauthSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for UnauthSlot {
+    fn drop(&mut self) {
+        let mut u = self.shared.unauth.lock().unwrap_or_else(|e| e.into_inner());
+        u.total = u.total.saturating_sub(1);
+        if let Some(n) = u.per_source.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.per_source.remove(&self.ip);
+            }
+        }
+        BastionMetrics::dec(&self.shared.metrics.unauthenticated_active);
+    }
+}
+
+/// One of a user's connections; given back on drop.
+pub(super) struct UserSlot {
+    shared: Arc<Shared>,
+    key_id: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut u = self.shared.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = u.get_mut(&self.key_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.remove(&self.key_id);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn take_unauth_slot(self: &Arc<Self>, ip: IpAddr) -> Option<UnauthSlot> {
+        let mut u = self.unauth.lock().unwrap_or_else(|e| e.into_inner());
+        let here = u.per_source.get(&ip).copied().unwrap_or(0);
+        if u.total >= self.cfg.max_unauthenticated
+            || here >= self.cfg.max_unauthenticated_per_source
+        {
+            return None;
+        }
+        u.total += 1;
+        u.per_source.insert(ip, here + 1);
+        BastionMetrics::inc(&self.metrics.unauthenticated_active);
+        Some(UnauthSlot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+
+    fn take_user_slot(self: &Arc<Self>, key_id: &str) -> Option<UserSlot> {
+        let mut u = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let n = u.entry(key_id.to_string()).or_insert(0);
+        if *n >= self.cfg.max_connections_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            shared: self.clone(),
+            key_id: key_id.to_string(),
+        })
+    }
+
+    /// Writes an audit record; `false` (and a log line) when the log cannot be written.
+    pub async fn record(&self, event: Event) -> bool {
+        match self.audit.record(event).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "audit write failed; refusing");
+                false
+            }
+        }
+    }
+}
+
+/// Builds russh's configuration from ours.
+pub(super) fn russh_config(
+    cfg: &SshConfig,
+    host_key: ssh_key::PrivateKey,
+    host_cert: Option<Certificate>,
+) -> anyhow::Result<russh::server::Config> {
+    let cipher = if cfg.ciphers.is_empty() {
+        vec![
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_128_GCM,
+            russh::cipher::AES_256_GCM,
+            russh::cipher::AES_128_CTR,
+            russh::cipher::AES_192_CTR,
+            russh::cipher::AES_256_CTR,
+        ]
+    } else {
+        let allowed = [
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_128_GCM,
+            russh::cipher::AES_256_GCM,
+            russh::cipher::AES_128_CTR,
+            russh::cipher::AES_192_CTR,
+            russh::cipher::AES_256_CTR,
+        ];
+        let mut out = Vec::new();
+        for name in &cfg.ciphers {
+            match allowed.iter().find(|a| a.as_ref() == name.as_str()) {
+                Some(n) => out.push(*n),
+                None => anyhow::bail!(
+                    "ssh.ciphers: unknown or refused cipher {name:?} (allowed: {})",
+                    allowed
+                        .iter()
+                        .map(|a| a.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        out
+    };
+    // Host and user key algorithms: no SHA-1 RSA (`ssh-rsa`), no DSA (row 13).
+    let key: Vec<ssh_key::Algorithm> = Preferred::DEFAULT
+        .key
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                ssh_key::Algorithm::Rsa { hash: None } | ssh_key::Algorithm::Dsa
+            )
+        })
+        .cloned()
+        .collect();
+    // Strict KEX (Terrapin, row 21): russh's default KEX list carries
+    // `kex-strict-s-v00@openssh.com`; keep it and fail loudly if it ever goes away.
+    let kex = Preferred::DEFAULT.kex.clone();
+    if !kex.contains(&russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER) {
+        anyhow::bail!("russh's default KEX list lost strict KEX; refusing to start");
+    }
+    if let Some(c) = &host_cert
+        && c.public_key() != host_key.public_key().key_data()
+    {
+        anyhow::bail!("the bastion host certificate is not for the bastion host key");
+    }
+    Ok(russh::server::Config {
+        server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-drawbridge")),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(100),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        certificates: host_cert.into_iter().collect(),
+        inactivity_timeout: Some(cfg.idle_timeout),
+        keepalive_interval: None,
+        max_auth_attempts: cfg.max_auth_attempts,
+        nodelay: true,
+        channel_buffer_size: CHANNEL_BUFFER_PACKETS,
+        preferred: Preferred {
+            kex,
+            key: Cow::Owned(key),
+            cipher: Cow::Owned(cipher),
+            ..Preferred::DEFAULT
+        },
+        ..Default::default()
+    })
+}
+
+async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    // A dropped sender counts as "shut down": nobody can stop us otherwise.
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run(
+    listener: tokio::net::TcpListener,
+    cfg: SshConfig,
+    max_validity: Duration,
+    keys: BastionKeysInput,
+    policy: Arc<PolicyStore>,
+    audit: Audit,
+    metrics: Arc<BastionMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let trusted = TrustedCas::new(&keys.trusted_user_cas);
+    if trusted.is_empty() {
+        anyhow::bail!("the bastion has no trusted user CA key");
+    }
+    let config = Arc::new(russh_config(&cfg, keys.host_key, keys.host_cert)?);
+    let (cut_tx, cut_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let grace = cfg.shutdown_grace;
+    let shared = Arc::new(Shared {
+        cfg,
+        max_validity,
+        trusted,
+        policy,
+        audit,
+        metrics: metrics.clone(),
+        cut: cut_rx,
+        users: Mutex::new(HashMap::new()),
+        unauth: Mutex::new(Unauth::default()),
+        next_conn: AtomicU64::new(1),
+    });
+    info!(listen = ?listener.local_addr().ok(), "bastion listening");
+
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    BastionMetrics::inc(&metrics.connections_total);
+                    let Some(slot) = shared.take_unauth_slot(peer.ip()) else {
+                        // F1: over the pre-auth caps, drop at once; no audit record (that
+                        // would let a flood drive the log), a metric instead.
+                        BastionMetrics::inc(&metrics.connections_dropped);
+                        metrics.refused(code::PRE_AUTH_CAP);
+                        debug!(%peer, "pre-auth cap reached; connection dropped");
+                        drop(socket);
+                        continue;
+                    };
+                    conns.spawn(serve_connection(
+                        shared.clone(),
+                        config.clone(),
+                        socket,
+                        peer,
+                        slot,
+                        drain_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // EMFILE and friends: shed load, keep serving (russh's own loop would
+                    // return here).
+                    BastionMetrics::inc(&metrics.accept_errors);
+                    warn!(error = %e, "accept failed; pausing briefly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+
+    // Shutdown: stop accepting, ask connections to finish, let forwards run for the grace.
+    drop(listener);
+    info!(connections = conns.len(), "bastion shutting down");
+    let _ = drain_tx.send(true);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            next = conns.join_next() => if next.is_none() { return Ok(()) },
+        }
+    }
+    let _ = cut_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+    Ok(())
+}
+
+/// A socket that can be cut from outside: once [`Kill::kill`] runs, every read and write
+/// fails, so russh's session task ends even when the peer stalls mid-handshake.
+struct Killable<S> {
+    inner: S,
+    kill: Arc<Kill>,
+}
+
+#[derive(Default)]
+pub(super) struct Kill {
+    killed: AtomicBool,
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl Kill {
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.read.wake();
+        self.write.wake();
+    }
+    fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+}
+
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection cut by the bastion",
+    )
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.kill.read.register(cx.waker());
+        if self.kill.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.kill.write.register(cx.waker());
+        if self.kill.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.kill.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct Gauge<'a>(&'a AtomicU64);
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        BastionMetrics::dec(self.0);
+    }
+}
+
+/// Serves one TCP connection: the login grace timer (F2), certificate expiry (optional)
+/// and graceful shutdown around russh's session task.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    config: Arc<russh::server::Config>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    slot: UnauthSlot,
+    mut drain: watch::Receiver<bool>,
+) {
+    let metrics = shared.metrics.clone();
+    BastionMetrics::inc(&metrics.connections_active);
+    let _active = Gauge(&metrics.connections_active);
+    if let Err(e) = socket.set_nodelay(true) {
+        debug!(error = %e, "set_nodelay failed");
+    }
+    let grace_deadline = tokio::time::Instant::now() + shared.cfg.login_grace_time;
+    let kill = Arc::new(Kill::default());
+    let stream = Killable {
+        inner: socket,
+        kill: kill.clone(),
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (auth_tx, mut auth_rx) = watch::channel::<Option<SystemTime>>(None);
+    let forwards = Arc::new(AtomicUsize::new(0));
+    let handler = Connection {
+        shared: shared.clone(),
+        peer,
+        conn,
+        unauth: Some(slot),
+        user_slot: None,
+        identity: None,
+        auth_tx,
+        channels: Arc::new(AtomicUsize::new(0)),
+        forwards: forwards.clone(),
+        sessions: HashMap::new(),
+        ssh_user: String::new(),
+    };
+
+    let session = match tokio::time::timeout_at(
+        grace_deadline,
+        russh::server::run_stream(config, stream, handler),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "SSH setup failed");
+            return;
+        }
+        Err(_) => {
+            BastionMetrics::inc(&metrics.login_grace_expired);
+            debug!(%peer, "no SSH banner within the login grace time");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+
+    let mut valid_before: Option<SystemTime> = None;
+    let mut draining = false;
+    let reason: &str = loop {
+        let authenticated = valid_before.is_some();
+        let expiry = valid_before
+            .filter(|_| shared.cfg.disconnect_on_cert_expiry)
+            .map(|t| {
+                let left = t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                tokio::time::Instant::now() + left
+            });
+        tokio::select! {
+            _ = &mut session => return,
+            _ = tokio::time::sleep_until(grace_deadline), if !authenticated => {
+                BastionMetrics::inc(&metrics.login_grace_expired);
+                break "login grace time exceeded";
+            }
+            changed = auth_rx.changed(), if !authenticated => {
+                if changed.is_err() { return; }
+                valid_before = *auth_rx.borrow_and_update();
+            }
+            _ = tokio::time::sleep_until(expiry.unwrap_or(grace_deadline)), if expiry.is_some() => {
+                break "certificate expired";
+            }
+            _ = shutdown_requested(&mut drain), if !draining => {
+                if !authenticated || forwards.load(Ordering::SeqCst) == 0 {
+                    break "bastion shutting down";
+                }
+                draining = true;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {
+                if forwards.load(Ordering::SeqCst) == 0 || *shared.cut.borrow() {
+                    break "bastion shutting down";
+                }
+            }
+        }
+    };
+    debug!(%peer, conn, reason, "closing connection");
+    if valid_before.is_some() {
+        // Tell an authenticated client why, then cut whatever happens.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            handle.disconnect(
+                russh::Disconnect::ByApplication,
+                reason.to_string(),
+                "en".into(),
+            ),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
+    }
+    kill.kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+}
+
+/// One SSH connection's handler.
+pub(super) struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    conn: u64,
+    unauth: Option<UnauthSlot>,
+    user_slot: Option<UserSlot>,
+    identity: Option<Arc<CertIdentity>>,
+    auth_tx: watch::Sender<Option<SystemTime>>,
+    /// Channels open on this connection (sessions and forwards), for the F4 cap.
+    channels: Arc<AtomicUsize>,
+    /// Forwards open on this connection (for graceful shutdown).
+    forwards: Arc<AtomicUsize>,
+    sessions: HashMap<ChannelId, ChannelSlot>,
+    /// The SSH user name given by the client, escaped: logged, grants nothing.
+    ssh_user: String,
+}
+
+/// Returns one channel place on drop.
+pub(super) struct ChannelSlot(Arc<AtomicUsize>);
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+    }
+}
+
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}
+
+fn shown_user(user: &str) -> String {
+    let mut s = escape(user);
+    if s.len() > 256 {
+        let mut cut = 256;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+impl Connection {
+    fn take_channel(&self) -> Option<ChannelSlot> {
+        let max = self.shared.cfg.max_channels_per_connection;
+        self.channels
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                (v < max).then_some(v + 1)
+            })
+            .ok()
+            .map(|_| ChannelSlot(self.channels.clone()))
+    }
+
+    /// Fields every record about this connection carries.
+    fn event(&self, kind: &str) -> Event {
+        let mut e = Event::new(kind)
+            .with("conn", self.conn)
+            .with("peer", self.peer.to_string())
+            .with("ssh_user", &self.ssh_user);
+        if let Some(id) = &self.identity {
+            e = e
+                .with("key_id", escape(&id.key_id))
+                .with("serial", id.serial)
+                .with("key_fingerprint", &id.key_fingerprint)
+                .with("ca_fingerprint", &id.ca_fingerprint);
+        }
+        e
+    }
+
+    async fn refuse_auth(&self, code: &'static str, message: &str, extra: Event) -> Auth {
+        self.shared.metrics.refused(code);
+        info!(peer = %self.peer, user = %self.ssh_user, code, "SSH authentication refused");
+        let mut e = self.event("ssh.auth.failed");
+        e.fields.extend(extra.fields);
+        let _ = self
+            .shared
+            .record(e.with("reason", code).with("message", message))
+            .await;
+        reject()
+    }
+
+    /// Refuses a session request with a message the user sees on stderr, exit status 1.
+    async fn refuse_session(
+        &mut self,
+        channel: ChannelId,
+        request: &str,
+        message: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        self.shared.metrics.refused(code::SESSION);
+        let _ = self
+            .shared
+            .record(
+                self.event("ssh.session.refused")
+                    .with("request", request)
+                    .with("reason", code::SESSION),
+            )
+            .await;
+        session.channel_success(channel)?;
+        session.extended_data(
+            channel,
+            1,
+            format!("drawbridge: {message}\r\n").into_bytes(),
+        )?;
+        session.exit_status_request(channel, 1)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+
+    fn help(&self) -> String {
+        "this bastion runs no shell or commands; it only forwards (ssh -J bastion HOST, ssh -W). \
+         Try `ssh bastion whoami` or `ssh bastion hosts`."
+            .to_string()
+    }
+
+    fn whoami(&self, id: &CertIdentity) -> String {
+        let now = SystemTime::now();
+        let left = id
+            .valid_before
+            .duration_since(now)
+            .map(|d| crate::util::format_duration(Duration::from_secs(d.as_secs())))
+            .unwrap_or_else(|_| "expired".into());
+        format!(
+            "key id:      {}\nprincipals:  {}\ngroups:      {}\nserial:      {}\nexpires:     {} (in {})\nfrom:        {}\n",
+            escape(&id.key_id),
+            id.principals
+                .iter()
+                .map(|p| escape(p))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if id.groups.is_empty() {
+                "-".to_string()
+            } else {
+                id.groups
+                    .iter()
+                    .map(|g| escape(g))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            id.serial,
+            crate::util::rfc3339(id.valid_before),
+            left,
+            self.peer.ip(),
+        )
+    }
+
+    fn hosts(&self, id: &CertIdentity) -> String {
+        let policy = self.shared.policy.current();
+        let list = targets::reachable(
+            &policy,
+            &id.key_id,
+            &id.groups,
+            &id.principals,
+            SystemTime::now(),
+        );
+        if list.is_empty() {
+            return "no hosts: your certificate's principals grant none under the current policy\n"
+                .into();
+        }
+        let mut out = String::new();
+        for r in list {
+            out.push_str(&format!(
+                "{}\tlogins: {}\t(via {})\n",
+                escape(&r.host),
+                r.logins.join(", "),
+                r.principals.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+impl Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Cannot tell a certificate from a bare key here (CRATE-NOTES): accept both, decide
+        // in auth_publickey / auth_openssh_certificate. Only weak algorithms stop here.
+        self.ssh_user = shown_user(user);
+        if matches!(
+            offer.algorithm,
+            ssh_key::Algorithm::Dsa | ssh_key::Algorithm::Rsa { hash: None }
+        ) {
+            self.shared.metrics.refused(code::WEAK_ALGORITHM);
+            return Ok(reject());
+        }
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.ssh_user = shown_user(user);
+        let extra = Event::new("").with(
+            "key_fingerprint",
+            key.public_key.fingerprint(HashAlg::Sha256).to_string(),
+        );
+        Ok(self
+            .refuse_auth(
+                code::NO_CERTIFICATE,
+                "a plain key is not accepted; get a certificate from drawbridge",
+                extra,
+            )
+            .await)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        self.ssh_user = shown_user(user);
+        let policy = self.shared.policy.current();
+        let now = SystemTime::now();
+        let verdict = verify_certificate(
+            cert,
+            &self.shared.trusted,
+            &policy,
+            self.peer.ip(),
+            now,
+            self.shared.max_validity,
+        );
+        let id = match verdict {
+            Ok(id) => id,
+            Err(refusal) => {
+                let extra = Event::new("")
+                    .with("key_id", escape(cert.key_id()))
+                    .with("serial", cert.serial())
+                    .with(
+                        "key_fingerprint",
+                        cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
+                    )
+                    .with(
+                        "ca_fingerprint",
+                        cert.signature_key()
+                            .fingerprint(HashAlg::Sha256)
+                            .to_string(),
+                    )
+                    .with("policy_version", &policy.version);
+                return Ok(self
+                    .refuse_auth(refusal.code(), &refusal.to_string(), extra)
+                    .await);
+            }
+        };
+        let Some(user_slot) = self.shared.take_user_slot(&id.key_id) else {
+            let extra = Event::new("")
+                .with("key_id", escape(&id.key_id))
+                .with("serial", id.serial)
+                .with("key_fingerprint", &id.key_fingerprint);
+            return Ok(self
+                .refuse_auth(
+                    code::TOO_MANY_CONNECTIONS,
+                    "too many connections for this user",
+                    extra,
+                )
+                .await);
+        };
+        let id = Arc::new(id);
+        self.identity = Some(id.clone());
+        let record = self
+            .event("ssh.auth.ok")
+            .with("principals", &id.principals)
+            .with("groups", &id.groups)
+            .with("valid_before", crate::util::rfc3339(id.valid_before))
+            .with("policy_version", &policy.version);
+        if !self.shared.record(record).await {
+            self.identity = None;
+            self.shared.metrics.refused(code::AUDIT_UNAVAILABLE);
+            return Ok(reject());
+        }
+        info!(peer = %self.peer, key_id = %escape(&id.key_id), serial = id.serial, "SSH certificate accepted");
+        self.user_slot = Some(user_slot);
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        BastionMetrics::inc(&self.shared.metrics.auth_ok);
+        self.unauth = None;
+        let valid_before = self.identity.as_ref().map(|id| id.valid_before);
+        let _ = self.auth_tx.send(valid_before);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(slot) = self.take_channel() else {
+            self.shared.metrics.refused(code::TOO_MANY_CHANNELS);
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 4,
+                    reason: "too many channels on this connection".into(),
+                })
+                .await;
+            return Ok(());
+        };
+        // The session exists only to answer `whoami` and `hosts`; its client data is not
+        // read, so the channel handle is dropped (russh discards data for it).
+        self.sessions.insert(channel.id(), slot);
+        drop(channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Dropping the slot gives the channel place back.
+        self.sessions.remove(&channel);
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data);
+        let command = command.trim();
+        let Some(id) = self.identity.clone() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let output = match command {
+            "whoami" => self.whoami(&id),
+            "hosts" => self.hosts(&id),
+            other => {
+                let shown: String = escape(other).chars().take(64).collect();
+                let msg = format!("command {shown:?} refused: {}", self.help());
+                return self.refuse_session(channel, "exec", &msg, session).await;
+            }
+        };
+        session.channel_success(channel)?;
+        session.data(channel, output.into_bytes())?;
+        session.exit_status_request(channel, 0)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let msg = format!("shell refused: {}", self.help());
+        self.refuse_session(channel, "shell", &msg, session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let shown: String = escape(name).chars().take(64).collect();
+        let msg = format!("subsystem {shown:?} refused: {}", self.help());
+        self.refuse_session(channel, "subsystem", &msg, session)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.metrics.refused(code::SESSION);
+        let _ = self
+            .shared
+            .record(
+                self.event("ssh.session.refused")
+                    .with("request", "pty")
+                    .with("reason", code::SESSION),
+            )
+            .await;
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.metrics.refused(code::SESSION);
+        let _ = self
+            .shared
+            .record(
+                self.event("ssh.session.refused")
+                    .with("request", "x11")
+                    .with("reason", code::SESSION),
+            )
+            .await;
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.shared.metrics.refused(code::SESSION);
+        let _ = self
+            .shared
+            .record(
+                self.event("ssh.session.refused")
+                    .with("request", "agent")
+                    .with("reason", code::SESSION),
+            )
+            .await;
+        Ok(false)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Ignored (not audited): harmless, and OpenSSH clients send LANG and friends.
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.shared.metrics.refused(code::REMOTE_FORWARD);
+        let _ = self
+            .shared
+            .record(
+                self.event("forward.refused")
+                    .with("kind", "remote")
+                    .with("host", escape(address))
+                    .with("port", *port)
+                    .with("reason", code::REMOTE_FORWARD),
+            )
+            .await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.shared.metrics.refused(code::STREAMLOCAL);
+        let _ = self
+            .shared
+            .record(
+                self.event("forward.refused")
+                    .with("kind", "streamlocal-remote")
+                    .with("path", escape(socket_path))
+                    .with("reason", code::STREAMLOCAL),
+            )
+            .await;
+        Ok(false)
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.metrics.refused(code::STREAMLOCAL);
+        let _ = self
+            .shared
+            .record(
+                self.event("forward.refused")
+                    .with("kind", "streamlocal")
+                    .with("path", escape(socket_path))
+                    .with("reason", code::STREAMLOCAL),
+            )
+            .await;
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: 1,
+                reason: "unix socket forwarding is refused by the bastion".into(),
+            })
+            .await;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(identity) = self.identity.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let base = self.event("forward.refused");
+        let Some(slot) = self.take_channel() else {
+            self.shared.metrics.refused(code::TOO_MANY_CHANNELS);
+            let _ = self
+                .shared
+                .record(
+                    base.with("host", escape(host_to_connect))
+                        .with("port", port_to_connect)
+                        .with("reason", code::TOO_MANY_CHANNELS),
+                )
+                .await;
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 4,
+                    reason: "too many channels on this connection".into(),
+                })
+                .await;
+            return Ok(());
+        };
+        // Decide, dial and pipe in a task: a slow target must not block this connection.
+        tokio::spawn(super::forward::run(super::forward::Request {
+            shared: self.shared.clone(),
+            identity,
+            base,
+            host: host_to_connect.to_string(),
+            port: port_to_connect,
+            channel,
+            reply,
+            slot,
+            forwards: self.forwards.clone(),
+        }));
+        Ok(())
+    }
+}
