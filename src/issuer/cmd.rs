@@ -87,14 +87,18 @@ fn sign_host(
     }
     let text = std::fs::read_to_string(key_path)
         .with_context(|| format!("cannot read {}", key_path.display()))?;
-    let key = PublicKey::from_openssh(text.trim())
-        .with_context(|| format!("{}: not an OpenSSH public key", key_path.display()))?;
-    if key.key_data().is_certificate() {
+    let is_cert = text
+        .split_ascii_whitespace()
+        .next()
+        .is_some_and(|t| t.ends_with("-cert-v01@openssh.com"));
+    let key = PublicKey::from_openssh(text.trim());
+    if is_cert || key.as_ref().is_ok_and(|k| k.key_data().is_certificate()) {
         anyhow::bail!(
             "{} is a certificate; give the host's public key (e.g. /etc/ssh/ssh_host_ed25519_key.pub)",
             key_path.display()
         );
     }
+    let key = key.with_context(|| format!("{}: not an OpenSSH public key", key_path.display()))?;
     let host_ca = CaKey::load(&dir.join(HOST_CA))?;
     let signed =
         super::sign::sign_host_cert(&host_ca, &key, &principals, validity, SystemTime::now())?;

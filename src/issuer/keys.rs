@@ -279,6 +279,16 @@ pub fn load_trusted(path: &Path) -> Result<Vec<PublicKey>, CaError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        if line
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|t| t.ends_with("-cert-v01@openssh.com"))
+        {
+            return Err(CaError::invalid(
+                path,
+                format!("line {}: a certificate cannot be a CA key", i + 1),
+            ));
+        }
         let key = PublicKey::from_openssh(line).map_err(|e| {
             CaError::invalid(
                 path,
@@ -381,6 +391,7 @@ pub fn ensure(dir: &Path, host_names: &[String]) -> Result<InitOutcome, CaError>
             missing,
         });
     }
+    check_host_names(host_names)?;
     let now = SystemTime::now();
     let reason = bastion_cert_renewal(dir, host_names, now)?;
     if let Some(reason) = &reason {
@@ -438,6 +449,28 @@ fn bastion_cert_renewal(
     Ok(None)
 }
 
+/// `ssh.host_names` must name something, and each name must be one token.
+fn check_host_names(host_names: &[String]) -> Result<(), CaError> {
+    let bad = |message: String| CaError::Generate {
+        what: "the bastion's host certificate",
+        message,
+    };
+    if host_principals(host_names).is_empty() {
+        return Err(bad("ssh.host_names is empty".into()));
+    }
+    if let Some(n) = host_names.iter().find(|n| {
+        n.trim()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    }) {
+        return Err(bad(format!(
+            "ssh.host_names: \"{}\" holds white space, a comma or a control character",
+            crate::util::escape(n)
+        )));
+    }
+    Ok(())
+}
+
 fn host_principals(host_names: &[String]) -> Vec<String> {
     let mut v: Vec<String> = host_names.iter().map(|s| s.trim().to_string()).collect();
     v.retain(|s| !s.is_empty());
@@ -470,53 +503,34 @@ fn sign_bastion_cert(dir: &Path, host_names: &[String], now: SystemTime) -> Resu
 /// exist). Refuses, naming the file, if any key file is already there; nothing is
 /// written in that case. Returns the files created.
 pub fn init(dir: &Path, host_names: &[String], now: SystemTime) -> Result<Vec<PathBuf>, CaError> {
-    if host_principals(host_names).is_empty() {
-        return Err(CaError::Generate {
-            what: "the bastion's host certificate",
-            message: "ssh.host_names is empty".into(),
-        });
-    }
+    check_host_names(host_names)?;
     for f in REQUIRED_FILES.iter().chain([&BASTION_HOST_CERT]) {
         let p = dir.join(f);
         if p.exists() {
             return Err(CaError::Exists(p));
         }
     }
-    files::create_dir(dir)?;
+    // Everything is generated in memory first, so a failure (say, a host name the TLS
+    // certificate cannot carry) leaves no half-made folder behind.
     let stamp = crate::util::rfc3339(now);
-    let mut created = Vec::new();
-    let mut put = |name: &str, bytes: &[u8], mode: u32| -> Result<(), CaError> {
-        let p = dir.join(name);
-        files::write_new(&p, bytes, mode)?;
-        created.push(p);
-        Ok(())
-    };
+    let mut out: Vec<(&str, zeroize_string::Z, u32)> = Vec::new();
+    let z = |s: String| zeroize_string::Z::new(s);
 
     let user_ca = CaKey::generate(&format!("drawbridge user CA {stamp}"))?;
     let user_pub = public_to_openssh(user_ca.public_key())? + "\n";
-    put(USER_CA, user_ca.to_openssh()?.as_bytes(), PRIVATE_MODE)?;
-    put(USER_CA_PUB, user_pub.as_bytes(), PUBLIC_MODE)?;
-    put(TRUSTED_USER_CA_KEYS, user_pub.as_bytes(), PUBLIC_MODE)?;
+    out.push((USER_CA, user_ca.to_openssh()?, PRIVATE_MODE));
+    out.push((USER_CA_PUB, z(user_pub.clone()), PUBLIC_MODE));
+    out.push((TRUSTED_USER_CA_KEYS, z(user_pub), PUBLIC_MODE));
 
     let host_ca = CaKey::generate(&format!("drawbridge host CA {stamp}"))?;
-    put(HOST_CA, host_ca.to_openssh()?.as_bytes(), PRIVATE_MODE)?;
-    put(
-        HOST_CA_PUB,
-        (public_to_openssh(host_ca.public_key())? + "\n").as_bytes(),
-        PUBLIC_MODE,
-    )?;
+    out.push((HOST_CA, host_ca.to_openssh()?, PRIVATE_MODE));
+    let host_ca_pub = public_to_openssh(host_ca.public_key())? + "\n";
+    out.push((HOST_CA_PUB, z(host_ca_pub), PUBLIC_MODE));
 
     let host_key = CaKey::generate("drawbridge bastion host key")?;
-    put(
-        BASTION_HOST_KEY,
-        host_key.to_openssh()?.as_bytes(),
-        PRIVATE_MODE,
-    )?;
-    put(
-        BASTION_HOST_KEY_PUB,
-        (public_to_openssh(host_key.public_key())? + "\n").as_bytes(),
-        PUBLIC_MODE,
-    )?;
+    out.push((BASTION_HOST_KEY, host_key.to_openssh()?, PRIVATE_MODE));
+    let host_key_pub = public_to_openssh(host_key.public_key())? + "\n";
+    out.push((BASTION_HOST_KEY_PUB, z(host_key_pub), PUBLIC_MODE));
     let cert = super::sign::sign_host_cert(
         &host_ca,
         host_key.public_key(),
@@ -524,19 +538,23 @@ pub fn init(dir: &Path, host_names: &[String], now: SystemTime) -> Result<Vec<Pa
         BASTION_CERT_VALIDITY,
         now,
     )?;
-    put(
-        BASTION_HOST_CERT,
-        cert.openssh_line()?.as_bytes(),
-        PUBLIC_MODE,
-    )?;
+    out.push((BASTION_HOST_CERT, z(cert.openssh_line()?), PUBLIC_MODE));
 
     let (token_private, token_public) = token_key_pem()?;
-    put(TOKEN_KEY, token_private.as_bytes(), PRIVATE_MODE)?;
-    put(TOKEN_KEY_PUB, token_public.as_bytes(), PUBLIC_MODE)?;
+    out.push((TOKEN_KEY, token_private, PRIVATE_MODE));
+    out.push((TOKEN_KEY_PUB, z(token_public), PUBLIC_MODE));
 
     let (tls_key, tls_crt) = tls_pem(host_names, now)?;
-    put(TLS_KEY, tls_key.as_bytes(), PRIVATE_MODE)?;
-    put(TLS_CRT, tls_crt.as_bytes(), PUBLIC_MODE)?;
+    out.push((TLS_KEY, tls_key, PRIVATE_MODE));
+    out.push((TLS_CRT, z(tls_crt), PUBLIC_MODE));
+
+    files::create_dir(dir)?;
+    let mut created = Vec::new();
+    for (name, bytes, mode) in &out {
+        let p = dir.join(name);
+        files::write_new(&p, bytes.as_bytes(), *mode)?;
+        created.push(p);
+    }
     Ok(created)
 }
 
@@ -582,7 +600,7 @@ pub fn write_token_key(private: &Path, public: &Path) -> Result<(), CaError> {
 /// `127.0.0.1` and `::1`, valid from today for two years: (key PEM, certificate PEM).
 /// It is not a CA certificate, so clients take it as a trust anchor for exactly this
 /// server (`curl --cacert ca/tls.crt`, reqwest `add_root_certificate`).
-fn tls_pem(host_names: &[String], now: SystemTime) -> Result<(String, String), CaError> {
+fn tls_pem(host_names: &[String], now: SystemTime) -> Result<(zeroize_string::Z, String), CaError> {
     let gen_err = |e: rcgen::Error| CaError::Generate {
         what: "the TLS certificate",
         message: e.to_string(),
@@ -608,7 +626,7 @@ fn tls_pem(host_names: &[String], now: SystemTime) -> Result<(String, String), C
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&key).map_err(gen_err)?;
-    Ok((key.serialize_pem(), cert.pem()))
+    Ok((zeroize_string::Z::new(key.serialize_pem()), cert.pem()))
 }
 
 /// UTC year, month, day of `t`.
@@ -730,6 +748,18 @@ mod tests {
     }
 
     #[test]
+    fn init_with_a_bad_host_name_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let e = init(&dir, &["not a name".to_string()], SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("holds white space"), "{e}");
+        assert!(!dir.exists());
+        let e = init(&dir, &["bästion".to_string()], SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("TLS certificate"), "{e}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
     fn ensure_creates_keeps_and_refuses_partial() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
@@ -808,6 +838,33 @@ mod tests {
             CaKey::load(&r.retired).unwrap().fingerprint(),
             r.old_fingerprint
         );
+    }
+
+    #[test]
+    fn trusted_file_refuses_certificates_and_emptiness() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("trusted");
+        let ca = CaKey::generate("ca").unwrap();
+        let cert = super::super::sign::sign_host_cert(
+            &ca,
+            ca.public_key(),
+            &["h".to_string()],
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )
+        .unwrap();
+        std::fs::write(&p, cert.openssh_line().unwrap()).unwrap();
+        let e = load_trusted(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: a certificate cannot be a CA key"),
+            "{e}"
+        );
+        std::fs::write(&p, "# only a comment\n\n").unwrap();
+        let e = load_trusted(&p).unwrap_err().to_string();
+        assert!(e.contains("lists no user CA key"), "{e}");
+        let line = public_to_openssh(ca.public_key()).unwrap();
+        std::fs::write(&p, format!("# current\n{line}\n")).unwrap();
+        assert_eq!(load_trusted(&p).unwrap().len(), 1);
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub use keys::{
     BastionKeys, CaKey, InitOutcome, IssuerKeys, ca_public_lines, ensure, known_hosts_line,
     load_tls, write_token_key,
 };
-pub use plan::{CertPlan, IssueRefusal, PlanInput, TtlCap, plan_user_cert};
+pub use plan::{
+    CertPlan, CertRequest, IssueRefusal, PlanInput, TtlCap, plan_from_policy, plan_user_cert,
+};
 pub use sign::{SignError, SignedCert, sign_host_cert, sign_user_cert};
 
 /// What went wrong with the key folder.

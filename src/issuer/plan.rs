@@ -254,6 +254,47 @@ pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
     })
 }
 
+/// What the caller asked for in `POST /v1/certs` (already parsed).
+#[derive(Debug, Clone, Default)]
+pub struct CertRequest<'a> {
+    /// `ttl`; `None` = `certs.default_ttl`.
+    pub ttl: Option<Duration>,
+    /// `principals`; `None` = every principal held.
+    pub principals: Option<&'a [String]>,
+}
+
+/// [`plan_user_cert`] against a loaded policy: the principals `user` holds now (with
+/// the groups an identity provider asserted, `idp_groups`), the user's groups (policy
+/// groups plus `idp_groups`) for `groups@drawbridge`, and the policy user's `source`.
+pub fn plan_from_policy(
+    policy: &crate::policy::Policy,
+    user: &str,
+    idp_groups: &[String],
+    request: &CertRequest<'_>,
+    certs: &crate::config::CertsConfig,
+    now: SystemTime,
+) -> Result<CertPlan, IssueRefusal> {
+    let held = policy.held(user, idp_groups, now);
+    let mut groups: Vec<String> = policy
+        .groups_of(user)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    groups.extend(idp_groups.iter().cloned());
+    plan_user_cert(&PlanInput {
+        user,
+        held: &held,
+        groups: &groups,
+        principals: &policy.principals,
+        source: policy.source_of(user),
+        requested_ttl: request.ttl,
+        requested_principals: request.principals,
+        default_ttl: certs.default_ttl,
+        max_ttl: certs.max_ttl,
+        now,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +535,75 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e, IssueRefusal::InvalidUser);
+    }
+
+    #[test]
+    fn from_a_policy() {
+        use crate::policy::{Group, Policy, User};
+        let policy = Policy {
+            principals: defs(),
+            groups: [(
+                "ops".to_string(),
+                Group {
+                    name: "ops".into(),
+                    members: vec!["alice".into()],
+                    principals: vec!["web-deploy".into()],
+                    origin: Origin::default(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            users: [(
+                "alice".to_string(),
+                User {
+                    name: "alice".into(),
+                    principals: vec!["dba".into()],
+                    source: vec!["192.0.2.0/24".parse().unwrap()],
+                    origin: Origin::default(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let certs = crate::config::CertsConfig::default();
+        let idp = vec!["oncall".to_string()];
+        let p = plan_from_policy(
+            &policy,
+            "alice",
+            &idp,
+            &CertRequest::default(),
+            &certs,
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(p.principals, ["dba", "web-deploy"]);
+        assert_eq!(p.extensions["groups@drawbridge"], "oncall,ops");
+        assert_eq!(p.critical_options["source-address"], "192.0.2.0/24");
+        let asked = vec!["ops".to_string()];
+        let e = plan_from_policy(
+            &policy,
+            "alice",
+            &[],
+            &CertRequest {
+                ttl: None,
+                principals: Some(&asked),
+            },
+            &certs,
+            t0(),
+        )
+        .unwrap_err();
+        assert_eq!(e, IssueRefusal::PrincipalNotHeld("ops".into()));
+        let e = plan_from_policy(
+            &policy,
+            "nobody",
+            &[],
+            &CertRequest::default(),
+            &certs,
+            t0(),
+        )
+        .unwrap_err();
+        assert_eq!(e, IssueRefusal::NoPrincipals("nobody".into()));
     }
 
     #[test]
