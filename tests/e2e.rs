@@ -84,10 +84,9 @@ fn setup(extra_policy: &[(&str, &str)]) -> Setup {
         None,
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        std::fs::read_to_string(sshd.principals_dir.join("root")).unwrap(),
-        "web-ops\n"
-    );
+    let principals = std::fs::read_to_string(sshd.principals_dir.join("root")).unwrap();
+    let lines: Vec<&str> = principals.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, ["web-ops"], "{principals}");
     Setup { t, d, sshd }
 }
 
