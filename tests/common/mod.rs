@@ -78,7 +78,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     wait_with_timeout(child, timeout)
 }
 
@@ -480,10 +482,20 @@ pub struct SshClient {
 impl SshClient {
     /// A client for `user@bastion` on 127.0.0.1:`bastion_port`, trusting hosts signed by
     /// `host_ca` only, authenticating with `key` and `key.cert()` when it exists.
-    pub fn new(t: &TestDir, name: &str, host_ca: &Ca, bastion_port: u16, user: &str, key: &Key) -> SshClient {
-        let known_hosts = t.write(format!("{name}-known_hosts"), format!("{}\n", host_ca.known_hosts_line()));
+    pub fn new(
+        t: &TestDir,
+        name: &str,
+        host_ca: &Ca,
+        bastion_port: u16,
+        user: &str,
+        key: &Key,
+    ) -> SshClient {
+        let known_hosts = t.write(
+            format!("{name}-known_hosts"),
+            format!("{}\n", host_ca.known_hosts_line()),
+        );
         let cert = key.cert();
-        let mut c = SshClient {
+        let c = SshClient {
             config: t.join(format!("{name}-ssh_config")),
             known_hosts,
             bastion_port,
