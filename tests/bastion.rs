@@ -443,10 +443,11 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
     let out = w.client("hosty", port, &hosty).run(&["web-1", "true"]);
     refused(&out);
     let fp = fingerprint(&hosty);
-    let recs = w.find("ssh.auth.failed", &[("key_fingerprint", &fp)]);
-    assert!(
-        !recs.is_empty(),
-        "no refusal recorded for the host certificate"
+    // The OpenSSH client does not even offer a host certificate for user auth; it falls
+    // back to the bare key. `wire_level_refusals` sends one with a russh client.
+    w.expect_record(
+        "ssh.auth.failed",
+        &[("key_fingerprint", &fp), ("reason", "no-certificate")],
     );
 
     // Revoked serial.
@@ -803,4 +804,252 @@ fn shutdown_drains_open_forwards_then_cuts_them() {
     );
     assert!(drawbridge::audit::verify(&w.audit_path).is_ok());
     assert!(Path::new(&w.audit_path).exists());
+}
+
+/// A russh client, to send what the OpenSSH client will not: host certificates, "forever"
+/// certificates, empty principals, many channels.
+mod wire {
+    use super::*;
+    use ssh_key::certificate::Builder;
+
+    pub struct AnyServer;
+    impl russh::client::Handler for AnyServer {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    pub fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A certificate for `user` signed by `ca`, with `edit` applied to the builder.
+    pub fn cert(
+        ca: &ssh_key::PrivateKey,
+        user: &ssh_key::PrivateKey,
+        after: u64,
+        before: u64,
+        edit: impl FnOnce(&mut Builder),
+    ) -> ssh_key::Certificate {
+        let mut b = Builder::new(
+            [1u8; 16],
+            user.public_key().key_data().clone(),
+            after,
+            before,
+        )
+        .unwrap();
+        b.key_id("alice").unwrap();
+        b.serial(4242).unwrap();
+        edit(&mut b);
+        b.sign(ca).unwrap()
+    }
+
+    pub async fn login(
+        port: u16,
+        key: &ssh_key::PrivateKey,
+        cert: ssh_key::Certificate,
+    ) -> (russh::client::Handle<AnyServer>, bool) {
+        let config = Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(config, ("127.0.0.1", port), AnyServer)
+            .await
+            .unwrap();
+        let ok = h
+            .authenticate_openssh_cert("wire", Arc::new(key.clone()), cert)
+            .await
+            .map(|r| r.success())
+            .unwrap_or(false);
+        (h, ok)
+    }
+}
+
+/// Awaits `f` at most 20 s.
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("timed out")
+}
+
+#[test]
+fn wire_level_refusals() {
+    use ssh_key::certificate::CertType;
+    let Some(w) = world() else { return };
+    let cfg = SshConfig {
+        max_channels_per_connection: 3,
+        max_connections_per_user: 2,
+        ..test_config()
+    };
+    let b = start_bastion(&w, cfg);
+    let ca = ssh_key::PrivateKey::read_openssh_file(&w.user_ca.key.path).unwrap();
+    let user = ssh_key::PrivateKey::read_openssh_file(&w.t.keygen("wire").path).unwrap();
+    let now = wire::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = b.port;
+    let with_role = |bld: &mut ssh_key::certificate::Builder| {
+        bld.valid_principal("web-admin").unwrap();
+    };
+
+    rt.block_on(async {
+        // Host certificate as user certificate (row 4).
+        let c = wire::cert(&ca, &user, now - 60, now + 300, |bld| {
+            with_role(bld);
+            bld.cert_type(CertType::Host).unwrap();
+        });
+        let (_, ok) = bounded(wire::login(port, &user, c)).await;
+        assert!(!ok);
+        // "Forever" (row 6): russh skips its own window check for it.
+        let c = wire::cert(&ca, &user, now - 60, u64::MAX, with_role);
+        let (_, ok) = bounded(wire::login(port, &user, c)).await;
+        assert!(!ok);
+        // Empty principals (row 5).
+        let c = wire::cert(&ca, &user, now - 60, now + 300, |bld| {
+            bld.all_principals_valid().unwrap();
+        });
+        let (_, ok) = bounded(wire::login(port, &user, c)).await;
+        assert!(!ok);
+        // Longer than the global maximum (row 6).
+        let c = wire::cert(&ca, &user, now - 60, now + 7200, with_role);
+        let (_, ok) = bounded(wire::login(port, &user, c)).await;
+        assert!(!ok);
+
+        // A good one; then the channel cap (F4).
+        let good = wire::cert(&ca, &user, now - 60, now + 300, with_role);
+        let (h, ok) = bounded(wire::login(port, &user, good.clone())).await;
+        assert!(ok, "a good certificate is refused");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let ch = bounded(h.channel_open_direct_tcpip("web-1", 22, "127.0.0.1", 1))
+                .await
+                .expect("forward under the cap");
+            held.push(ch);
+        }
+        let over = bounded(h.channel_open_direct_tcpip("web-1", 22, "127.0.0.1", 1)).await;
+        assert!(over.is_err(), "a 4th channel opened past the cap of 3");
+        // The connection stays usable after a refusal: close one, open again.
+        let first = held.remove(0);
+        first.close().await.unwrap();
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let again = bounded(h.channel_open_direct_tcpip("web-1", 22, "127.0.0.1", 1)).await;
+            if let Ok(ch) = again {
+                held.push(ch);
+                break;
+            }
+            assert!(Instant::now() < deadline, "channel place not given back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Connections per user (key id): two allowed, the third refused.
+        let (_h2, ok2) = bounded(wire::login(port, &user, good.clone())).await;
+        assert!(ok2);
+        let (_h3, ok3) = bounded(wire::login(port, &user, good.clone())).await;
+        assert!(!ok3, "a third connection for the same key id was accepted");
+        drop(held);
+    });
+
+    for (reason, serial) in [
+        ("not-user-certificate", "4242"),
+        ("no-expiry", "4242"),
+        ("no-principals", "4242"),
+        ("validity-too-long", "4242"),
+        ("too-many-connections", "4242"),
+    ] {
+        w.expect_record("ssh.auth.failed", &[("reason", reason), ("serial", serial)]);
+    }
+    w.expect_record(
+        "forward.refused",
+        &[("reason", "too-many-channels"), ("key_id", "alice")],
+    );
+    assert!(b.metrics.refusals_of("too-many-channels") >= 1);
+}
+
+#[test]
+fn idle_connections_and_down_targets() {
+    let Some(w) = world() else { return };
+    let cfg = SshConfig {
+        idle_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        ..test_config()
+    };
+    let b = start_bastion(&w, cfg);
+    // F3: authenticated, no channel: closed at the idle timeout.
+    let alice = w.user(
+        "alice",
+        Some(&w.user_ca),
+        "alice",
+        &["web-admin"],
+        "-1m:+5m",
+        1,
+        &[],
+    );
+    let c = w.client("alice", b.port, &alice);
+    let started = Instant::now();
+    let out = c.run(&["-N", "bastion"]);
+    assert!(
+        !out.timed_out && started.elapsed() < Duration::from_secs(10),
+        "{out:?}"
+    );
+    w.expect_record("ssh.auth.ok", &[("key_id", "alice")]);
+    // F5: the target is down: an open failure, quickly, audited.
+    let bob = w.user("bob", Some(&w.user_ca), "bob", &["dba"], "-1m:+5m", 2, &[]);
+    let started = Instant::now();
+    let out = w.client("bob", b.port, &bob).run(&["db-1", "true"]);
+    refused(&out);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        out.stderr.contains("cannot connect") || out.stderr.contains("open failed"),
+        "{out:?}"
+    );
+    w.expect_record(
+        "forward.refused",
+        &[
+            ("reason", "connect-failed"),
+            ("key_id", "bob"),
+            ("target", "db-1"),
+        ],
+    );
+}
+
+#[test]
+fn connections_are_cut_when_the_certificate_expires() {
+    let Some(w) = world() else { return };
+    let cfg = SshConfig {
+        disconnect_on_cert_expiry: true,
+        ..test_config()
+    };
+    let b = start_bastion(&w, cfg);
+    let alice = w.user(
+        "alice",
+        Some(&w.user_ca),
+        "alice",
+        &["web-admin"],
+        "-1m:+6s",
+        1,
+        &[],
+    );
+    let c = w.client("alice", b.port, &alice);
+    let started = Instant::now();
+    // A held forward (stdin open) that would last for ever.
+    let mut child = c
+        .command(&["-W", "web-1:22", "bastion"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let out = wait_with_timeout(child, Duration::from_secs(20));
+    assert!(!out.timed_out, "the connection outlived its certificate");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    w.expect_record("forward.closed", &[("key_id", "alice")]);
 }
