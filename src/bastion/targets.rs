@@ -1,9 +1,8 @@
 //! Which inventory host a `direct-tcpip` request names, and which hosts a certificate may
 //! reach now (for the `hosts` command).
 //!
-//! SHIM: the policy work is adding `Policy::resolve_target` and `Policy::reachable`; until
-//! they land these local functions implement the same rules, and the bastion calls only
-//! these two, so switching over is a two-line change.
+//! `reachable` differs from `Policy::reachable` in one way: only the certificate's own
+//! principals count (a certificate may carry a subset of what its holder holds).
 //!
 //! Rule (DESIGN, the bastion's rules; THREATS row 16): the requested host must be exactly
 //! an inventory name or exactly an inventory address. No case folding, no trailing dot, no
@@ -15,41 +14,13 @@ use std::time::SystemTime;
 
 use crate::policy::{Decision, Host, Policy, Query};
 
-/// The inventory entry a `direct-tcpip` request names, or why none does.
+/// The inventory entry a `direct-tcpip` request names, or why none does
+/// ([`Policy::resolve_target`], with the SSH wire's 32-bit port checked first).
 pub fn resolve_target<'p>(policy: &'p Policy, host: &str, port: u32) -> Result<&'p Host, String> {
-    let shown = crate::util::escape(host);
-    let port_ok = |h: &Host| port == u32::from(h.port) || port == 22;
-    if let Some(h) = policy.hosts.get(host) {
-        return if port_ok(h) {
-            Ok(h)
-        } else {
-            Err(format!(
-                "{shown}: port {port} is not allowed (the inventory has port {})",
-                h.port
-            ))
-        };
-    }
-    let by_address: Vec<&Host> = policy
-        .hosts
-        .values()
-        .filter(|h| h.address == host)
-        .collect();
-    if by_address.is_empty() {
-        return Err(format!("{shown} is not a host in the inventory"));
-    }
-    if let Some(h) = by_address.iter().find(|h| u32::from(h.port) == port) {
-        return Ok(h);
-    }
-    match by_address.as_slice() {
-        [h] if port_ok(h) => Ok(h),
-        [h] => Err(format!(
-            "{shown}: port {port} is not allowed (the inventory has port {})",
-            h.port
-        )),
-        _ => Err(format!(
-            "{shown}:{port} matches several inventory hosts; use the host's name"
-        )),
-    }
+    let Ok(port) = u16::try_from(port) else {
+        return Err(format!("port {port} is not a TCP port"));
+    };
+    policy.resolve_target(host, port)
 }
 
 /// One host a certificate may reach now, with the logins its principals allow there.
@@ -166,6 +137,7 @@ mod tests {
         ] {
             assert!(resolve_target(&p, alias, 22).is_err(), "{alias:?}");
         }
+        assert!(resolve_target(&p, "web-1", 65536 + 22).is_err());
     }
 
     #[test]

@@ -495,7 +495,7 @@ impl SshClient {
             format!("{}\n", host_ca.known_hosts_line()),
         );
         let cert = key.cert();
-        let mut c = SshClient {
+        let c = SshClient {
             config: t.join(format!("{name}-ssh_config")),
             known_hosts,
             bastion_port,
