@@ -67,16 +67,58 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     }
 }
 
-/// Reads at most `limit` bytes of `body`; more is 413.
+/// Reads at most `limit` bytes of `body`; more is 413. Past the limit it goes on reading
+/// and dropping (at most 64 times the limit, for at most a second) so that the 413 reaches
+/// a client that is still sending instead of being lost to a TCP reset.
 pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(_) => Err(ApiError::new(
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::new();
+    let mut over = false;
+    let mut dropped = 0usize;
+    let drain_limit = limit.saturating_mul(64);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let frame = if over {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            if over {
+                break;
+            }
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "the request body could not be read; send it again",
+            ));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if over {
+            dropped += data.len();
+            if dropped > drain_limit {
+                break;
+            }
+        } else if out.len() + data.len() > limit {
+            over = true;
+        } else {
+            out.extend_from_slice(&data);
+        }
+    }
+    if over {
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the request body is over {limit} bytes; send one public key line"),
-        )),
+        ));
     }
+    Ok(out)
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, ApiError> {

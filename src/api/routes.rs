@@ -250,13 +250,32 @@ async fn refuse(state: &AppState, caller: &Caller, e: ApiError, policy_version: 
     e
 }
 
+/// Reads and drops what is left of a refused request's body (at most `limit` bytes, for
+/// at most a second): a response sent while the client is still sending can be lost to a
+/// TCP reset. Nothing of the body is parsed.
+async fn discard_body(body: Body, limit: usize) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+}
+
 async fn post_certs(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Authentication was decided from the headers alone; the body is not looked at.
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => {
+            discard_body(body, MAX_CERT_BODY).await;
+            return Err(e);
+        }
+    };
     let policy = state.policy.current();
     let version = policy.version.clone();
     let body = match read_body(body, MAX_CERT_BODY).await {
@@ -358,8 +377,16 @@ fn via_name(via: &crate::policy::Via) -> String {
 
 async fn post_login(
     State(state): State<Arc<AppState>>,
-    PasswordCaller(caller): PasswordCaller,
+    caller: Result<PasswordCaller, ApiError>,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let caller = match caller {
+        Ok(PasswordCaller(c)) => c,
+        Err(e) => {
+            discard_body(body, MAX_CERT_BODY).await;
+            return Err(e);
+        }
+    };
     let now = SystemTime::now();
     let (token, expires) = state
         .auth
