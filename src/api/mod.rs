@@ -78,3 +78,6 @@ impl AppState {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests;
