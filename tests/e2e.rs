@@ -508,3 +508,58 @@ fn cert_signed_by(t: &TestDir, cert: &Path, ca_line: &str) -> bool {
         .unwrap();
     String::from_utf8_lossy(&info.stdout).contains(&fp(&ca_path))
 }
+
+#[test]
+fn bastion_only_runs_without_any_ca_private_key() {
+    let t = TestDir::new();
+    let mut d = Drawbridge::prepare(&[], "");
+    let (code, out, err) = d.cli(&["ca", "init"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    // The CA private keys leave the bastion host.
+    let offline = t.join("offline");
+    std::fs::create_dir_all(&offline).unwrap();
+    for f in ["user_ca", "host_ca", "token_key", "tls.key"] {
+        std::fs::rename(d.path().join("ca").join(f), offline.join(f)).unwrap();
+    }
+    for f in ["user_ca.pub", "host_ca.pub"] {
+        std::fs::copy(d.path().join("ca").join(f), offline.join(f)).unwrap();
+    }
+    let host_ca = Ca {
+        key: Key {
+            path: offline.join("host_ca"),
+        },
+    };
+    let user_ca = Ca {
+        key: Key {
+            path: offline.join("user_ca"),
+        },
+    };
+    let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
+    let sshd = Sshd::start(
+        &t,
+        "web-1",
+        &[&trusted],
+        &host_ca,
+        &[("root", &["web-ops"])],
+    )
+    .unwrap();
+    for (name, text) in policy_for(sshd.port) {
+        std::fs::write(d.path().join("policies").join(name), text).unwrap();
+    }
+    d.launch(&["--bastion-only"]);
+    // No API on the bastion-only process.
+    assert!(std::net::TcpStream::connect(d.api).is_err());
+
+    let key = t.keygen("alice");
+    user_ca.sign_user(&key.public(), "alice", &["web-ops"], "-1m:+5m", 42, &[]);
+    let mut ssh = SshClient::new(&t, "alice", &host_ca, d.ssh.port(), "alice", &key);
+    ssh.add_target("web-1", "root");
+    let out = ssh.run(&["web-1", "echo", "split"]);
+    assert!(out.success(), "{}\n{}", out.stderr, d.server_log());
+    assert_eq!(out.stdout.trim(), "split");
+    assert_eq!(d.stop(), 0);
+    let last = d.audit().pop().unwrap();
+    assert_eq!(last["event"], "service.stopped");
+    let (code, out, err) = d.cli(&["audit", "verify", d.audit_path().to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+}

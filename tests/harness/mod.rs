@@ -154,6 +154,14 @@ impl Drawbridge {
     /// `policy`: files under `policies/`; `extra_config`: more drawbridge.toml (it may
     /// not repeat [api] or [ssh]); `args`: more `serve` flags.
     pub fn start_with(policy: &[(&str, &str)], extra_config: &str, args: &[&str]) -> Drawbridge {
+        let mut d = Self::prepare(policy, extra_config);
+        d.spawn(args);
+        d
+    }
+
+    /// Writes the folder (config and policy) without starting anything; see
+    /// [`Drawbridge::launch`].
+    pub fn prepare(policy: &[(&str, &str)], extra_config: &str) -> Drawbridge {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -174,8 +182,13 @@ impl Drawbridge {
             log: PathBuf::new(),
         };
         d.log = d.dir.path().join("serve.log");
-        d.spawn(args);
         d
+    }
+
+    /// Starts `serve` with `args` in a prepared folder.
+    pub fn launch(&mut self, args: &[&str]) {
+        assert!(self.child.is_none(), "already running");
+        self.spawn(args);
     }
 
     pub fn path(&self) -> &Path {
