@@ -1,11 +1,240 @@
 //! `drawbridge serve`: wires policy, keys, identity, audit, the API and the bastion.
+//!
+//! Start order: keys (created on first start), policy (an invalid policy at start is
+//! fatal: there is no last good one to keep), audit log (a `service.started` record must
+//! be written, or nothing starts), then the listeners. SIGHUP reloads the policy at once;
+//! the watcher also reloads on file changes. SIGTERM or Ctrl-C: stop accepting, let open
+//! forwards and requests finish for `ssh.shutdown_grace`, write `service.stopped`, exit 0.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Audit, Event};
 use crate::cli::ServeArgs;
 use crate::config::Config;
+use crate::policy::watch::{PolicyStore, ReloadOutcome};
+
+/// How often the policy folder is checked for changes.
+const POLICY_POLL: Duration = Duration::from_secs(2);
 
 pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = (config, args);
-    anyhow::bail!("not implemented yet")
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("drawbridge")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(config, args))
+}
+
+async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    let run_api = !args.bastion_only;
+    let run_bastion = !args.api_only;
+    let ca_dir = config.ca_dir();
+
+    if run_api {
+        let outcome = crate::issuer::keys::ensure(&ca_dir, &config.ssh.host_names)
+            .with_context(|| format!("preparing the keys in {}", ca_dir.display()))?;
+        tracing::info!(dir = %ca_dir.display(), ?outcome, "keys ready");
+    }
+
+    let policy_dir = config.policies_dir();
+    let policy = match PolicyStore::open(&policy_dir) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{errors}");
+            anyhow::bail!(
+                "the policy in {} does not load ({} error(s) above); fix it and start again \
+                 (drawbridge policy check {})",
+                policy_dir.display(),
+                errors.0.len(),
+                policy_dir.display()
+            );
+        }
+    };
+
+    let audit = Audit::open(&config.audit_path(), &config.audit.replica)
+        .with_context(|| format!("opening the audit log {}", config.audit_path().display()))?;
+    audit
+        .record(
+            Event::new("service.started")
+                .with("version", env!("CARGO_PKG_VERSION"))
+                .with("api", run_api)
+                .with("bastion", run_bastion)
+                .with("policy_version", &policy.current().version),
+        )
+        .await
+        .context("the audit log cannot be written; nothing starts without it")?;
+
+    let shutdown = CancellationToken::new();
+    spawn_policy_watch(policy.clone(), audit.clone(), shutdown.clone());
+
+    let metrics = Arc::new(crate::api::metrics::Metrics::new());
+    let mut tasks = Vec::new();
+
+    if run_bastion {
+        let keys = crate::issuer::keys::BastionKeys::load(&ca_dir)
+            .with_context(|| format!("loading the bastion keys from {}", ca_dir.display()))?;
+        let keys = crate::bastion::BastionKeysInput {
+            trusted_user_cas: keys.trusted_user_cas,
+            host_key: keys.host_key,
+            host_cert: keys.host_cert,
+        };
+        let listener = TcpListener::bind(config.ssh.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (ssh.listen)", config.ssh.listen))?;
+        let bastion_metrics = crate::bastion::BastionMetrics::new();
+        metrics.register_bastion(bastion_metrics.clone());
+        tracing::info!(listen = %config.ssh.listen, "bastion listening");
+        println!("drawbridge: SSH bastion on {}", listener.local_addr()?);
+        let cfg = config.ssh.clone();
+        // The issuer backdates valid_after by 60 s: a certificate spans max_ttl + 60 s.
+        let max = config.certs.max_ttl + crate::issuer::plan::CLOCK_SKEW;
+        let (p, a) = (policy.clone(), audit.clone());
+        let stop = watch_token(&shutdown);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                crate::bastion::run(listener, cfg, max, keys, p, a, bastion_metrics, stop).await
+            {
+                tracing::error!(error = %format!("{e:#}"), "bastion stopped");
+            }
+        }));
+    }
+
+    if run_api {
+        let state = crate::api::AppState::new(
+            config.clone(),
+            policy.clone(),
+            audit.clone(),
+            metrics.clone(),
+        )
+        .context("preparing the API")?;
+        let tls = if config.api.tls {
+            let (chain, key) =
+                crate::issuer::keys::load_tls(&ca_dir).context("loading the TLS certificate")?;
+            Some(crate::api::server::tls_config(chain, key)?)
+        } else {
+            None
+        };
+        let listener = TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("drawbridge: API on {scheme}://{}", listener.local_addr()?);
+        let app = crate::api::router(state);
+        let (cfg, s, grace) = (
+            config.api.clone(),
+            shutdown.clone(),
+            config.ssh.shutdown_grace,
+        );
+        tasks.push(tokio::spawn(async move {
+            crate::api::server::serve(listener, app, tls, cfg, s, grace).await;
+        }));
+    }
+
+    wait_for_stop(&shutdown, &policy, &audit).await;
+    let grace = config.ssh.shutdown_grace + Duration::from_secs(2);
+    for t in tasks {
+        let _ = tokio::time::timeout(grace, t).await;
+    }
+    let stopped = audit
+        .record(Event::new("service.stopped").with("policy_version", &policy.current().version))
+        .await;
+    if let Err(e) = stopped {
+        tracing::error!(error = %e, "could not write service.stopped");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Blocks until SIGTERM or Ctrl-C; SIGHUP reloads the policy meanwhile.
+async fn wait_for_stop(shutdown: &CancellationToken, policy: &Arc<PolicyStore>, audit: &Audit) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        _ => {
+            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                let outcome = policy.reload();
+                record_reload(audit, outcome).await;
+            }
+        }
+    }
+    tracing::info!("stopping: no new connections; open ones may finish");
+    shutdown.cancel();
+}
+
+/// A `watch` receiver that turns true when `token` is cancelled (the bastion's shape).
+fn watch_token(token: &CancellationToken) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let token = token.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        let _ = tx.send(true);
+        // Keep the sender alive until every receiver is gone.
+        tx.closed().await;
+    });
+    rx
+}
+
+fn spawn_policy_watch(policy: Arc<PolicyStore>, audit: Audit, shutdown: CancellationToken) {
+    let handle = tokio::runtime::Handle::current();
+    let watcher = policy.spawn_watcher(POLICY_POLL, move |outcome| {
+        let audit = audit.clone();
+        handle.spawn(record_reload_owned(audit, outcome));
+    });
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        watcher.abort();
+    });
+}
+
+async fn record_reload_owned(audit: Audit, outcome: ReloadOutcome) {
+    record_reload(&audit, outcome).await
+}
+
+async fn record_reload(audit: &Audit, outcome: ReloadOutcome) {
+    let event = match outcome {
+        ReloadOutcome::Unchanged => return,
+        ReloadOutcome::Applied {
+            old_version,
+            new_version,
+        } => {
+            tracing::info!(%old_version, %new_version, "policy reloaded");
+            Event::new("policy.reloaded")
+                .with("old_version", old_version)
+                .with("policy_version", new_version)
+        }
+        ReloadOutcome::Rejected {
+            kept_version,
+            errors,
+        } => {
+            let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            tracing::error!(kept = %kept_version, errors = %list.join("; "), "policy change rejected; keeping the last good policy");
+            Event::new("policy.rejected")
+                .with("policy_version", kept_version)
+                .with("errors", list)
+        }
+    };
+    if let Err(e) = audit.record(event).await {
+        tracing::error!(error = %e, "could not audit a policy reload");
+    }
 }

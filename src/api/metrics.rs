@@ -128,3 +128,102 @@ mod tests {
         );
     }
 }
+
+/// Exposes the bastion's atomics on each scrape.
+#[derive(Debug)]
+struct BastionCollector(std::sync::Arc<crate::bastion::BastionMetrics>);
+
+impl prometheus_client::collector::Collector for BastionCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.0;
+        let gauges = [
+            (
+                "bastion_connections_active",
+                "SSH connections open now",
+                &m.connections_active,
+            ),
+            (
+                "bastion_unauthenticated_active",
+                "SSH connections not yet authenticated",
+                &m.unauthenticated_active,
+            ),
+            (
+                "bastion_forwards_active",
+                "Forwards open now",
+                &m.forwards_active,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v.load(Relaxed) as i64);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "bastion_connections",
+                "SSH connections accepted",
+                &m.connections_total,
+            ),
+            (
+                "bastion_connections_dropped",
+                "SSH connections dropped at accept by the pre-auth caps",
+                &m.connections_dropped,
+            ),
+            (
+                "bastion_login_grace_expired",
+                "SSH connections closed at the login grace limit",
+                &m.login_grace_expired,
+            ),
+            ("bastion_accept_errors", "accept() errors", &m.accept_errors),
+            (
+                "bastion_auth_ok",
+                "Successful certificate authentications",
+                &m.auth_ok,
+            ),
+            ("bastion_forwards", "Forwards opened", &m.forwards_total),
+            (
+                "bastion_bytes_client_to_target",
+                "Bytes forwarded from clients to DMZ hosts",
+                &m.bytes_client_to_target,
+            ),
+            (
+                "bastion_bytes_target_to_client",
+                "Bytes forwarded from DMZ hosts to clients",
+                &m.bytes_target_to_client,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v.load(Relaxed));
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let refusals = m.refusals();
+        if !refusals.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "bastion_refusals",
+                "SSH authentications, forwards and sessions refused, by reason",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (code, n) in refusals {
+                let labels = ReasonLabel {
+                    reason: code.to_string(),
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds the bastion's counters to `/metrics`.
+    pub fn register_bastion(&self, m: std::sync::Arc<crate::bastion::BastionMetrics>) {
+        self.with_registry(|r| r.register_collector(Box::new(BastionCollector(m))));
+    }
+}

@@ -6,5 +6,75 @@
 pub mod error;
 pub mod metrics;
 pub mod request;
+mod routes;
 pub mod server;
 pub mod ssh_config;
+
+pub use routes::{Caller, router};
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::identity::Authenticator;
+use crate::issuer::keys::IssuerKeys;
+use crate::policy::Policy;
+use crate::policy::watch::PolicyStore;
+use metrics::Metrics;
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub policy: Arc<PolicyStore>,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+    keys: ArcSwap<IssuerKeys>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        policy: Arc<PolicyStore>,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<AppState>> {
+        let keys = IssuerKeys::load(&config.ca_dir())?;
+        let auth = Authenticator::new(&config)?;
+        Ok(Arc::new(AppState {
+            config,
+            policy,
+            audit,
+            metrics,
+            auth: Arc::new(auth),
+            keys: ArcSwap::from_pointee(keys),
+        }))
+    }
+
+    /// The CA keys in force (swapped by [`AppState::reload_keys`] after `ca rotate`).
+    pub fn issuer_keys(&self) -> Arc<IssuerKeys> {
+        self.keys.load_full()
+    }
+
+    /// Re-reads the CA keys (SIGHUP after `drawbridge ca rotate`); keeps the old ones
+    /// when the new files do not load.
+    pub fn reload_keys(&self) -> anyhow::Result<()> {
+        let keys = IssuerKeys::load(&self.config.ca_dir())?;
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// The KRL of `policy`'s revocations for every trusted user CA (built per request:
+    /// the list is small, and a cache keyed on the version could serve a stale list for
+    /// an uncommitted change).
+    pub fn krl_for(&self, policy: &Policy) -> anyhow::Result<Vec<u8>> {
+        let keys = self.issuer_keys();
+        Ok(crate::issuer::krl::build_krl(
+            &policy.revoked,
+            &keys.trusted_user_cas,
+            std::time::SystemTime::now(),
+        ))
+    }
+}

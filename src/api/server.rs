@@ -121,3 +121,17 @@ pub fn peer_addr<B>(req: &axum::http::Request<B>) -> Option<SocketAddr> {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
 }
+
+/// The rustls server configuration: TLS 1.2 and 1.3 with aws-lc-rs, ALPN h2 and http/1.1.
+pub fn tls_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -1,11 +1,85 @@
-//! `drawbridge user add`. SKELETON.
+//! `drawbridge user add NAME [--password-stdin]`: adds a password user, or changes the
+//! password of an existing one, in the users file (`paths.users`).
+//!
+//! The password never comes from the command line: with `--password-stdin` it is the first
+//! line of standard input (without its line ending); otherwise it is asked twice on the
+//! terminal without echo. Empty passwords and names outside `A-Z a-z 0-9 . _ @ + -` are
+//! refused. The file is rewritten atomically with mode 0600.
 
+use std::io::BufRead;
 use std::process::ExitCode;
 
 use crate::cli::UserCommand;
 use crate::config::Config;
 
+use super::Secret;
+use super::password::{UserEntry, UsersFile, hash_password, valid_user_name};
+
 pub fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
-    let _ = (config, cmd);
-    anyhow::bail!("not implemented yet")
+    match cmd {
+        UserCommand::Add {
+            name,
+            password_stdin,
+        } => add(config, &name, password_stdin),
+    }
+}
+
+fn add(config: &Config, name: &str, password_stdin: bool) -> anyhow::Result<ExitCode> {
+    if !valid_user_name(name) {
+        anyhow::bail!(
+            "user name {:?} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ @ + -",
+            crate::util::escape(name)
+        );
+    }
+    let path = config.users_path();
+    // Read the file first: a broken file is reported before a password is asked for.
+    let mut file = UsersFile::load(&path)?;
+    let password = if password_stdin {
+        read_stdin_line()?
+    } else {
+        prompt_twice(name)?
+    };
+    if password.expose().is_empty() {
+        anyhow::bail!("empty password refused");
+    }
+    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{}", e.audit_reason()))?;
+    let existed = file
+        .users
+        .insert(name.to_owned(), UserEntry { hash })
+        .is_some();
+    file.save(&path)?;
+    if existed {
+        eprintln!("changed the password of {name} in {}", path.display());
+    } else {
+        eprintln!("added {name} to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_stdin_line() -> anyhow::Result<Secret<String>> {
+    let mut line = Secret::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(line.expose_mut())
+        .map_err(|e| anyhow::anyhow!("cannot read the password from standard input: {e}"))?;
+    let trimmed = line
+        .expose()
+        .trim_end_matches('\n')
+        .trim_end_matches('\r')
+        .to_owned();
+    Ok(Secret::new(trimmed))
+}
+
+fn prompt_twice(name: &str) -> anyhow::Result<Secret<String>> {
+    let no_tty = |e: std::io::Error| {
+        anyhow::anyhow!("cannot read a password from the terminal ({e}); use --password-stdin")
+    };
+    let first = Secret::new(
+        rpassword::prompt_password(format!("New password for {name}: ")).map_err(no_tty)?,
+    );
+    let second = Secret::new(rpassword::prompt_password("Repeat the password: ").map_err(no_tty)?);
+    if first != second {
+        anyhow::bail!("the passwords do not match");
+    }
+    Ok(first)
 }

@@ -1,5 +1,383 @@
 //! Who is calling: password users (argon2id), drawbridge tokens, OIDC ID tokens.
 //!
-//! SKELETON: the identity work fills this in.
+//! [`Authenticator`] is the one entry point for the HTTP layer:
+//! [`basic`](Authenticator::basic) for `Authorization: Basic`,
+//! [`bearer`](Authenticator::bearer) for `Authorization: Bearer` (a drawbridge token or an
+//! OIDC ID token, told apart by the unverified `iss`, then verified by the right verifier),
+//! and [`issue_token`](Authenticator::issue_token) for `POST /v1/login`.
+//!
+//! Invariants: no password, token or key reaches `Debug` output, a log or an error message
+//! ([`Secret`] wraps them); nothing read from an unverified token is trusted beyond picking
+//! the verifier; a password burst cannot starve token logins (the bounded [`HashPool`]).
+//!
+//! Parts: [`password`] (users file, argon2id, pool), [`limiter`] (failed-login limits),
+//! [`tokens`] (drawbridge tokens and the token key), [`oidc`] (identity providers).
 
 pub mod cmd;
+pub mod limiter;
+pub mod oidc;
+pub mod password;
+pub mod secret;
+pub mod tokens;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use limiter::{LoginLimiter, MemoryLimiter};
+pub use oidc::OidcProvider;
+pub use password::{HashPool, UserStore};
+pub use secret::Secret;
+pub use tokens::{TokenKeys, write_token_key};
+
+use crate::config::Config;
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum AuthMethod {
+    Password,
+    Token,
+    Oidc { issuer: String },
+}
+
+impl AuthMethod {
+    /// `password`, `token` or `oidc` (for audit records and metrics).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMethod::Password => "password",
+            AuthMethod::Token => "token",
+            AuthMethod::Oidc { .. } => "oidc",
+        }
+    }
+}
+
+/// An authenticated caller. `groups` are those asserted by the IdP or carried by the
+/// token (empty for password users); the policy adds its own groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub method: AuthMethod,
+}
+
+/// Why authentication failed. `Display` is the message safe to show the client (except
+/// [`AuthError::Internal`], whose detail is for logs only: use
+/// [`client_message`](AuthError::client_message)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user or wrong password: one text for both. HTTP 401.
+    #[error("invalid user name or password")]
+    InvalidCredentials,
+    /// Too many failed logins for this user or from this address. HTTP 429 with
+    /// `Retry-After`.
+    #[error("too many failed logins; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
+    /// The password hashing pool and its queue are full. HTTP 429.
+    #[error("too many logins in progress; retry in a moment")]
+    Busy,
+    /// The bearer token was refused; the text says why ("token expired", ...). HTTP 401.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// Our fault (a missing key, a worker that died). HTTP 500; the detail is not for the
+    /// client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::InvalidCredentials | AuthError::InvalidToken(_) => 401,
+            AuthError::RateLimited { .. } | AuthError::Busy => 429,
+            AuthError::Internal(_) => 500,
+        }
+    }
+
+    /// A short machine code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::InvalidCredentials => "invalid_credentials",
+            AuthError::RateLimited { .. } => "rate_limited",
+            AuthError::Busy => "busy",
+            AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::Internal(_) => "internal",
+        }
+    }
+
+    /// The message to show the client (never the detail of an internal error).
+    pub fn client_message(&self) -> String {
+        match self {
+            AuthError::Internal(_) => "internal error; the operator has the details".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// `Retry-After` seconds, for the 429s.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AuthError::RateLimited { retry_after } => Some(*retry_after),
+            AuthError::Busy => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The reason to write in an audit record (`login.failed`): never holds a secret.
+    pub fn audit_reason(&self) -> String {
+        match self {
+            AuthError::InvalidCredentials => "invalid credentials".into(),
+            AuthError::RateLimited { retry_after } => {
+                format!("rate limited for {} s", retry_after.as_secs().max(1))
+            }
+            AuthError::Busy => "password hashing pool full".into(),
+            AuthError::InvalidToken(why) => why.clone(),
+            AuthError::Internal(detail) => format!("internal error: {detail}"),
+        }
+    }
+}
+
+/// Maps a jsonwebtoken error to a client-safe reason.
+pub(crate) fn jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    let why = match e.kind() {
+        K::ExpiredSignature => "token expired".to_string(),
+        K::ImmatureSignature => "token not yet valid".into(),
+        K::InvalidSignature => "token signature invalid".into(),
+        K::InvalidIssuer => "token issuer not trusted".into(),
+        K::InvalidAudience => "token audience not accepted".into(),
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+            "token algorithm not allowed".into()
+        }
+        K::MissingRequiredClaim(c) => format!("token claim \"{c}\" missing or of the wrong type"),
+        K::InvalidClaimFormat(c) => format!("token claim \"{c}\" of the wrong type"),
+        _ => "token malformed".into(),
+    };
+    AuthError::InvalidToken(why)
+}
+
+/// Refuses names (users, groups) a token carries that hold control characters or are
+/// absurdly long: they end up in certificates and audit records.
+pub(crate) fn check_name(what: &str, s: &str) -> Result<(), AuthError> {
+    if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+        return Err(AuthError::InvalidToken(format!(
+            "{what} is empty, too long or holds control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// What the unverified header and payload say: used only to choose a verifier.
+#[derive(Debug, Clone)]
+pub(crate) struct Peek {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub iss: Option<String>,
+}
+
+/// Reads the unverified header and `iss` of a JWT. Refuses `none` and HMAC algorithms
+/// outright: no key we hold is a shared secret.
+pub(crate) fn peek(token: &str) -> Result<Peek, AuthError> {
+    let malformed = || AuthError::InvalidToken("token malformed".into());
+    if token.len() > 16 * 1024 {
+        return Err(AuthError::InvalidToken("token too long".into()));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let part = |b64: &str| -> Result<Value, AuthError> {
+        let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| malformed())?;
+        serde_json::from_slice(&bytes).map_err(|_| malformed())
+    };
+    let header = part(h)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(malformed)?
+        .to_string();
+    if alg.eq_ignore_ascii_case("none") || alg.to_ascii_uppercase().starts_with("HS") {
+        return Err(AuthError::InvalidToken(
+            "token algorithm not allowed".into(),
+        ));
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(malformed()),
+    };
+    let payload = part(p)?;
+    let iss = payload
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(Peek { alg, kid, iss })
+}
+
+/// Authenticates callers of the HTTP API. Build one per process with
+/// [`Authenticator::new`]; share it behind an `Arc`.
+pub struct Authenticator {
+    users: UserStore,
+    pool: HashPool,
+    limiter: Arc<dyn LoginLimiter>,
+    tokens: TokenKeys,
+    oidc: Vec<OidcProvider>,
+    token_ttl: Duration,
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("users", &self.users.path())
+            .field("token_kid", &self.tokens.kid())
+            .field(
+                "oidc",
+                &self.oidc.iter().map(|p| &p.issuer).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// From the config: the users file (`paths.users`), the token key
+    /// (`<paths.ca>/token_key`, which must exist and be 0600), the `[[oidc]]` providers
+    /// (file JWKS read now), and the `[login]` limits, with an in-memory limiter.
+    pub fn new(config: &Config) -> anyhow::Result<Authenticator> {
+        let limiter = Arc::new(MemoryLimiter::new(
+            config.login.max_failures,
+            config.login.window,
+        ));
+        Self::with_limiter(config, limiter)
+    }
+
+    /// Like [`new`](Self::new) with another (e.g. shared) limiter.
+    pub fn with_limiter(
+        config: &Config,
+        limiter: Arc<dyn LoginLimiter>,
+    ) -> anyhow::Result<Authenticator> {
+        let tokens = TokenKeys::load(&token_key_path(config))?;
+        let mut oidc = Vec::new();
+        for p in &config.oidc {
+            if p.issuer == tokens::ISSUER {
+                anyhow::bail!(
+                    "oidc issuer {:?} is reserved for drawbridge's own tokens",
+                    p.issuer
+                );
+            }
+            oidc.push(OidcProvider::new(p, config)?);
+        }
+        let dummy_hash = password::hash_password(&Secret::new(
+            "drawbridge: no such user, equal timing".to_string(),
+        ))
+        .map_err(|e| anyhow::anyhow!("{}", e.audit_reason()))?;
+        Ok(Authenticator {
+            users: UserStore::new(config.users_path()),
+            pool: HashPool::new(config.login.hash_workers, config.login.hash_queue),
+            limiter,
+            tokens,
+            oidc,
+            token_ttl: config.login.token_ttl,
+            dummy_hash,
+        })
+    }
+
+    /// Checks a user name and password (`Authorization: Basic`).
+    ///
+    /// Order: rate limit (no hashing when over), the bounded hashing pool (`Busy` when
+    /// full), then argon2id against the stored hash, or a dummy hash for an unknown user.
+    pub async fn basic(
+        &self,
+        user: &str,
+        password: &Secret<String>,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let now = SystemTime::now();
+        // Bounded memory in the limiter whatever length the client sends.
+        let limit_key = truncate(user, 128);
+        if let Err(retry_after) = self.limiter.check(limit_key, client, now) {
+            return Err(AuthError::RateLimited { retry_after });
+        }
+        let stored = if password::valid_user_name(user) {
+            self.users.hash_of(user)
+        } else {
+            None
+        };
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        let ok = self.pool.verify(password, hash).await?;
+        if ok && known && !password.expose().is_empty() {
+            self.limiter.success(limit_key, client, SystemTime::now());
+            Ok(Identity {
+                user: user.to_owned(),
+                groups: Vec::new(),
+                method: AuthMethod::Password,
+            })
+        } else {
+            self.limiter.failure(limit_key, client, SystemTime::now());
+            Err(AuthError::InvalidCredentials)
+        }
+    }
+
+    /// Checks a bearer token: a drawbridge token (`iss` = `drawbridge`) or an ID token of
+    /// a configured OIDC provider. `client` is for future per-address limits.
+    pub async fn bearer(&self, token: &str, client: IpAddr) -> Result<Identity, AuthError> {
+        let _ = client;
+        let peek = peek(token)?;
+        match peek.iss.as_deref() {
+            Some(tokens::ISSUER) => self.tokens.verify(token),
+            Some(iss) => match self.oidc.iter().find(|p| p.issuer == iss) {
+                Some(provider) => provider.verify(token, &peek).await,
+                None => Err(AuthError::InvalidToken("token issuer not trusted".into())),
+            },
+            None => Err(AuthError::InvalidToken("token has no issuer".into())),
+        }
+    }
+
+    /// Signs a drawbridge token for `id`, valid for `login.token_ttl` from `now`.
+    /// Returns the token and when it expires.
+    pub fn issue_token(
+        &self,
+        id: &Identity,
+        now: SystemTime,
+    ) -> Result<(String, SystemTime), AuthError> {
+        self.tokens.issue(id, now, self.token_ttl)
+    }
+
+    /// The token lifetime from the config.
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `<ca dir>/token_key`.
+pub fn token_key_path(config: &Config) -> PathBuf {
+    config.ca_dir().join("token_key")
+}
+
+/// `<ca dir>/token_key.pub`.
+pub fn token_public_key_path(config: &Config) -> PathBuf {
+    config.ca_dir().join("token_key.pub")
+}
+
+#[cfg(test)]
+mod tests;

@@ -558,7 +558,10 @@ fn name_of(ctx: &mut Ctx<'_>, kind: &str, key: &Key<'_>) -> Option<String> {
 fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -> Option<Host> {
     let name = name_of(ctx, "host", key);
     let context = format!("[hosts.{}]", key.get_ref());
-    let mut ok = ctx.unknown_keys(body, &["address", "labels"], &context);
+    // An unknown key is reported but does not hide the entry from the
+    // cross-file checks (duplicates, references).
+    ctx.unknown_keys(body, &["address", "labels"], &context);
+    let mut ok = true;
     let mut address = None;
     if let Some(v) = get(body, "address") {
         if let Some(s) = ctx.string(v, "address") {
@@ -752,11 +755,14 @@ fn parse_principal(
 ) -> Option<(Principal, Vec<Origin>, Origin)> {
     let name = name_of(ctx, "principal", key);
     let context = format!("[principals.{}]", key.get_ref());
-    let mut ok = ctx.unknown_keys(
+    // An unknown key is reported but does not hide the entry from the
+    // cross-file checks (duplicates, references).
+    ctx.unknown_keys(
         body,
         &["hosts", "logins", "max_ttl", "extensions"],
         &context,
     );
+    let mut ok = true;
     let mut hosts = None;
     let mut host_origins = Vec::new();
     let mut hosts_origin = ctx.origin(&key.span());
@@ -933,7 +939,10 @@ fn parse_group(
 ) -> Option<(Group, Vec<Origin>)> {
     let name = name_of(ctx, "group", key);
     let context = format!("[groups.{}]", key.get_ref());
-    let mut ok = ctx.unknown_keys(body, &["members", "principals"], &context);
+    // An unknown key is reported but does not hide the entry from the
+    // cross-file checks (duplicates, references).
+    ctx.unknown_keys(body, &["members", "principals"], &context);
+    let mut ok = true;
     let mut members = Vec::new();
     if let Some(v) = get(body, "members") {
         match ctx.strings(v, "members") {
@@ -983,7 +992,10 @@ fn parse_group(
 fn parse_user(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -> Option<(User, Vec<Origin>)> {
     let name = name_of(ctx, "user", key);
     let context = format!("[users.{}]", key.get_ref());
-    let mut ok = ctx.unknown_keys(body, &["principals", "source"], &context);
+    // An unknown key is reported but does not hide the entry from the
+    // cross-file checks (duplicates, references).
+    ctx.unknown_keys(body, &["principals", "source"], &context);
+    let mut ok = true;
     let mut principals = (Vec::new(), Vec::new());
     if let Some(v) = get(body, "principals")
         && let Some(p) = principal_refs(ctx, v, &mut ok)
@@ -1056,11 +1068,14 @@ fn parse_temporary(
     span: Range<usize>,
     body: &DeTable<'_>,
 ) -> Option<(Temporary, Origin)> {
-    let mut ok = ctx.unknown_keys(
+    // An unknown key is reported but does not hide the entry from the
+    // cross-file checks (duplicates, references).
+    ctx.unknown_keys(
         body,
         &["user", "principal", "until", "reason"],
         "[[temporary]]",
     );
+    let mut ok = true;
     let user_v = required(ctx, body, &span, "user", "who gets the grant");
     let principal_v = required(ctx, body, &span, "principal", "the principal granted");
     let until_v = required(
@@ -1128,7 +1143,10 @@ fn required<'v, 'i>(
 }
 
 fn parse_revoked(ctx: &mut Ctx<'_>, span: Range<usize>, body: &DeTable<'_>) -> Option<Revoked> {
-    let mut ok = ctx.unknown_keys(body, &["serial", "key_id", "reason"], "[[revoked]]");
+    // An unknown key is reported but does not hide the entry from the
+    // cross-file checks (duplicates, references).
+    ctx.unknown_keys(body, &["serial", "key_id", "reason"], "[[revoked]]");
+    let mut ok = true;
     let mut serial = None;
     if let Some(v) = get(body, "serial") {
         let parsed = match v.get_ref() {

@@ -1,0 +1,495 @@
+//! The handlers. Each refusal is counted, audited with its reason, and answered with a
+//! JSON error that says what to do; an issuance is answered only after its audit record
+//! is on disk.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{MAX_CERT_BODY, parse_cert_request, read_body};
+use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
+use crate::audit::Event;
+use crate::identity::{AuthError, Identity, Secret};
+use crate::issuer::plan::{PlanInput, plan_user_cert};
+use crate::util::{rfc3339, unix_secs};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.config.api.request_timeout;
+    Router::new()
+        .route("/v1/certs", post(post_certs))
+        .route("/v1/login", post(post_login))
+        .route("/v1/ca", get(get_ca))
+        .route("/v1/known_hosts", get(get_known_hosts))
+        .route("/v1/ssh_config", get(get_ssh_config))
+        .route("/v1/krl", get(get_krl))
+        .route("/healthz", get(get_healthz))
+        .route("/metrics", get(get_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            request_deadline(req, next, timeout)
+        }))
+        .with_state(state)
+}
+
+async fn request_deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: std::time::Duration,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request took too long; send it again",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see GET /v1/ca, POST /v1/certs, POST /v1/login, GET /v1/ssh_config",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// Credentials as sent, before they are checked.
+enum Credentials {
+    Basic {
+        user: String,
+        password: Secret<String>,
+    },
+    Bearer(Secret<String>),
+}
+
+fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, ApiError> {
+    let how = if allow_bearer {
+        "authenticate with a password (curl -u USER) or a bearer token (-H 'Authorization: Bearer TOKEN')"
+    } else {
+        "authenticate with a password (curl -u USER)"
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized("unauthenticated", how));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
+        let text = String::from_utf8(decoded)
+            .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
+        let (user, password) = text
+            .split_once(':')
+            .ok_or_else(|| ApiError::unauthorized("bad_credentials", how))?;
+        Ok(Credentials::Basic {
+            user: user.to_string(),
+            password: Secret::new(password.to_string()),
+        })
+    } else if scheme.eq_ignore_ascii_case("bearer") && allow_bearer {
+        Ok(Credentials::Bearer(Secret::new(rest.to_string())))
+    } else {
+        Err(ApiError::unauthorized("bad_credentials", how))
+    }
+}
+
+fn auth_error(e: &AuthError) -> ApiError {
+    match e {
+        AuthError::RateLimited { retry_after } => ApiError::too_many(
+            "rate_limited",
+            "too many failed logins; wait and try again",
+            *retry_after,
+        ),
+        AuthError::Busy => ApiError::too_many(
+            "busy",
+            "too many password logins at once; try again in a moment, or use a bearer token",
+            std::time::Duration::from_secs(1),
+        ),
+        AuthError::Internal(detail) => ApiError::internal(detail),
+        other => ApiError::unauthorized(other.code(), other.to_string()),
+    }
+}
+
+/// An authenticated caller. Extracted from the headers before any body is read.
+pub struct Caller {
+    pub identity: Identity,
+    pub client: IpAddr,
+}
+
+async fn authenticate(
+    state: &AppState,
+    parts: &Parts,
+    allow_bearer: bool,
+) -> Result<Caller, ApiError> {
+    let client = client_ip(parts);
+    let creds = match credentials(&parts.headers, allow_bearer) {
+        Ok(c) => c,
+        Err(e) => {
+            state.metrics.login_failed(e.code);
+            return Err(e);
+        }
+    };
+    let (claimed, result) = match &creds {
+        Credentials::Basic { user, password } => (
+            Some(user.clone()),
+            state.auth.basic(user, password, client).await,
+        ),
+        Credentials::Bearer(token) => (None, state.auth.bearer(token.expose(), client).await),
+    };
+    match result {
+        Ok(identity) => Ok(Caller { identity, client }),
+        Err(e) => {
+            state.metrics.login_failed(e.code());
+            let mut ev = Event::new("login.failed")
+                .with("client", client.to_string())
+                .with("reason", e.code())
+                .with("detail", e.audit_reason())
+                .with(
+                    "method",
+                    if claimed.is_some() {
+                        "password"
+                    } else {
+                        "token"
+                    },
+                );
+            if let Some(user) = &claimed {
+                ev = ev.with("user", user);
+            }
+            if state.audit.record(ev).await.is_err() {
+                return Err(ApiError::audit_unavailable());
+            }
+            Err(auth_error(&e))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, parts, true).await
+    }
+}
+
+/// A caller authenticated by password only (`POST /v1/login`).
+pub struct PasswordCaller(pub Caller);
+
+impl FromRequestParts<Arc<AppState>> for PasswordCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, parts, false).await.map(PasswordCaller)
+    }
+}
+
+/// The caller's groups: the policy's plus those an identity provider or token asserted.
+fn all_groups(policy: &crate::policy::Policy, id: &Identity) -> Vec<String> {
+    let mut groups: Vec<String> = policy
+        .groups_of(&id.user)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    groups.extend(id.groups.iter().cloned());
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+async fn refuse(state: &AppState, caller: &Caller, e: ApiError, policy_version: &str) -> ApiError {
+    state.metrics.refuse(e.code);
+    let ev = Event::new("cert.refused")
+        .with("user", &caller.identity.user)
+        .with("client", caller.client.to_string())
+        .with("method", caller.identity.method.as_str())
+        .with("reason", e.code)
+        .with("message", &e.message)
+        .with("policy_version", policy_version);
+    if state.audit.record(ev).await.is_err() {
+        return ApiError::audit_unavailable();
+    }
+    e
+}
+
+async fn post_certs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let policy = state.policy.current();
+    let version = policy.version.clone();
+    let body = match read_body(body, MAX_CERT_BODY).await {
+        Ok(b) => b,
+        Err(e) => return Err(refuse(&state, &caller, e, &version).await),
+    };
+    let req = match parse_cert_request(&uri, &headers, body) {
+        Ok(r) => r,
+        Err(e) => return Err(refuse(&state, &caller, e, &version).await),
+    };
+    let key = match crate::issuer::accept::accept_user_key(&req.public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            let e = ApiError::bad_request("bad_key", e.to_string());
+            return Err(refuse(&state, &caller, e, &version).await);
+        }
+    };
+    let now = SystemTime::now();
+    let id = &caller.identity;
+    let held = policy.held(&id.user, &id.groups, now);
+    let groups = all_groups(&policy, id);
+    let source = policy
+        .users
+        .get(&id.user)
+        .map(|u| u.source.as_slice())
+        .unwrap_or(&[]);
+    let input = PlanInput {
+        user: &id.user,
+        held: &held,
+        groups: &groups,
+        principals: &policy.principals,
+        source,
+        requested_ttl: req.ttl,
+        requested_principals: req.principals.as_deref(),
+        default_ttl: state.config.certs.default_ttl,
+        max_ttl: state.config.certs.max_ttl,
+        now,
+    };
+    let plan = match plan_user_cert(&input) {
+        Ok(p) => p,
+        Err(r) => {
+            let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN);
+            let e = ApiError::new(status, r.code(), r.to_string());
+            return Err(refuse(&state, &caller, e, &version).await);
+        }
+    };
+    let keys = state.issuer_keys();
+    let started = Instant::now();
+    let signed = crate::issuer::sign::sign_user_cert(&keys.user_ca, &key, &plan)
+        .map_err(ApiError::internal)?;
+    state
+        .metrics
+        .signing_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let line = signed.openssh_line().map_err(ApiError::internal)?;
+    let deciding: Vec<String> = held
+        .iter()
+        .filter(|g| plan.principals.contains(&g.principal))
+        .map(|g| format!("{}:{}", g.principal, via_name(&g.via)))
+        .collect();
+    let ev = Event::new("cert.issued")
+        .with("user", &id.user)
+        .with("client", caller.client.to_string())
+        .with("method", id.method.as_str())
+        .with("serial", signed.serial)
+        .with("key_id", &plan.key_id)
+        .with("principals", &plan.principals)
+        .with("grants", deciding)
+        .with("valid_after", plan.valid_after)
+        .with("valid_before", plan.valid_before)
+        .with("ttl_secs", plan.ttl.as_secs())
+        .with(
+            "ttl_capped_by",
+            plan.capped_by.as_ref().map(|c| format!("{c:?}")),
+        )
+        .with("key_type", key.algorithm().as_str())
+        .with(
+            "key_fingerprint",
+            key.fingerprint(Default::default()).to_string(),
+        )
+        .with("ca_fingerprint", keys.user_ca.fingerprint())
+        .with("policy_version", &version);
+    if state.audit.record(ev).await.is_err() {
+        return Err(ApiError::audit_unavailable());
+    }
+    state.metrics.certs_issued.inc();
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], line).into_response())
+}
+
+fn via_name(via: &crate::policy::Via) -> String {
+    match via {
+        crate::policy::Via::User => "user".into(),
+        crate::policy::Via::Group(g) => format!("group {g}"),
+        crate::policy::Via::Temporary { until, reason } => {
+            format!("temporary until {} ({reason})", rfc3339(*until))
+        }
+    }
+}
+
+async fn post_login(
+    State(state): State<Arc<AppState>>,
+    PasswordCaller(caller): PasswordCaller,
+) -> Result<Response, ApiError> {
+    let now = SystemTime::now();
+    let (token, expires) = state
+        .auth
+        .issue_token(&caller.identity, now)
+        .map_err(|e| auth_error(&e))?;
+    let ev = Event::new("login.ok")
+        .with("user", &caller.identity.user)
+        .with("client", caller.client.to_string())
+        .with("method", caller.identity.method.as_str())
+        .with("token_expires_at", rfc3339(expires));
+    if state.audit.record(ev).await.is_err() {
+        return Err(ApiError::audit_unavailable());
+    }
+    state.metrics.logins_ok.inc();
+    state.metrics.tokens_issued.inc();
+    let body = serde_json::json!({
+        "token": token,
+        "expires_at": rfc3339(expires),
+        "expires_at_unix": unix_secs(expires),
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string() + "\n",
+    )
+        .into_response())
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn get_ca(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let lines = state
+        .issuer_keys()
+        .ca_public_lines()
+        .map_err(ApiError::internal)?;
+    Ok(text(lines))
+}
+
+async fn get_known_hosts(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let line = state
+        .issuer_keys()
+        .known_hosts_line()
+        .map_err(ApiError::internal)?;
+    Ok(text(line))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SshConfigQuery {
+    identity_file: Option<String>,
+}
+
+async fn get_ssh_config(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let q: SshConfigQuery = match uri.query() {
+        None | Some("") => SshConfigQuery::default(),
+        Some(_) => axum::extract::Query::<SshConfigQuery>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?,
+    };
+    let identity_file = q
+        .identity_file
+        .unwrap_or_else(|| "~/.ssh/id_ed25519".to_string());
+    if !valid_identity_file(&identity_file) {
+        return Err(ApiError::bad_request(
+            "bad_identity_file",
+            "identity_file must be a plain path such as ~/.ssh/id_ed25519",
+        ));
+    }
+    let policy = state.policy.current();
+    let now = SystemTime::now();
+    let id = &caller.identity;
+    let hosts: Vec<Reachable> = policy
+        .reachable(&id.user, &id.groups, now)
+        .into_iter()
+        .map(|r| Reachable {
+            name: r.host.name.clone(),
+            port: r.host.port,
+            logins: r.logins.iter().map(|l| l.to_string()).collect(),
+        })
+        .collect();
+    let bastion_host = state
+        .config
+        .ssh
+        .host_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let generated = rfc3339(now);
+    let snippet = render(&SnippetInput {
+        user: &id.user,
+        bastion_host: &bastion_host,
+        bastion_port: state.config.ssh.listen.port(),
+        identity_file: &identity_file,
+        hosts: &hosts,
+        generated_at: &generated,
+    });
+    Ok(text(snippet))
+}
+
+async fn get_krl(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let policy = state.policy.current();
+    let krl = state.krl_for(&policy).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], krl).into_response())
+}
+
+async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.audit.healthy() {
+        text("ok\n".into())
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit log cannot be written; issuance and new connections are refused",
+        )
+        .into_response()
+    }
+}
+
+async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

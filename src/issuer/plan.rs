@@ -1,0 +1,614 @@
+//! What goes into a user certificate: pure (no I/O, no clock), so every rule of
+//! DESIGN "Certificates" is tested here without keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::policy::{Grant, Principal};
+
+/// Seconds `valid_after` is set before "now", for clients whose clock is behind.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The extension carrying the holder's groups (comma-joined, sorted; may be empty).
+pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
+
+/// The critical option carrying the policy's `source` networks.
+pub const SOURCE_ADDRESS: &str = "source-address";
+
+/// Everything [`plan_user_cert`] decides from. Built by the HTTP layer from the
+/// authenticated identity, the current policy and the request.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// The identity; becomes the certificate's key id.
+    pub user: &'a str,
+    /// The principals the user holds now (`Policy::held(user, idp_groups, now)`).
+    pub held: &'a [Grant],
+    /// The user's groups: the policy's groups that list the user plus those an
+    /// identity provider asserted.
+    pub groups: &'a [String],
+    /// The policy's principal definitions (`Policy::principals`), for `max_ttl` and
+    /// `extensions`.
+    pub principals: &'a BTreeMap<String, Principal>,
+    /// The policy user's `source` networks (empty: no `source-address`).
+    pub source: &'a [IpNet],
+    /// `?ttl=` / JSON `ttl`, already parsed ([`parse_ttl`]); `None` = the default.
+    pub requested_ttl: Option<Duration>,
+    /// `?principals=` / JSON `principals` ([`parse_principals`]); `None` = all held.
+    pub requested_principals: Option<&'a [String]>,
+    /// `certs.default_ttl`.
+    pub default_ttl: Duration,
+    /// `certs.max_ttl`.
+    pub max_ttl: Duration,
+    pub now: SystemTime,
+}
+
+/// What capped the TTL below what was asked (or the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtlCap {
+    /// `certs.max_ttl`.
+    Global,
+    /// The `max_ttl` of this principal (the smallest among the certificate's).
+    Principal(String),
+}
+
+/// A certificate to sign: every field decided, nothing left to policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPlan {
+    pub key_id: String,
+    /// Sorted, deduplicated, never empty.
+    pub principals: Vec<String>,
+    /// Unix seconds: now − 60 s.
+    pub valid_after: u64,
+    /// Unix seconds: now + `ttl`.
+    pub valid_before: u64,
+    /// The effective TTL (after capping).
+    pub ttl: Duration,
+    /// The TTL asked for or defaulted, before capping.
+    pub asked_ttl: Duration,
+    /// Set when `ttl < asked_ttl`.
+    pub capped_by: Option<TtlCap>,
+    pub extensions: BTreeMap<String, String>,
+    pub critical_options: BTreeMap<String, String>,
+    /// Groups left out of `groups@drawbridge` because their name holds a comma or a
+    /// control character (the list could not be read back unambiguously).
+    pub omitted_groups: Vec<String>,
+}
+
+/// Why no certificate is issued. `Display` is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueRefusal {
+    /// The user asked for a principal they do not hold (403).
+    #[error("you do not hold the principal \"{0}\"; ask without it, or ask an admin to grant it")]
+    PrincipalNotHeld(String),
+    /// The user holds no principal at all (403).
+    #[error(
+        "{0} holds no role (principal) in the policy; ask an admin to add you to a group or grant you a principal"
+    )]
+    NoPrincipals(String),
+    /// `principals` was given but empty (400).
+    #[error("the principals list is empty; leave it out to get every principal you hold")]
+    EmptyPrincipalList,
+    /// `ttl` was zero, under a second or not a duration (400).
+    #[error("{0}")]
+    InvalidTtl(String),
+    /// The identity cannot be a key id (empty or holding control characters) (400).
+    #[error("the user name is empty or holds control characters")]
+    InvalidUser,
+    /// The policy names a principal it does not define (500; the loader should make
+    /// this impossible).
+    #[error("internal error: the policy grants an undefined principal")]
+    UndefinedPrincipal(String),
+}
+
+impl IssueRefusal {
+    /// The HTTP status for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            IssueRefusal::PrincipalNotHeld(_) | IssueRefusal::NoPrincipals(_) => 403,
+            IssueRefusal::EmptyPrincipalList
+            | IssueRefusal::InvalidTtl(_)
+            | IssueRefusal::InvalidUser => 400,
+            IssueRefusal::UndefinedPrincipal(_) => 500,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON error body and the audit record.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IssueRefusal::PrincipalNotHeld(_) => "principal_not_held",
+            IssueRefusal::NoPrincipals(_) => "no_principals",
+            IssueRefusal::EmptyPrincipalList => "bad_principals",
+            IssueRefusal::InvalidTtl(_) => "bad_ttl",
+            IssueRefusal::InvalidUser => "bad_user",
+            IssueRefusal::UndefinedPrincipal(_) => "internal",
+        }
+    }
+}
+
+/// Parses a requested TTL (`"10m"`, `"90s"`); zero, under one second or not a
+/// duration is [`IssueRefusal::InvalidTtl`].
+pub fn parse_ttl(s: &str) -> Result<Duration, IssueRefusal> {
+    let d = crate::util::parse_duration(s).map_err(|_| {
+        IssueRefusal::InvalidTtl(format!(
+            "ttl {:?} is not a duration; use a number and a unit, e.g. \"10m\"",
+            crate::util::escape(&s.chars().take(32).collect::<String>())
+        ))
+    })?;
+    check_ttl(d)?;
+    Ok(d)
+}
+
+fn check_ttl(d: Duration) -> Result<(), IssueRefusal> {
+    if d < Duration::from_secs(1) {
+        return Err(IssueRefusal::InvalidTtl(
+            "ttl must be at least one second, e.g. \"10m\"".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `?principals=a,b` (white space around names ignored, empty items dropped).
+pub fn parse_principals(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Decides a user certificate (DESIGN "Certificates"):
+///
+/// - principals: every principal held (sorted, deduplicated), or the requested subset;
+///   asking for one not held is refused, never silently dropped; holding none is refused;
+/// - ttl: requested or `default_ttl`, capped (not refused) by `max_ttl` and by the
+///   smallest `max_ttl` of the certificate's principals;
+/// - `valid_after` = now − 60 s, `valid_before` = now + ttl;
+/// - extensions: the union of the principals' extensions plus `groups@drawbridge`;
+/// - critical option `source-address` when the policy user has `source`;
+/// - key id: the user.
+pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
+    if input.user.is_empty() || input.user.chars().any(char::is_control) {
+        return Err(IssueRefusal::InvalidUser);
+    }
+    let held: BTreeSet<&str> = input.held.iter().map(|g| g.principal.as_str()).collect();
+    if held.is_empty() {
+        return Err(IssueRefusal::NoPrincipals(crate::util::escape(input.user)));
+    }
+    let principals: BTreeSet<&str> = match input.requested_principals {
+        None => held,
+        Some(asked) => {
+            if asked.is_empty() {
+                return Err(IssueRefusal::EmptyPrincipalList);
+            }
+            for p in asked {
+                if !held.contains(p.as_str()) {
+                    return Err(IssueRefusal::PrincipalNotHeld(crate::util::escape(p)));
+                }
+            }
+            asked.iter().map(String::as_str).collect()
+        }
+    };
+
+    let asked_ttl = input.requested_ttl.unwrap_or(input.default_ttl);
+    check_ttl(asked_ttl)?;
+    let mut ttl = asked_ttl;
+    let mut capped_by = None;
+    if ttl > input.max_ttl {
+        ttl = input.max_ttl;
+        capped_by = Some(TtlCap::Global);
+    }
+    let mut extensions = BTreeMap::new();
+    for name in &principals {
+        let def = input
+            .principals
+            .get(*name)
+            .ok_or_else(|| IssueRefusal::UndefinedPrincipal(name.to_string()))?;
+        if let Some(max) = def.max_ttl
+            && max < ttl
+        {
+            ttl = max;
+            capped_by = Some(TtlCap::Principal(name.to_string()));
+        }
+        for ext in &def.extensions {
+            extensions.insert(ext.clone(), String::new());
+        }
+    }
+    // Whole seconds; a principal max_ttl under a second cannot make a usable cert.
+    let ttl = Duration::from_secs(ttl.as_secs());
+    check_ttl(ttl)?;
+
+    let mut groups: BTreeSet<&str> = BTreeSet::new();
+    let mut omitted_groups = Vec::new();
+    for g in input.groups {
+        if g.contains(',') || g.chars().any(char::is_control) {
+            omitted_groups.push(g.clone());
+        } else if !g.is_empty() {
+            groups.insert(g);
+        }
+    }
+    extensions.insert(
+        GROUPS_EXTENSION.to_string(),
+        groups.into_iter().collect::<Vec<_>>().join(","),
+    );
+
+    let mut critical_options = BTreeMap::new();
+    if !input.source.is_empty() {
+        let cidrs: Vec<String> = input.source.iter().map(|n| n.to_string()).collect();
+        critical_options.insert(SOURCE_ADDRESS.to_string(), cidrs.join(","));
+    }
+
+    let now = crate::util::unix_secs(input.now);
+    Ok(CertPlan {
+        key_id: input.user.to_string(),
+        principals: principals.into_iter().map(str::to_string).collect(),
+        valid_after: now.saturating_sub(CLOCK_SKEW.as_secs()),
+        valid_before: now.saturating_add(ttl.as_secs()),
+        ttl,
+        asked_ttl,
+        capped_by: if ttl < asked_ttl { capped_by } else { None },
+        extensions,
+        critical_options,
+        omitted_groups,
+    })
+}
+
+/// What the caller asked for in `POST /v1/certs` (already parsed).
+#[derive(Debug, Clone, Default)]
+pub struct CertRequest<'a> {
+    /// `ttl`; `None` = `certs.default_ttl`.
+    pub ttl: Option<Duration>,
+    /// `principals`; `None` = every principal held.
+    pub principals: Option<&'a [String]>,
+}
+
+/// [`plan_user_cert`] against a loaded policy: the principals `user` holds now (with
+/// the groups an identity provider asserted, `idp_groups`), the user's groups (policy
+/// groups plus `idp_groups`) for `groups@drawbridge`, and the policy user's `source`.
+pub fn plan_from_policy(
+    policy: &crate::policy::Policy,
+    user: &str,
+    idp_groups: &[String],
+    request: &CertRequest<'_>,
+    certs: &crate::config::CertsConfig,
+    now: SystemTime,
+) -> Result<CertPlan, IssueRefusal> {
+    let held = policy.held(user, idp_groups, now);
+    let mut groups: Vec<String> = policy
+        .groups_of(user)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    groups.extend(idp_groups.iter().cloned());
+    plan_user_cert(&PlanInput {
+        user,
+        held: &held,
+        groups: &groups,
+        principals: &policy.principals,
+        source: policy.source_of(user),
+        requested_ttl: request.ttl,
+        requested_principals: request.principals,
+        default_ttl: certs.default_ttl,
+        max_ttl: certs.max_ttl,
+        now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{HostSelector, Origin, Via};
+
+    const MIN: u64 = 60;
+
+    fn principal(name: &str, max_ttl: Option<u64>, ext: &[&str]) -> (String, Principal) {
+        (
+            name.to_string(),
+            Principal {
+                name: name.to_string(),
+                hosts: HostSelector::All,
+                logins: vec!["deploy".into()],
+                max_ttl: max_ttl.map(Duration::from_secs),
+                extensions: ext.iter().map(|s| s.to_string()).collect(),
+                origin: Origin::default(),
+            },
+        )
+    }
+
+    fn defs() -> BTreeMap<String, Principal> {
+        [
+            principal(
+                "web-deploy",
+                Some(15 * MIN),
+                &["permit-pty", "permit-port-forwarding"],
+            ),
+            principal("dba", Some(10 * MIN), &["permit-pty"]),
+            principal("ops", None, &["permit-agent-forwarding", "permit-pty"]),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn grant(p: &str) -> Grant {
+        Grant {
+            principal: p.into(),
+            via: Via::Group("ops".into()),
+        }
+    }
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    struct Case {
+        held: Vec<Grant>,
+        groups: Vec<String>,
+        source: Vec<IpNet>,
+        ttl: Option<Duration>,
+        asked: Option<Vec<String>>,
+        defs: BTreeMap<String, Principal>,
+    }
+
+    impl Case {
+        fn new(held: &[&str]) -> Case {
+            Case {
+                held: held.iter().map(|p| grant(p)).collect(),
+                groups: Vec::new(),
+                source: Vec::new(),
+                ttl: None,
+                asked: None,
+                defs: defs(),
+            }
+        }
+        fn plan(&self) -> Result<CertPlan, IssueRefusal> {
+            plan_user_cert(&PlanInput {
+                user: "alice",
+                held: &self.held,
+                groups: &self.groups,
+                principals: &self.defs,
+                source: &self.source,
+                requested_ttl: self.ttl,
+                requested_principals: self.asked.as_deref(),
+                default_ttl: Duration::from_secs(5 * MIN),
+                max_ttl: Duration::from_secs(60 * MIN),
+                now: t0(),
+            })
+        }
+    }
+
+    #[test]
+    fn default_ttl_and_window() {
+        let p = Case::new(&["ops"]).plan().unwrap();
+        assert_eq!(p.key_id, "alice");
+        assert_eq!(p.principals, ["ops"]);
+        assert_eq!(p.ttl, Duration::from_secs(300));
+        assert_eq!(p.capped_by, None);
+        assert_eq!(p.valid_after, 1_800_000_000 - 60);
+        assert_eq!(p.valid_before, 1_800_000_000 + 300);
+        assert!(p.critical_options.is_empty());
+    }
+
+    #[test]
+    fn requested_ttl_is_capped_by_global_then_principal() {
+        let mut c = Case::new(&["ops"]);
+        c.ttl = Some(Duration::from_secs(3 * 3600));
+        let p = c.plan().unwrap();
+        assert_eq!(p.ttl, Duration::from_secs(3600));
+        assert_eq!(p.asked_ttl, Duration::from_secs(3 * 3600));
+        assert_eq!(p.capped_by, Some(TtlCap::Global));
+        assert_eq!(p.valid_before, 1_800_000_000 + 3600);
+
+        // The smallest max_ttl of the certificate's principals wins.
+        let mut c = Case::new(&["ops", "web-deploy", "dba"]);
+        c.ttl = Some(Duration::from_secs(30 * MIN));
+        let p = c.plan().unwrap();
+        assert_eq!(p.ttl, Duration::from_secs(10 * MIN));
+        assert_eq!(p.capped_by, Some(TtlCap::Principal("dba".into())));
+
+        // Asking for a subset without dba: web-deploy's 15m caps.
+        c.asked = Some(vec!["web-deploy".into(), "ops".into()]);
+        let p = c.plan().unwrap();
+        assert_eq!(p.ttl, Duration::from_secs(15 * MIN));
+        assert_eq!(p.capped_by, Some(TtlCap::Principal("web-deploy".into())));
+
+        // Under every cap: not capped.
+        c.ttl = Some(Duration::from_secs(2 * MIN));
+        assert_eq!(c.plan().unwrap().capped_by, None);
+    }
+
+    #[test]
+    fn all_held_sorted_and_deduplicated() {
+        let mut c = Case::new(&["web-deploy", "dba", "web-deploy"]);
+        c.held.push(Grant {
+            principal: "dba".into(),
+            via: Via::User,
+        });
+        assert_eq!(c.plan().unwrap().principals, ["dba", "web-deploy"]);
+    }
+
+    #[test]
+    fn subset_request() {
+        let mut c = Case::new(&["web-deploy", "dba", "ops"]);
+        c.asked = Some(vec!["ops".into(), "dba".into(), "ops".into()]);
+        assert_eq!(c.plan().unwrap().principals, ["dba", "ops"]);
+    }
+
+    #[test]
+    fn not_held_request_is_refused_not_dropped() {
+        let mut c = Case::new(&["web-deploy"]);
+        c.asked = Some(vec!["web-deploy".into(), "dba".into()]);
+        let e = c.plan().unwrap_err();
+        assert_eq!(e, IssueRefusal::PrincipalNotHeld("dba".into()));
+        assert_eq!(e.status(), 403);
+        c.asked = Some(vec![]);
+        assert_eq!(c.plan().unwrap_err(), IssueRefusal::EmptyPrincipalList);
+    }
+
+    #[test]
+    fn no_principals_is_refused() {
+        let e = Case::new(&[]).plan().unwrap_err();
+        assert_eq!(e, IssueRefusal::NoPrincipals("alice".into()));
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("ask an admin"), "{e}");
+    }
+
+    #[test]
+    fn bad_ttls() {
+        let mut c = Case::new(&["ops"]);
+        c.ttl = Some(Duration::ZERO);
+        assert!(matches!(c.plan(), Err(IssueRefusal::InvalidTtl(_))));
+        c.ttl = Some(Duration::from_millis(500));
+        assert!(matches!(c.plan(), Err(IssueRefusal::InvalidTtl(_))));
+        assert_eq!(parse_ttl("10m").unwrap(), Duration::from_secs(600));
+        for bad in ["0s", "0", "soon", "", "-5m", "10"] {
+            let e = parse_ttl(bad).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn extensions_union_and_groups() {
+        let mut c = Case::new(&["web-deploy", "ops"]);
+        c.groups = vec!["ops".into(), "admins".into(), "ops".into(), "a,b".into()];
+        let p = c.plan().unwrap();
+        let names: Vec<&str> = p.extensions.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "groups@drawbridge",
+                "permit-agent-forwarding",
+                "permit-port-forwarding",
+                "permit-pty"
+            ]
+        );
+        assert_eq!(p.extensions["groups@drawbridge"], "admins,ops");
+        assert_eq!(p.omitted_groups, ["a,b"]);
+        assert_eq!(p.extensions["permit-pty"], "");
+    }
+
+    #[test]
+    fn groups_extension_is_always_present() {
+        let p = Case::new(&["dba"]).plan().unwrap();
+        assert_eq!(
+            p.extensions.get("groups@drawbridge").map(String::as_str),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn source_address_from_policy() {
+        let mut c = Case::new(&["dba"]);
+        c.source = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let p = c.plan().unwrap();
+        assert_eq!(
+            p.critical_options["source-address"],
+            "192.0.2.0/24,2001:db8::/32"
+        );
+        assert_eq!(p.critical_options.len(), 1);
+    }
+
+    #[test]
+    fn undefined_principal_is_an_internal_error() {
+        let c = Case::new(&["ghost"]);
+        assert_eq!(c.plan().unwrap_err().status(), 500);
+    }
+
+    #[test]
+    fn control_characters_in_user_are_refused() {
+        let held = [grant("ops")];
+        let d = defs();
+        let e = plan_user_cert(&PlanInput {
+            user: "alice\nroot",
+            held: &held,
+            groups: &[],
+            principals: &d,
+            source: &[],
+            requested_ttl: None,
+            requested_principals: None,
+            default_ttl: Duration::from_secs(300),
+            max_ttl: Duration::from_secs(3600),
+            now: t0(),
+        })
+        .unwrap_err();
+        assert_eq!(e, IssueRefusal::InvalidUser);
+    }
+
+    #[test]
+    fn from_a_policy() {
+        use crate::policy::{Group, Policy, User};
+        let policy = Policy {
+            principals: defs(),
+            groups: [(
+                "ops".to_string(),
+                Group {
+                    name: "ops".into(),
+                    members: vec!["alice".into()],
+                    principals: vec!["web-deploy".into()],
+                    origin: Origin::default(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            users: [(
+                "alice".to_string(),
+                User {
+                    name: "alice".into(),
+                    principals: vec!["dba".into()],
+                    source: vec!["192.0.2.0/24".parse().unwrap()],
+                    origin: Origin::default(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let certs = crate::config::CertsConfig::default();
+        let idp = vec!["oncall".to_string()];
+        let p = plan_from_policy(
+            &policy,
+            "alice",
+            &idp,
+            &CertRequest::default(),
+            &certs,
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(p.principals, ["dba", "web-deploy"]);
+        assert_eq!(p.extensions["groups@drawbridge"], "oncall,ops");
+        assert_eq!(p.critical_options["source-address"], "192.0.2.0/24");
+        let asked = vec!["ops".to_string()];
+        let e = plan_from_policy(
+            &policy,
+            "alice",
+            &[],
+            &CertRequest {
+                ttl: None,
+                principals: Some(&asked),
+            },
+            &certs,
+            t0(),
+        )
+        .unwrap_err();
+        assert_eq!(e, IssueRefusal::PrincipalNotHeld("ops".into()));
+        let e = plan_from_policy(
+            &policy,
+            "nobody",
+            &[],
+            &CertRequest::default(),
+            &certs,
+            t0(),
+        )
+        .unwrap_err();
+        assert_eq!(e, IssueRefusal::NoPrincipals("nobody".into()));
+    }
+
+    #[test]
+    fn principal_list_parsing() {
+        assert_eq!(parse_principals(" a, b,,c "), ["a", "b", "c"]);
+        assert!(parse_principals("").is_empty());
+    }
+}

@@ -1,0 +1,538 @@
+#![allow(clippy::unwrap_used)]
+//! The HTTPS API against the real binary, with curl as the client and OpenSSH's
+//! `ssh-keygen -L` as the judge of certificates.
+
+mod harness;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use harness::{Drawbridge, cert_info, keygen};
+
+const PW: &str = "correct horse battery";
+
+fn ed25519_pub(d: &Drawbridge, name: &str) -> std::path::PathBuf {
+    let k = keygen(d.path(), name, &["-t", "ed25519"]);
+    k.with_extension("pub")
+}
+
+fn post_key(d: &Drawbridge, auth: &[&str], key: &std::path::Path, query: &str) -> harness::Resp {
+    let data = format!("@{}", key.display());
+    let mut args: Vec<&str> = auth.to_vec();
+    args.extend_from_slice(&["--data-binary", &data]);
+    d.curl(&format!("/v1/certs{query}"), &args)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn password_login_issues_a_certificate_openssh_accepts() {
+    let d = Drawbridge::start("");
+    d.add_user("alice", PW);
+    let key = ed25519_pub(&d, "alice_key");
+    let r = post_key(&d, &["-u", &format!("alice:{PW}")], &key, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let line = r.text();
+    assert!(
+        line.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{line}"
+    );
+    let info = cert_info(d.path(), &line);
+    assert!(info.contains("user certificate"), "{info}");
+    assert!(info.contains("Key ID: \"alice\""), "{info}");
+    assert!(
+        info.contains("Principals: \n                web-deploy\n"),
+        "{info}"
+    );
+    assert!(info.contains("permit-pty"), "{info}");
+    assert!(info.contains("permit-port-forwarding"), "{info}");
+    assert!(info.contains("groups@drawbridge"), "{info}");
+    assert!(!info.contains("permit-agent-forwarding"), "{info}");
+    assert!(info.contains("Critical Options: (none)"), "{info}");
+
+    // The audit record is there, with the same serial, before the response was sent.
+    let issued = d.events("cert.issued");
+    assert_eq!(issued.len(), 1);
+    let serial = issued[0]["serial"].as_u64().unwrap();
+    assert_ne!(serial, 0);
+    assert!(info.contains(&format!("Serial: {serial}")), "{info}");
+    let va = issued[0]["valid_after"].as_u64().unwrap();
+    let vb = issued[0]["valid_before"].as_u64().unwrap();
+    assert_eq!(
+        vb - va,
+        5 * 60 + 60,
+        "default 5 min TTL plus 60 s backdating"
+    );
+    assert!(va <= now() - 59 && va >= now() - 70);
+    assert_eq!(issued[0]["user"], "alice");
+    assert!(issued[0]["policy_version"].as_str().unwrap().len() > 8);
+}
+
+#[test]
+fn ttl_is_capped_and_principals_subset_or_403() {
+    let d = Drawbridge::start("");
+    d.add_user("alice", PW);
+    d.add_user("ivy", PW);
+    let key = ed25519_pub(&d, "k");
+    let auth = format!("alice:{PW}");
+    // web-deploy's max_ttl is 15m: asking 1h gives 15m.
+    let r = post_key(&d, &["-u", &auth], &key, "?ttl=1h");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = d.events("cert.issued").pop().unwrap();
+    assert_eq!(rec["ttl_secs"], 900);
+    // Asking for a principal not held is 403, never silently dropped.
+    let r = post_key(&d, &["-u", &auth], &key, "?principals=web-deploy,dba");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "principal_not_held");
+    assert!(r.json()["message"].as_str().unwrap().contains("dba"));
+    let refused = d.events("cert.refused").pop().unwrap();
+    assert_eq!(refused["reason"], "principal_not_held");
+    // The temporary grant gives ivy dba.
+    let r = post_key(&d, &["-u", &format!("ivy:{PW}")], &key, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(cert_info(d.path(), &r.text()).contains("dba"));
+    // JSON body form.
+    let pubkey = std::fs::read_to_string(&key).unwrap();
+    let body = serde_json::json!({"public_key": pubkey, "ttl": "2m"}).to_string();
+    let r = d.curl(
+        "/v1/certs",
+        &[
+            "-u",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(d.events("cert.issued").pop().unwrap()["ttl_secs"], 120);
+}
+
+#[test]
+fn user_holding_no_principal_gets_403() {
+    let d = Drawbridge::start("");
+    d.add_user("erin", PW);
+    let key = ed25519_pub(&d, "k");
+    let r = post_key(&d, &["-u", &format!("erin:{PW}")], &key, "");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "no_principals");
+}
+
+#[test]
+fn source_address_from_policy_becomes_a_critical_option() {
+    let d = Drawbridge::start("");
+    d.add_user("bob", PW);
+    let key = ed25519_pub(&d, "k");
+    let r = post_key(&d, &["-u", &format!("bob:{PW}")], &key, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let info = cert_info(d.path(), &r.text());
+    assert!(info.contains("source-address 192.0.2.0/24"), "{info}");
+}
+
+#[test]
+fn bearer_token_from_login() {
+    let d = Drawbridge::start("");
+    d.add_user("alice", PW);
+    let r = d.curl("/v1/login", &["-u", &format!("alice:{PW}"), "-X", "POST"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    let token = j["token"].as_str().unwrap().to_string();
+    assert!(j["expires_at"].as_str().unwrap().ends_with('Z'));
+    let key = ed25519_pub(&d, "k");
+    let bearer = format!("Authorization: Bearer {token}");
+    let r = post_key(&d, &["-H", &bearer], &key, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A token is not a password: /v1/login takes Basic only.
+    let r = d.curl("/v1/login", &["-H", &bearer, "-X", "POST"]);
+    assert_eq!(r.status, 401);
+    // An edited token is refused.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&parts[1])
+        .unwrap();
+    let edited = String::from_utf8(claims).unwrap().replace("alice", "carol");
+    parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(edited);
+    let r = post_key(
+        &d,
+        &["-H", &format!("Authorization: Bearer {}", parts.join("."))],
+        &key,
+        "",
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    // No secret in the audit log.
+    let log = std::fs::read_to_string(d.audit_path()).unwrap();
+    assert!(!log.contains(PW));
+    assert!(!log.contains(&token));
+}
+
+#[test]
+fn refusals_are_clear_json() {
+    let d = Drawbridge::start("");
+    d.add_user("alice", PW);
+    let key = ed25519_pub(&d, "k");
+    let auth = format!("alice:{PW}");
+
+    // Wrong password and unknown user: same 401.
+    let wrong = post_key(&d, &["-u", "alice:nope"], &key, "");
+    let unknown = post_key(&d, &["-u", "zed:nope"], &key, "");
+    assert_eq!(wrong.status, 401);
+    assert_eq!(unknown.status, 401);
+    assert_eq!(wrong.json()["message"], unknown.json()["message"]);
+    assert!(wrong.header("www-authenticate").is_some());
+
+    // No credentials and a bad body: 401, not 400 (auth comes first).
+    let r = d.curl("/v1/certs", &["--data-binary", "garbage"]);
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // Bad key line, RSA-1024, a certificate, two keys: 400 naming the problem.
+    let r = d.curl(
+        "/v1/certs",
+        &["-u", &auth, "--data-binary", "ssh-ed25519 notbase64!"],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let rsa = keygen(d.path(), "rsa1024", &["-t", "rsa", "-b", "1024"]);
+    let r = post_key(&d, &["-u", &auth], &rsa.with_extension("pub"), "");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("1024"),
+        "{}",
+        r.text()
+    );
+    let two = format!(
+        "{}{}",
+        std::fs::read_to_string(&key).unwrap(),
+        std::fs::read_to_string(&key).unwrap()
+    );
+    let r = d.curl("/v1/certs", &["-u", &auth, "--data-binary", &two]);
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Oversized body: 413. Wrong content type: 415.
+    let big = d.path().join("big");
+    std::fs::write(&big, vec![b'A'; 64 * 1024]).unwrap();
+    let r = post_key(&d, &["-u", &auth], &big, "");
+    assert_eq!(r.status, 413, "{}", r.text());
+    let data = format!("@{}", key.display());
+    let r = d.curl(
+        "/v1/certs",
+        &[
+            "-u",
+            &auth,
+            "-H",
+            "Content-Type: image/png",
+            "--data-binary",
+            &data,
+        ],
+    );
+    assert_eq!(r.status, 415, "{}", r.text());
+
+    // Every error is JSON {error, message}.
+    for r in [&wrong, &unknown] {
+        let j = r.json();
+        assert!(j["error"].is_string() && j["message"].is_string());
+    }
+    // Refusals are audited with their reasons, and the chain verifies.
+    let reasons: Vec<String> = d
+        .events("cert.refused")
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(reasons.iter().any(|r| r == "body_too_large"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "unsupported_media_type"),
+        "{reasons:?}"
+    );
+    assert!(d.events("login.failed").len() >= 2);
+    let (code, out, err) = d.cli(&["audit", "verify", d.audit_path().to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn failed_logins_are_rate_limited_with_retry_after() {
+    let d = Drawbridge::start("[login]\nmax_failures = 3\nwindow = \"1m\"\n");
+    d.add_user("alice", PW);
+    let mut last = None;
+    for _ in 0..5 {
+        let r = d.curl("/v1/login", &["-u", "alice:bad", "-X", "POST"]);
+        last = Some(r);
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    // Even the right password is refused while limited.
+    let r = d.curl("/v1/login", &["-u", &format!("alice:{PW}"), "-X", "POST"]);
+    assert_eq!(r.status, 429);
+}
+
+#[test]
+fn public_endpoints() {
+    let d = Drawbridge::start("");
+    let ca = d.curl("/v1/ca", &[]);
+    assert_eq!(ca.status, 200);
+    assert!(ca.text().starts_with("ssh-ed25519 "), "{}", ca.text());
+    let kh = d.curl("/v1/known_hosts", &[]);
+    assert_eq!(kh.status, 200);
+    assert!(
+        kh.text().starts_with("@cert-authority * ssh-ed25519 "),
+        "{}",
+        kh.text()
+    );
+    let h = d.curl("/healthz", &[]);
+    assert_eq!(h.status, 200);
+    let m = d.curl("/metrics", &[]);
+    assert_eq!(m.status, 200);
+    assert!(
+        m.text().contains("drawbridge_certs_issued_total"),
+        "{}",
+        m.text()
+    );
+    let nf = d.curl("/v1/nothing", &[]);
+    assert_eq!(nf.status, 404);
+    assert_eq!(nf.json()["error"], "not_found");
+    // Plain HTTP to the HTTPS port does not get an answer in clear.
+    let out = std::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{}/healthz", d.api))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+mod oidc {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    const ISS: &str = "https://idp.test";
+
+    fn signing_key() -> SigningKey {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).unwrap();
+        SigningKey::from_bytes(&seed)
+    }
+
+    fn jwks(keys: &[(&str, &SigningKey)]) -> String {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, k)| {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+                    "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    fn token(k: &SigningKey, kid: &str, claims: serde_json::Value) -> String {
+        let pem = k.to_pkcs8_pem(Default::default()).unwrap();
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn claims(user: &str, groups: &[&str], exp_in: i64) -> serde_json::Value {
+        let now = now() as i64;
+        serde_json::json!({
+            "iss": ISS, "aud": "drawbridge", "sub": "id-123",
+            "preferred_username": user, "groups": groups,
+            "iat": now, "exp": now + exp_in,
+        })
+    }
+
+    fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let e = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.", e(header), e(claims))
+    }
+
+    #[test]
+    fn oidc_tokens_are_verified() {
+        let idp = signing_key();
+        let foreign = signing_key();
+        let dir_cfg = format!(
+            "[[oidc]]\nissuer = \"{ISS}\"\naudience = \"drawbridge\"\njwks = \"idp-jwks.json\"\nuser_claim = \"preferred_username\"\ngroups_claim = \"groups\"\n"
+        );
+        // The JWKS file must exist before the server starts: write it into a folder the
+        // harness then uses? The harness makes its own temp dir, so start, write, and
+        // rely on the provider reading the file lazily or at start. Write it first via
+        // a config that names an absolute path instead.
+        let jwks_dir = tempfile::tempdir().unwrap();
+        let jwks_path = jwks_dir.path().join("idp-jwks.json");
+        std::fs::write(&jwks_path, jwks(&[("k1", &idp)])).unwrap();
+        let cfg = dir_cfg.replace("idp-jwks.json", jwks_path.to_str().unwrap());
+        let d = Drawbridge::start(&cfg);
+        let key = ed25519_pub(&d, "k");
+        let bearer = |t: &str| format!("Authorization: Bearer {t}");
+
+        // frank is in no policy group; the IdP says he is in ops: he gets web-deploy.
+        let good = token(&idp, "k1", claims("frank", &["ops"], 300));
+        let r = post_key(&d, &["-H", &bearer(&good)], &key, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let info = cert_info(d.path(), &r.text());
+        assert!(info.contains("Key ID: \"frank\""), "{info}");
+        assert!(info.contains("web-deploy"), "{info}");
+
+        let now = now() as i64;
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "expired",
+                token(&idp, "k1", claims("frank", &["ops"], -600)),
+            ),
+            ("other issuer", {
+                let mut c = claims("frank", &["ops"], 300);
+                c["iss"] = "https://evil.test".into();
+                token(&idp, "k1", c)
+            }),
+            ("wrong audience", {
+                let mut c = claims("frank", &["ops"], 300);
+                c["aud"] = "someone-else".into();
+                token(&idp, "k1", c)
+            }),
+            (
+                "unknown kid",
+                token(&idp, "k9", claims("frank", &["ops"], 300)),
+            ),
+            (
+                "foreign key, known kid",
+                token(&foreign, "k1", claims("frank", &["ops"], 300)),
+            ),
+            (
+                "alg none",
+                unsigned(
+                    serde_json::json!({"alg": "none", "typ": "JWT", "kid": "k1"}),
+                    claims("frank", &["ops"], 300),
+                ),
+            ),
+            ("hmac with the public key", {
+                let mut h = Header::new(Algorithm::HS256);
+                h.kid = Some("k1".into());
+                let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(idp.verifying_key().as_bytes());
+                jsonwebtoken::encode(
+                    &h,
+                    &claims("frank", &["ops"], 300),
+                    &EncodingKey::from_secret(x.as_bytes()),
+                )
+                .unwrap()
+            }),
+            ("exp as a string", {
+                let mut c = claims("frank", &["ops"], 300);
+                c["exp"] = serde_json::Value::String((now + 300).to_string());
+                token(&idp, "k1", c)
+            }),
+            ("missing exp", {
+                let mut c = claims("frank", &["ops"], 300);
+                c.as_object_mut().unwrap().remove("exp");
+                token(&idp, "k1", c)
+            }),
+            ("edited claims", {
+                let t = token(&idp, "k1", claims("frank", &[], 300));
+                let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
+                parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(claims("frank", &["ops"], 300).to_string());
+                parts.join(".")
+            }),
+        ];
+        for (what, t) in cases {
+            let r = post_key(&d, &["-H", &bearer(&t)], &key, "");
+            assert_eq!(r.status, 401, "{what}: {}", r.text());
+            assert_eq!(r.json()["error"].as_str().map(|_| ()), Some(()), "{what}");
+        }
+        assert_eq!(d.events("cert.issued").len(), 1);
+        assert!(d.events("login.failed").len() >= 10);
+    }
+}
+
+/// The README's two steps on the embedded default: `drawbridge serve` with no config
+/// in a fresh folder holding the example policy, then the README's curl line.
+#[test]
+fn readme_default_run_and_curl_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo.join("policies"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    if std::net::TcpListener::bind("127.0.0.1:8443").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:2222").is_err()
+    {
+        panic!("the default ports 8443 and 2222 are taken; stop what uses them to run this test");
+    }
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut child = std::process::Command::new(harness::BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect("127.0.0.1:8443").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not start: {}",
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, err) = harness::run(
+        &["user", "add", "alice", "--password-stdin"],
+        dir.path(),
+        Some("s3cret-pass\n"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let key = keygen(dir.path(), "id_ed25519", &["-t", "ed25519"]);
+    // The README's line, with the password given to curl instead of typed.
+    let out = std::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--cacert",
+            "ca/tls.crt",
+            "-u",
+            "alice:s3cret-pass",
+            "--data-binary",
+        ])
+        .arg(format!("@{}.pub", key.display()))
+        .args(["https://127.0.0.1:8443/v1/certs", "-o"])
+        .arg(format!("{}-cert.pub", key.display()))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = std::fs::read_to_string(format!("{}-cert.pub", key.display())).unwrap();
+    assert!(cert_info(dir.path(), &cert).contains("Key ID: \"alice\""));
+}

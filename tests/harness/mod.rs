@@ -1,0 +1,405 @@
+//! Starting the real `drawbridge` binary for integration tests: a temp folder with its
+//! own config (free loopback ports), policy and keys; a curl wrapper for the HTTPS API.
+//! Every wait is bounded; the process is stopped on drop.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Runs the binary to completion with a bounded time; returns (status code, stdout, stderr).
+pub fn run(args: &[&str], cwd: &Path, stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drawbridge");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input.as_bytes()).expect("write stdin");
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = wait_output(child, Duration::from_secs(60));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits for a child's output, killing it past `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().expect("output"),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "process did not finish within {limit:?}; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+/// A response seen by curl.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// A running `drawbridge serve` in its own folder.
+pub struct Drawbridge {
+    pub dir: tempfile::TempDir,
+    pub api: SocketAddr,
+    pub ssh: SocketAddr,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// A small policy: web-1 and db-1, roles web-deploy (group ops: alice, carol) and dba
+/// (user bob), a temporary grant for ivy.
+pub const POLICY_HOSTS: &str = r#"
+[hosts.web-1]
+address = "10.20.0.11:22"
+labels  = { role = "web", env = "prod" }
+
+[hosts.db-1]
+address = "10.20.0.21"
+labels  = { role = "db" }
+"#;
+
+pub const POLICY_PRINCIPALS: &str = r#"
+[principals.web-deploy]
+hosts   = { role = "web" }
+logins  = ["deploy"]
+max_ttl = "15m"
+extensions = ["permit-pty", "permit-port-forwarding"]
+
+[principals.dba]
+hosts  = ["db-1"]
+logins = ["postgres"]
+"#;
+
+pub const POLICY_PEOPLE: &str = r#"
+[groups.ops]
+members    = ["alice", "carol"]
+principals = ["web-deploy"]
+
+[users.bob]
+principals = ["dba"]
+source     = ["192.0.2.0/24"]
+
+[[temporary]]
+user      = "ivy"
+principal = "dba"
+until     = "2099-12-01T00:00:00Z"
+reason    = "INC-4711"
+"#;
+
+impl Drawbridge {
+    /// Writes the default test policy plus `extra_config` and starts the server.
+    pub fn start(extra_config: &str) -> Drawbridge {
+        Self::start_with(
+            &[
+                ("hosts.toml", POLICY_HOSTS),
+                ("principals.toml", POLICY_PRINCIPALS),
+                ("people.toml", POLICY_PEOPLE),
+            ],
+            extra_config,
+            &[],
+        )
+    }
+
+    /// `policy`: files under `policies/`; `extra_config`: more drawbridge.toml (it may
+    /// not repeat [api] or [ssh]); `args`: more `serve` flags.
+    pub fn start_with(policy: &[(&str, &str)], extra_config: &str, args: &[&str]) -> Drawbridge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pdir = dir.path().join("policies");
+        std::fs::create_dir_all(&pdir).expect("mkdir");
+        for (name, text) in policy {
+            std::fs::write(pdir.join(name), text).expect("write policy");
+        }
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let ssh: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = format!(
+            "[api]\nlisten = \"{api}\"\n\n[ssh]\nlisten = \"{ssh}\"\nhost_names = [\"localhost\", \"127.0.0.1\"]\n\n{extra_config}\n"
+        );
+        std::fs::write(dir.path().join("drawbridge.toml"), config).expect("write config");
+        let mut d = Drawbridge {
+            dir,
+            api,
+            ssh,
+            child: None,
+            log: PathBuf::new(),
+        };
+        d.log = d.dir.path().join("serve.log");
+        d.spawn(args);
+        d
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> String {
+        self.path().join("drawbridge.toml").display().to_string()
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.path().join("var/audit.log")
+    }
+
+    pub fn cacert(&self) -> PathBuf {
+        self.path().join("ca/tls.crt")
+    }
+
+    fn spawn(&mut self, args: &[&str]) {
+        let log = std::fs::File::create(&self.log).expect("log");
+        let log2 = log.try_clone().expect("log");
+        let config = self.config();
+        let mut cmd_args = vec!["--config", config.as_str(), "serve"];
+        cmd_args.extend_from_slice(args);
+        let child = Command::new(BIN)
+            .args(&cmd_args)
+            .current_dir(self.path())
+            .env("DRAWBRIDGE_LOG", "info,drawbridge=debug")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn serve");
+        self.child = Some(child);
+        self.wait_ready(args.contains(&"--bastion-only"));
+    }
+
+    fn wait_ready(&mut self, bastion_only: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("drawbridge serve exited ({status}): {}", self.server_log());
+            }
+            let ready = if bastion_only {
+                std::net::TcpStream::connect(self.ssh).is_ok()
+            } else {
+                std::net::TcpStream::connect(self.api).is_ok()
+                    && std::net::TcpStream::connect(self.ssh).is_ok()
+            };
+            if ready {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("drawbridge serve not ready in 30 s: {}", self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a `drawbridge` command against this server's config.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let config = self.config();
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        run(&all, self.path(), stdin)
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let (code, out, err) = self.cli(
+            &["user", "add", name, "--password-stdin"],
+            Some(&format!("{password}\n")),
+        );
+        assert_eq!(code, 0, "user add: {out} {err}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{}", self.api, path)
+    }
+
+    /// curl against the API, trusting only our TLS certificate.
+    pub fn curl(&self, path: &str, args: &[&str]) -> Resp {
+        let headers = self.path().join(format!("h-{}", rand_suffix()));
+        let body = self.path().join(format!("b-{}", rand_suffix()));
+        let cacert = self.cacert();
+        let mut cmd = Command::new("curl");
+        cmd.args(["--silent", "--show-error", "--max-time", "20", "--cacert"])
+            .arg(&cacert)
+            .arg("-D")
+            .arg(&headers)
+            .arg("-o")
+            .arg(&body)
+            .args(["-w", "%{http_code}"])
+            .args(args)
+            .arg(self.url(path))
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = wait_output(cmd.spawn().expect("curl"), Duration::from_secs(30));
+        let status: u16 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl failed: {}", String::from_utf8_lossy(&out.stderr)));
+        let resp = Resp {
+            status,
+            headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+            body: std::fs::read(&body).unwrap_or_default(),
+        };
+        let _ = std::fs::remove_file(headers);
+        let _ = std::fs::remove_file(body);
+        resp
+    }
+
+    /// The audit records, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// The audit records of one event kind.
+    pub fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["event"] == kind)
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit; returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        let Some(mut child) = self.child.take() else {
+            return -1;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("drawbridge did not stop within 40 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again in the same folder (after [`Drawbridge::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop() first");
+        self.spawn(&[]);
+    }
+
+    /// Sends a signal (e.g. "HUP") to the server.
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Drawbridge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Makes an OpenSSH key with ssh-keygen; returns the private key path.
+pub fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// `ssh-keygen -L -f CERT` output.
+pub fn cert_info(dir: &Path, cert_line: &str) -> String {
+    let path = dir.join(format!("cert-{}.pub", rand_suffix()));
+    std::fs::write(&path, cert_line).expect("write cert");
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen -L");
+    assert!(
+        out.status.success(),
+        "ssh-keygen -L refused the certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
