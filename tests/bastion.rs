@@ -363,6 +363,17 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
         out.stdout.contains("alice") && out.stdout.contains("web-admin"),
         "{out:?}"
     );
+    // Strict KEX is negotiated with the OpenSSH client (Terrapin, row 21), and AES-GCM is
+    // offered (PERF-NOTES).
+    let out = c.run(&["-vvv", "bastion", "whoami"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("will use strict KEX ordering"),
+        "{}",
+        out.stderr
+    );
+    let out = c.run(&["-o", "Ciphers=aes128-gcm@openssh.com", "bastion", "whoami"]);
+    assert!(out.success(), "AES-GCM not offered: {out:?}");
     let out = c.run(&["bastion", "hosts"]);
     assert!(out.success(), "{out:?}");
     assert!(

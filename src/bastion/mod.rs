@@ -20,6 +20,37 @@
 //! - Memory per forward is bounded: 64 KiB copy buffers each way, and client→target data
 //!   queued inside russh is bounded by `channel_buffer_size` packets (F11).
 //!
+//! # Decisions
+//!
+//! - **Target port.** A request for an inventory host on port 22 or on the host's own port
+//!   is dialed at the inventory address and port: `ssh -J bastion web-1` sends port 22
+//!   whatever web-1's real port is. Any other port is refused.
+//! - **Per-forward decision.** Each `direct-tcpip` takes the policy in force at that moment:
+//!   the host must resolve (exact name or exact address), the certificate must not be
+//!   revoked or expired *now*, one of its principals must grant the host to its key id
+//!   (groups from `groups@drawbridge` count as extra groups), and the certificate's age
+//!   (now − valid_after − 60 s) must be within that principal's `max_ttl`; when the first
+//!   granting principal is too short-lived another granting one in the certificate may do.
+//! - **Refusal messages.** Authentication refusals cannot carry text in SSH; the client sees
+//!   `Permission denied (publickey)` and the reason goes to the audit log and metrics.
+//!   Forward refusals carry the reason in the channel-open failure text (`ssh` prints it).
+//!   Session requests (shell, exec other than `whoami`/`hosts`, subsystem) are answered
+//!   with a message on stderr and exit status 1; pty, X11 and agent requests get a channel
+//!   failure; `env` is ignored. Every refusal except `env` and the pre-auth cap is audited.
+//! - **Pre-auth cap (F1).** Connections over `max_unauthenticated` (or per source over
+//!   `max_unauthenticated_per_source`) are closed at accept with no banner and no audit
+//!   record (a flood must not drive the log), counted in `connections_dropped`.
+//! - **Login grace (F2)** runs from accept to successful authentication, banner exchange
+//!   included; the socket is cut from outside russh, so a stalled peer cannot hold it.
+//! - **Idle timeout (F3)** is russh's `inactivity_timeout` (no keepalives, so an idle
+//!   client is really closed, open forwards or not).
+//! - **Shutdown (F9).** Stop accepting; unauthenticated and forward-less connections close at
+//!   once; connections with forwards get `shutdown_grace`, then every forward is cut
+//!   (`forward.closed` with `end = "shutdown"`) and `run` returns.
+//! - **Algorithms.** Strict KEX stays on (checked at start); `ssh-rsa` (SHA-1) and DSA are
+//!   refused for user keys and not offered for the host key; AES-GCM is offered after
+//!   chacha20-poly1305 unless `ssh.ciphers` says otherwise (the client's order decides).
+//!
 //! # Known gap
 //!
 //! russh refuses a certificate outside its validity window *before* calling our handler
