@@ -81,6 +81,11 @@ pub struct SshConfig {
     /// On SIGTERM, how long open forwards may go on before they are cut.
     #[serde(with = "serde_duration")]
     pub shutdown_grace: Duration,
+    /// Addresses the bastion's connections to DMZ hosts come from. When a policy user has
+    /// `source`, these are added to the certificate's `source-address`, because the DMZ
+    /// host's sshd sees the bastion's address, not the user's (the bastion itself checks
+    /// the user's real address). Empty: certificates carry only the user's networks.
+    pub egress_addresses: Vec<ipnet::IpNet>,
     /// Cipher preference, e.g. `["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]`.
     /// Empty means drawbridge's default list.
     pub ciphers: Vec<String>,
@@ -173,6 +178,7 @@ impl Default for SshConfig {
             max_channels_per_connection: 10,
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            egress_addresses: Vec::new(),
             ciphers: Vec::new(),
         }
     }

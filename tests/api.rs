@@ -133,7 +133,33 @@ fn source_address_from_policy_becomes_a_critical_option() {
     let r = post_key(&d, &["-u", &format!("bob:{PW}")], &key, "");
     assert_eq!(r.status, 200, "{}", r.text());
     let info = cert_info(d.path(), &r.text());
-    assert!(info.contains("source-address 192.0.2.0/24"), "{info}");
+    assert!(info.contains("source-address 192.0.2.0/24\n"), "{info}");
+
+    // The DMZ host sees the bastion's address: with the bastion's egress address
+    // configured, it is added where the policy limits the user.
+    let mut d = Drawbridge::prepare_with_ssh(
+        &[
+            ("hosts.toml", harness::POLICY_HOSTS),
+            ("principals.toml", harness::POLICY_PRINCIPALS),
+            ("people.toml", harness::POLICY_PEOPLE),
+        ],
+        "",
+        "egress_addresses = [\"10.9.0.5/32\"]",
+    );
+    d.launch(&[]);
+    d.add_user("bob", PW);
+    d.add_user("alice", PW);
+    let key = ed25519_pub(&d, "k");
+    let r = post_key(&d, &["-u", &format!("bob:{PW}")], &key, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let info = cert_info(d.path(), &r.text());
+    assert!(
+        info.contains("source-address 192.0.2.0/24,10.9.0.5/32"),
+        "{info}"
+    );
+    // A user the policy does not limit gets no source-address at all.
+    let r = post_key(&d, &["-u", &format!("alice:{PW}")], &key, "");
+    assert!(cert_info(d.path(), &r.text()).contains("Critical Options: (none)"));
 }
 
 #[test]

@@ -297,17 +297,17 @@ async fn post_certs(
     let id = &caller.identity;
     let held = policy.held(&id.user, &id.groups, now);
     let groups = all_groups(&policy, id);
-    let source = policy
-        .users
-        .get(&id.user)
-        .map(|u| u.source.as_slice())
-        .unwrap_or(&[]);
+    // The DMZ host sees the bastion's address: add it where the policy limits the user.
+    let mut source = policy.source_of(&id.user).to_vec();
+    if !source.is_empty() {
+        source.extend(state.config.ssh.egress_addresses.iter().copied());
+    }
     let input = PlanInput {
         user: &id.user,
         held: &held,
         groups: &groups,
         principals: &policy.principals,
-        source,
+        source: &source,
         requested_ttl: req.ttl,
         requested_principals: req.principals.as_deref(),
         default_ttl: state.config.certs.default_ttl,

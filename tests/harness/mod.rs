@@ -162,6 +162,15 @@ impl Drawbridge {
     /// Writes the folder (config and policy) without starting anything; see
     /// [`Drawbridge::launch`].
     pub fn prepare(policy: &[(&str, &str)], extra_config: &str) -> Drawbridge {
+        Self::prepare_with_ssh(policy, extra_config, "")
+    }
+
+    /// Like [`Drawbridge::prepare`], with more `[ssh]` keys in `ssh_extra`.
+    pub fn prepare_with_ssh(
+        policy: &[(&str, &str)],
+        extra_config: &str,
+        ssh_extra: &str,
+    ) -> Drawbridge {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -171,7 +180,7 @@ impl Drawbridge {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let ssh: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = format!(
-            "[api]\nlisten = \"{api}\"\n\n[ssh]\nlisten = \"{ssh}\"\nhost_names = [\"localhost\", \"127.0.0.1\"]\n\n{extra_config}\n"
+            "[api]\nlisten = \"{api}\"\n\n[ssh]\nlisten = \"{ssh}\"\nhost_names = [\"localhost\", \"127.0.0.1\"]\n{ssh_extra}\n\n{extra_config}\n"
         );
         std::fs::write(dir.path().join("drawbridge.toml"), config).expect("write config");
         let mut d = Drawbridge {
