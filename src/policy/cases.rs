@@ -76,7 +76,7 @@ pub fn read_cases(dir: &Path) -> Option<(Vec<Case>, Vec<LoadError>)> {
 
 /// Parses one case file's text (named `file` in messages).
 pub fn parse_cases(file: &str, text: &str, cases: &mut Vec<Case>, errors: &mut Vec<LoadError>) {
-    let mut ctx = Ctx { file, text, errors };
+    let mut ctx = Ctx::new(file, text, errors);
     let doc = match DeTable::parse(text) {
         Ok(d) => d,
         Err(e) => {

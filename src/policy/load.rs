@@ -241,11 +241,7 @@ pub fn parse_files(files: &[SourceFile]) -> Result<Policy, LoadErrors> {
     let mut errors = Vec::new();
     let mut raw = Raw::default();
     for f in files {
-        let mut ctx = Ctx {
-            file: &f.display,
-            text: &f.text,
-            errors: &mut errors,
-        };
+        let mut ctx = Ctx::new(&f.display, &f.text, &mut errors);
         match DeTable::parse(&f.text) {
             Ok(table) => parse_document(&mut ctx, table.get_ref(), &mut raw),
             Err(e) => {
@@ -271,14 +267,42 @@ pub(crate) struct Ctx<'a> {
     pub file: &'a str,
     pub text: &'a str,
     pub errors: &'a mut Vec<LoadError>,
+    /// Byte offset of the start of every line, for positions in O(log n).
+    line_starts: Vec<usize>,
 }
 
 type Key<'i> = Spanned<std::borrow::Cow<'i, str>>;
 type Val<'i> = Spanned<DeValue<'i>>;
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub fn new(file: &'a str, text: &'a str, errors: &'a mut Vec<LoadError>) -> Ctx<'a> {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Ctx {
+            file,
+            text,
+            errors,
+            line_starts,
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+        let column = self
+            .text
+            .get(start..offset)
+            .map(|t| t.chars().count())
+            .unwrap_or(offset - start)
+            + 1;
+        (line, column)
+    }
+
     pub fn origin(&self, span: &Range<usize>) -> Origin {
-        let (line, column) = crate::config::line_col(self.text, span.start);
+        let (line, column) = self.line_col(span.start);
         Origin {
             file: self.file.to_string(),
             line,

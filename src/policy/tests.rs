@@ -819,3 +819,19 @@ async fn watcher_reloads_on_change() {
     assert!(store.current().users.contains_key("zed"));
     handle.abort();
 }
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let e = errors_with(
+        "more.toml",
+        "# café\n[users.u]\nprincipals = [\"é\", \"nope\"]\n",
+    );
+    assert!(
+        e[0].starts_with("policies/more.toml:3:15: unknown principal \"é\""),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("policies/more.toml:3:20: unknown principal \"nope\""),
+        "{e:?}"
+    );
+}
