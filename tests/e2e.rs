@@ -563,3 +563,69 @@ fn bastion_only_runs_without_any_ca_private_key() {
     let (code, out, err) = d.cli(&["audit", "verify", d.audit_path().to_str().unwrap()], None);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Removing someone from a group in the policy files cuts them off at their next
+/// connection, with a certificate that is still valid and no restart or signal: the
+/// watcher notices the change.
+#[test]
+fn group_removal_in_git_cuts_off_the_next_connection() {
+    let s = setup(&[]);
+    s.d.add_user("bob", PW);
+    let key = s.t.keygen("bob");
+    issue(&s.d, "bob", &key, "");
+    let mut ssh = SshClient::new(&s.t, "bob", &host_ca_of(&s.d), s.d.ssh.port(), "bob", &key);
+    ssh.add_target("web-1", "root");
+    let out = ssh.run(&["web-1", "echo", "before"]);
+    assert!(out.success(), "{}", out.stderr);
+
+    let reloads = s.d.events("policy.reloaded").len();
+    std::fs::write(
+        s.d.path().join("policies/people.toml"),
+        "[groups.ops]\nmembers = [\"alice\"]\nprincipals = [\"web-ops\"]\n",
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), || {
+        s.d.events("policy.reloaded").len() > reloads
+    });
+    let out = ssh.run(&["web-1", "echo", "after"]);
+    assert!(!out.success(), "bob still got in: {}", out.stdout);
+    assert!(out.stderr.contains("open failed"), "{}", out.stderr);
+    let refused = s.d.events("forward.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["key_id"], "bob");
+    let reloaded = s.d.events("policy.reloaded").pop().unwrap();
+    assert_eq!(refused[0]["policy_version"], reloaded["policy_version"]);
+
+    // An invalid change is rejected and the last good policy stays: alice still gets in.
+    std::fs::write(
+        s.d.path().join("policies/people.toml"),
+        "[groups.ops]\nmembrs = []\n",
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), || {
+        !s.d.events("policy.rejected").is_empty()
+    });
+    let rejected = s.d.events("policy.rejected").pop().unwrap();
+    let errors = rejected["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("people.toml:2:1: unknown key \"membrs\"")),
+        "{rejected}"
+    );
+    s.d.add_user("alice", PW);
+    let akey = s.t.keygen("alice");
+    issue(&s.d, "alice", &akey, "");
+    let mut ssh = SshClient::new(
+        &s.t,
+        "alice",
+        &host_ca_of(&s.d),
+        s.d.ssh.port(),
+        "alice",
+        &akey,
+    );
+    ssh.add_target("web-1", "root");
+    let out = ssh.run(&["web-1", "echo", "still"]);
+    assert!(out.success(), "{}", out.stderr);
+}

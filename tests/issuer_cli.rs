@@ -133,6 +133,7 @@ fn sign_user(dir: &Path, ca: &Path, name: &str, user: &str, now: SystemTime) -> 
         user,
         held: &held,
         groups: &groups,
+        idp_groups: &[],
         principals: &defs,
         source: &source,
         requested_ttl: Some(Duration::from_secs(3600)),

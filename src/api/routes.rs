@@ -22,7 +22,7 @@ use super::request::{MAX_CERT_BODY, parse_cert_request, read_body};
 use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
 use crate::audit::Event;
 use crate::identity::{AuthError, Identity, Secret};
-use crate::issuer::plan::{PlanInput, plan_user_cert};
+use crate::issuer::plan::{CertRequest, plan_from_policy};
 use crate::util::{rfc3339, unix_secs};
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -222,19 +222,6 @@ impl FromRequestParts<Arc<AppState>> for PasswordCaller {
     }
 }
 
-/// The caller's groups: the policy's plus those an identity provider or token asserted.
-fn all_groups(policy: &crate::policy::Policy, id: &Identity) -> Vec<String> {
-    let mut groups: Vec<String> = policy
-        .groups_of(&id.user)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    groups.extend(id.groups.iter().cloned());
-    groups.sort();
-    groups.dedup();
-    groups
-}
-
 async fn refuse(state: &AppState, caller: &Caller, e: ApiError, policy_version: &str) -> ApiError {
     state.metrics.refuse(e.code);
     let ev = Event::new("cert.refused")
@@ -295,26 +282,19 @@ async fn post_certs(
     };
     let now = SystemTime::now();
     let id = &caller.identity;
-    let held = policy.held(&id.user, &id.groups, now);
-    let groups = all_groups(&policy, id);
-    // The DMZ host sees the bastion's address: add it where the policy limits the user.
-    let mut source = policy.source_of(&id.user).to_vec();
-    if !source.is_empty() {
-        source.extend(state.config.ssh.egress_addresses.iter().copied());
-    }
-    let input = PlanInput {
-        user: &id.user,
-        held: &held,
-        groups: &groups,
-        principals: &policy.principals,
-        source: &source,
-        requested_ttl: req.ttl,
-        requested_principals: req.principals.as_deref(),
-        default_ttl: state.config.certs.default_ttl,
-        max_ttl: state.config.certs.max_ttl,
-        now,
+    let request = CertRequest {
+        ttl: req.ttl,
+        principals: req.principals.as_deref(),
     };
-    let plan = match plan_user_cert(&input) {
+    let plan = match plan_from_policy(
+        &policy,
+        &id.user,
+        &id.groups,
+        &request,
+        &state.config.certs,
+        &state.config.ssh.egress_addresses,
+        now,
+    ) {
         Ok(p) => p,
         Err(r) => {
             let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN);
@@ -331,7 +311,8 @@ async fn post_certs(
         .signing_seconds
         .observe(started.elapsed().as_secs_f64());
     let line = signed.openssh_line().map_err(ApiError::internal)?;
-    let deciding: Vec<String> = held
+    let deciding: Vec<String> = policy
+        .held(&id.user, &id.groups, now)
         .iter()
         .filter(|g| plan.principals.contains(&g.principal))
         .map(|g| format!("{}:{}", g.principal, via_name(&g.via)))

@@ -74,7 +74,7 @@ pub fn authorize<'p>(
     let query = |within: &[String]| {
         policy.decide(&Query {
             user: &id.key_id,
-            extra_groups: &id.groups,
+            extra_groups: &id.idp_groups,
             host: &target.name,
             login: None,
             within: Some(within),

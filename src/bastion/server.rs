@@ -681,7 +681,7 @@ impl Connection {
         let list = targets::reachable(
             &policy,
             &id.key_id,
-            &id.groups,
+            &id.idp_groups,
             &id.principals,
             SystemTime::now(),
         );

@@ -27,6 +27,12 @@ use crate::policy::Policy;
 /// Name of the certificate extension that carries the holder's groups, comma-separated.
 pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
 
+/// Name of the extension carrying only the groups an identity provider asserted. Only
+/// these count on top of the policy at connection time: groups the policy itself gave
+/// are re-read from the policy loaded now, so removing someone from a group in Git cuts
+/// them off at once even though their certificate still names the group.
+pub use crate::issuer::plan::IDP_GROUPS_EXTENSION;
+
 /// The only critical option drawbridge understands.
 pub const SOURCE_ADDRESS: &str = "source-address";
 
@@ -41,8 +47,12 @@ pub struct CertIdentity {
     pub serial: u64,
     /// Roles carried by the certificate (never empty).
     pub principals: Vec<String>,
-    /// Groups from the `groups@drawbridge` extension (empty when absent).
+    /// Groups from the `groups@drawbridge` extension (empty when absent); shown to the
+    /// user, never used to decide.
     pub groups: Vec<String>,
+    /// Groups from the `idp-groups@drawbridge` extension: those an identity provider
+    /// asserted at issuance. The only groups from the certificate that decisions count.
+    pub idp_groups: Vec<String>,
     pub valid_after: SystemTime,
     pub valid_before: SystemTime,
     /// `SHA256:...` of the CA that signed it.
@@ -306,12 +316,18 @@ pub fn verify_certificate(
         .get(GROUPS_EXTENSION)
         .map(|v| parse_groups(v))
         .unwrap_or_default();
+    let idp_groups = cert
+        .extensions()
+        .get(IDP_GROUPS_EXTENSION)
+        .map(|v| parse_groups(v))
+        .unwrap_or_default();
 
     Ok(CertIdentity {
         key_id: cert.key_id().to_string(),
         serial: cert.serial(),
         principals: principals.to_vec(),
         groups,
+        idp_groups,
         valid_after: UNIX_EPOCH + Duration::from_secs(cert.valid_after()),
         valid_before: UNIX_EPOCH + Duration::from_secs(cert.valid_before()),
         ca_fingerprint: ca_fingerprint.to_string(),

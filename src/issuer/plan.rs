@@ -14,6 +14,13 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// The extension carrying the holder's groups (comma-joined, sorted; may be empty).
 pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
 
+/// The extension carrying only the groups an identity provider asserted (comma-joined,
+/// sorted; may be empty). The bastion counts these, and only these, on top of the policy
+/// loaded at connection time: a user removed from a policy group is cut off at once,
+/// while an OIDC user's groups, which only the token knew, hold for the certificate's
+/// minutes.
+pub const IDP_GROUPS_EXTENSION: &str = "idp-groups@drawbridge";
+
 /// The critical option carrying the policy's `source` networks.
 pub const SOURCE_ADDRESS: &str = "source-address";
 
@@ -28,6 +35,8 @@ pub struct PlanInput<'a> {
     /// The user's groups: the policy's groups that list the user plus those an
     /// identity provider asserted.
     pub groups: &'a [String],
+    /// The groups an identity provider asserted (a subset of `groups`).
+    pub idp_groups: &'a [String],
     /// The policy's principal definitions (`Policy::principals`), for `max_ttl` and
     /// `extensions`.
     pub principals: &'a BTreeMap<String, Principal>,
@@ -219,19 +228,24 @@ pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
     let ttl = Duration::from_secs(ttl.as_secs());
     check_ttl(ttl)?;
 
-    let mut groups: BTreeSet<&str> = BTreeSet::new();
     let mut omitted_groups = Vec::new();
-    for g in input.groups {
-        if g.contains(',') || g.chars().any(char::is_control) {
-            omitted_groups.push(g.clone());
-        } else if !g.is_empty() {
-            groups.insert(g);
+    let mut group_list = |list: &[String]| {
+        let mut groups: BTreeSet<&str> = BTreeSet::new();
+        for g in list {
+            if g.contains(',') || g.chars().any(char::is_control) {
+                if !omitted_groups.contains(g) {
+                    omitted_groups.push(g.clone());
+                }
+            } else if !g.is_empty() {
+                groups.insert(g.as_str());
+            }
         }
-    }
-    extensions.insert(
-        GROUPS_EXTENSION.to_string(),
-        groups.into_iter().collect::<Vec<_>>().join(","),
-    );
+        groups.into_iter().collect::<Vec<_>>().join(",")
+    };
+    let all_groups = group_list(input.groups);
+    let idp_groups = group_list(input.idp_groups);
+    extensions.insert(GROUPS_EXTENSION.to_string(), all_groups);
+    extensions.insert(IDP_GROUPS_EXTENSION.to_string(), idp_groups);
 
     let mut critical_options = BTreeMap::new();
     if !input.source.is_empty() {
@@ -266,12 +280,16 @@ pub struct CertRequest<'a> {
 /// [`plan_user_cert`] against a loaded policy: the principals `user` holds now (with
 /// the groups an identity provider asserted, `idp_groups`), the user's groups (policy
 /// groups plus `idp_groups`) for `groups@drawbridge`, and the policy user's `source`.
+///
+/// `egress` (`ssh.egress_addresses`) is added to `source-address` when the policy limits
+/// the user's networks: a DMZ host sees the bastion's address, not the user's.
 pub fn plan_from_policy(
     policy: &crate::policy::Policy,
     user: &str,
     idp_groups: &[String],
     request: &CertRequest<'_>,
     certs: &crate::config::CertsConfig,
+    egress: &[IpNet],
     now: SystemTime,
 ) -> Result<CertPlan, IssueRefusal> {
     let held = policy.held(user, idp_groups, now);
@@ -281,12 +299,17 @@ pub fn plan_from_policy(
         .map(str::to_string)
         .collect();
     groups.extend(idp_groups.iter().cloned());
+    let mut source = policy.source_of(user).to_vec();
+    if !source.is_empty() {
+        source.extend(egress.iter().copied());
+    }
     plan_user_cert(&PlanInput {
         user,
         held: &held,
         groups: &groups,
+        idp_groups,
         principals: &policy.principals,
-        source: policy.source_of(user),
+        source: &source,
         requested_ttl: request.ttl,
         requested_principals: request.principals,
         default_ttl: certs.default_ttl,
@@ -366,6 +389,7 @@ mod tests {
                 user: "alice",
                 held: &self.held,
                 groups: &self.groups,
+                idp_groups: &[],
                 principals: &self.defs,
                 source: &self.source,
                 requested_ttl: self.ttl,
@@ -477,6 +501,7 @@ mod tests {
             names,
             [
                 "groups@drawbridge",
+                "idp-groups@drawbridge",
                 "permit-agent-forwarding",
                 "permit-port-forwarding",
                 "permit-pty"
@@ -525,6 +550,7 @@ mod tests {
             user: "alice\nroot",
             held: &held,
             groups: &[],
+            idp_groups: &[],
             principals: &d,
             source: &[],
             requested_ttl: None,
@@ -574,12 +600,30 @@ mod tests {
             &idp,
             &CertRequest::default(),
             &certs,
+            &[],
             t0(),
         )
         .unwrap();
         assert_eq!(p.principals, ["dba", "web-deploy"]);
         assert_eq!(p.extensions["groups@drawbridge"], "oncall,ops");
+        assert_eq!(p.extensions["idp-groups@drawbridge"], "oncall");
         assert_eq!(p.critical_options["source-address"], "192.0.2.0/24");
+        let egress: Vec<IpNet> = vec!["10.9.0.5/32".parse().unwrap()];
+        let p = plan_from_policy(
+            &policy,
+            "alice",
+            &[],
+            &CertRequest::default(),
+            &certs,
+            &egress,
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.critical_options["source-address"],
+            "192.0.2.0/24,10.9.0.5/32"
+        );
+        assert_eq!(p.extensions["idp-groups@drawbridge"], "");
         let asked = vec!["ops".to_string()];
         let e = plan_from_policy(
             &policy,
@@ -590,6 +634,7 @@ mod tests {
                 principals: Some(&asked),
             },
             &certs,
+            &[],
             t0(),
         )
         .unwrap_err();
@@ -600,6 +645,7 @@ mod tests {
             &[],
             &CertRequest::default(),
             &certs,
+            &[],
             t0(),
         )
         .unwrap_err();
