@@ -341,58 +341,8 @@ fn public_endpoints() {
 
 mod oidc {
     use super::*;
-    use ed25519_dalek::SigningKey;
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use harness::oidc::{ISS, claims, jwks, signing_key, token, unsigned};
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-
-    const ISS: &str = "https://idp.test";
-
-    fn signing_key() -> SigningKey {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).unwrap();
-        SigningKey::from_bytes(&seed)
-    }
-
-    fn jwks(keys: &[(&str, &SigningKey)]) -> String {
-        let keys: Vec<serde_json::Value> = keys
-            .iter()
-            .map(|(kid, k)| {
-                serde_json::json!({
-                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
-                    "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes()),
-                })
-            })
-            .collect();
-        serde_json::json!({ "keys": keys }).to_string()
-    }
-
-    fn token(k: &SigningKey, kid: &str, claims: serde_json::Value) -> String {
-        let pem = k.to_pkcs8_pem(Default::default()).unwrap();
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(kid.into());
-        jsonwebtoken::encode(
-            &h,
-            &claims,
-            &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
-        )
-        .unwrap()
-    }
-
-    fn claims(user: &str, groups: &[&str], exp_in: i64) -> serde_json::Value {
-        let now = now() as i64;
-        serde_json::json!({
-            "iss": ISS, "aud": "drawbridge", "sub": "id-123",
-            "preferred_username": user, "groups": groups,
-            "iat": now, "exp": now + exp_in,
-        })
-    }
-
-    fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
-        let e = |v: serde_json::Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-        };
-        format!("{}.{}.", e(header), e(claims))
-    }
 
     #[test]
     fn oidc_tokens_are_verified() {

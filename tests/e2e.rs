@@ -629,3 +629,55 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
     let out = ssh.run(&["web-1", "echo", "still"]);
     assert!(out.success(), "{}", out.stderr);
 }
+
+/// An identity-provider user in no policy group: the IdP's `ops` group gives them the
+/// role, the certificate carries it in `idp-groups@drawbridge`, and the bastion honours it
+/// against the policy loaded at connection time.
+#[test]
+fn oidc_user_reaches_the_target_through_idp_groups() {
+    let t = TestDir::new();
+    let idp = harness::oidc::signing_key();
+    let jwks = t.write("jwks.json", harness::oidc::jwks(&[("k1", &idp)]));
+    let mut d = Drawbridge::prepare(&[], &harness::oidc::config(&jwks));
+    let (code, out, err) = d.cli(&["ca", "init"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let host_ca = host_ca_of(&d);
+    let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
+    let sshd = Sshd::start(
+        &t,
+        "web-1",
+        &[&trusted],
+        &host_ca,
+        &[("root", &["web-ops"])],
+    )
+    .unwrap();
+    for (name, text) in policy_for(sshd.port) {
+        std::fs::write(d.path().join("policies").join(name), text).unwrap();
+    }
+    d.launch(&[]);
+
+    let key = t.keygen("frank");
+    let token = harness::oidc::token(&idp, "k1", harness::oidc::claims("frank", &["ops"], 300));
+    let data = format!("@{}", key.public().display());
+    let r = d.curl(
+        "/v1/certs",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data-binary",
+            &data,
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::write(key.cert(), &r.body).unwrap();
+    let info = harness::cert_info(d.path(), &r.text());
+    assert!(info.contains("idp-groups@drawbridge"), "{info}");
+
+    let mut ssh = SshClient::new(&t, "frank", &host_ca, d.ssh.port(), "frank", &key);
+    ssh.add_target("web-1", "root");
+    let out = ssh.run(&["web-1", "echo", "via-idp"]);
+    assert!(out.success(), "{}\n{}", out.stderr, d.server_log());
+    assert_eq!(out.stdout.trim(), "via-idp");
+    let issued = d.events("cert.issued").pop().unwrap();
+    assert_eq!(issued["method"], "oidc");
+}

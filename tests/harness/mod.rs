@@ -3,6 +3,8 @@
 //! Every wait is bounded; the process is stopped on drop.
 #![allow(dead_code)]
 
+pub mod oidc;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
