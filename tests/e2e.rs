@@ -113,6 +113,14 @@ fn issue(d: &Drawbridge, user: &str, key: &Key, query: &str) -> PathBuf {
     key.cert()
 }
 
+/// An ssh client logging in to the bastion as `name` with `key` (and its certificate),
+/// with `web-1` reached through it as root.
+fn client_for(s: &Setup, name: &str, key: &Key) -> SshClient {
+    let mut ssh = SshClient::new(&s.t, name, &host_ca_of(&s.d), s.d.ssh.port(), name, key);
+    ssh.add_target("web-1", "root");
+    ssh
+}
+
 fn host_ca_of(d: &Drawbridge) -> Ca {
     Ca {
         key: Key {
@@ -127,15 +135,7 @@ fn certificate_from_the_api_runs_a_command_through_the_bastion() {
     s.d.add_user("alice", PW);
     let key = s.t.keygen("alice");
     issue(&s.d, "alice", &key, "");
-    let mut ssh = SshClient::new(
-        &s.t,
-        "alice",
-        &host_ca_of(&s.d),
-        s.d.ssh.port(),
-        "alice",
-        &key,
-    );
-    ssh.add_target("web-1", "root");
+    let ssh = client_for(&s, "alice", &key);
     let out = ssh.run(&["web-1", "echo", "through-the-bastion"]);
     assert!(out.success(), "{}\n{}", out.stderr, s.d.server_log());
     assert_eq!(out.stdout.trim(), "through-the-bastion");
@@ -472,8 +472,7 @@ fn after_ca_rotate_old_and_new_certificates_both_work() {
     // The target trusts both (the file from /v1/ca), and the bastion accepts both.
     std::fs::write(s.sshd.dir.join("trusted_user_ca.pub"), &cas).unwrap();
     for (name, key) in [("old", &old_key), ("new", &new_key)] {
-        let mut ssh = SshClient::new(&s.t, name, &host_ca_of(&s.d), s.d.ssh.port(), "alice", key);
-        ssh.add_target("web-1", "root");
+        let ssh = client_for(&s, name, key);
         let out = ssh.run(&["web-1", "echo", name]);
         assert!(
             out.success(),
@@ -573,8 +572,7 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
     s.d.add_user("bob", PW);
     let key = s.t.keygen("bob");
     issue(&s.d, "bob", &key, "");
-    let mut ssh = SshClient::new(&s.t, "bob", &host_ca_of(&s.d), s.d.ssh.port(), "bob", &key);
-    ssh.add_target("web-1", "root");
+    let ssh = client_for(&s, "bob", &key);
     let out = ssh.run(&["web-1", "echo", "before"]);
     assert!(out.success(), "{}", out.stderr);
 
@@ -617,15 +615,7 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
     s.d.add_user("alice", PW);
     let akey = s.t.keygen("alice");
     issue(&s.d, "alice", &akey, "");
-    let mut ssh = SshClient::new(
-        &s.t,
-        "alice",
-        &host_ca_of(&s.d),
-        s.d.ssh.port(),
-        "alice",
-        &akey,
-    );
-    ssh.add_target("web-1", "root");
+    let ssh = client_for(&s, "alice", &akey);
     let out = ssh.run(&["web-1", "echo", "still"]);
     assert!(out.success(), "{}", out.stderr);
 }
