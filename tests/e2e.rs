@@ -145,6 +145,23 @@ fn certificate_from_the_api_runs_a_command_through_the_bastion() {
     wait_until(Duration::from_secs(10), || {
         !s.d.events("forward.closed").is_empty()
     });
+    let closed = &s.d.events("forward.closed")[0];
+    assert!(
+        closed["bytes_client_to_target"].as_u64().unwrap() > 0,
+        "{closed}"
+    );
+
+    // The bastion's counters are on /metrics beside the issuer's.
+    let m = s.d.curl("/metrics", &[]).text();
+    assert!(m.contains("drawbridge_bastion_forwards_total 1"), "{m}");
+    assert!(m.contains("drawbridge_bastion_forwards_active 0"), "{m}");
+    assert!(m.contains("drawbridge_certs_issued_total 1"), "{m}");
+    let bytes: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("drawbridge_bastion_bytes_target_to_client_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(bytes > 0, "{m}");
 }
 
 /// An OS account whose home is a temp folder, so `ssh` (which takes `~` from the
