@@ -61,6 +61,7 @@
 //! attempt, but under that reason.
 
 mod forward;
+pub mod lib_refusals;
 mod server;
 pub mod targets;
 pub mod verify;
@@ -75,6 +76,7 @@ use crate::audit::Audit;
 use crate::config::SshConfig;
 use crate::policy::watch::PolicyStore;
 
+pub use lib_refusals::capture_layer;
 pub use verify::{CertIdentity, Refusal, TrustedCas, verify_certificate};
 
 /// What the bastion needs from `ca/`: no CA private key.
@@ -181,6 +183,9 @@ pub async fn run(
     metrics: Arc<BastionMetrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Embedders and tests that set up no tracing still get russh's own certificate
+    // refusals audited (`drawbridge serve` installs the layer in `init_tracing`).
+    lib_refusals::ensure_installed();
     server::run(
         listener,
         cfg,
