@@ -179,7 +179,9 @@ fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,russh=warn,hyper=warn,rustls=warn"));
     let _ = tracing_subscriber::registry()
         .with(
+            // What `tracing_subscriber::fmt()` built before, minus its global filter.
             tracing_subscriber::fmt::layer()
+                .log_internal_errors(true)
                 .with_writer(std::io::stderr)
                 .with_filter(filter),
         )
