@@ -167,12 +167,24 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The printed log (stderr, filtered by `DRAWBRIDGE_LOG`) plus the bastion's capture of
+/// russh's own certificate refusals. Both filters are per layer: `DRAWBRIDGE_LOG` hiding
+/// russh must not hide those refusals from the audit. `try_init` also bridges `log`
+/// records (russh logs through `log`) into tracing.
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("DRAWBRIDGE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,russh=warn,hyper=warn,rustls=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let _ = tracing_subscriber::registry()
+        .with(
+            // What `tracing_subscriber::fmt()` built before, minus its global filter.
+            tracing_subscriber::fmt::layer()
+                .log_internal_errors(true)
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(crate::bastion::capture_layer())
         .try_init();
 }

@@ -440,8 +440,8 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
         &[("reason", "untrusted-ca"), ("serial", "2")],
     );
 
-    // Expired: russh refuses it before our handler (documented gap); the client's fallback
-    // to the bare key is refused and audited with the same key fingerprint.
+    // Expired: russh refuses it before our handler; the capture of its log line audits it
+    // (`expired_and_not_yet_valid_certificates_are_audited` has the details).
     let old = w.user(
         "old",
         Some(&w.user_ca),
@@ -455,7 +455,10 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
     refused(&out);
     w.expect_record(
         "ssh.auth.failed",
-        &[("key_fingerprint", &fingerprint(&old))],
+        &[
+            ("reason", "expired"),
+            ("key_fingerprint", &fingerprint(&old)),
+        ],
     );
 
     // A host certificate from our (user) CA used as a user certificate.
@@ -1216,4 +1219,111 @@ fn protocol_garbage_and_hostile_names_do_not_hurt() {
             .run(&["web-1", "true"])
             .success()
     );
+}
+
+/// Certificates russh refuses before calling drawbridge's handler (outside their window,
+/// or badly signed) still leave an `ssh.auth.failed` record with the right reason, via the
+/// `lib_refusals` capture of russh's log line.
+#[test]
+fn expired_and_not_yet_valid_certificates_are_audited() {
+    let Some(w) = world() else { return };
+    let b = start_bastion(&w, test_config());
+    let port = b.port;
+
+    // The OpenSSH client: russh refuses the certificate, the client falls back to the bare
+    // key; the record of the certificate's refusal carries that key's fingerprint.
+    for (name, validity, serial) in [("stale", "-20m:-10m", 31u64), ("early", "+10m:+20m", 32)] {
+        let key = w.user(
+            name,
+            Some(&w.user_ca),
+            "alice",
+            &["web-admin"],
+            validity,
+            serial,
+            &[],
+        );
+        let out = w.client(name, port, &key).run(&["bastion", "whoami"]);
+        refused(&out);
+        assert!(out.stderr.contains("Permission denied"), "{out:?}");
+        let fp = fingerprint(&key);
+        let rec = w.expect_record(
+            "ssh.auth.failed",
+            &[
+                ("reason", "expired"),
+                ("key_fingerprint", &fp),
+                ("ssh_user", name),
+                ("refused_by", "russh"),
+            ],
+        );
+        assert!(
+            rec["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{rec}"
+        );
+        assert!(rec["conn"].as_u64().is_some(), "{rec}");
+        // The fallback is refused under its own reason, on the same connection.
+        let fallback = w.expect_record(
+            "ssh.auth.failed",
+            &[("reason", "no-certificate"), ("key_fingerprint", &fp)],
+        );
+        assert_eq!(fallback["conn"], rec["conn"]);
+        // One record per refused certificate.
+        assert_eq!(
+            w.find(
+                "ssh.auth.failed",
+                &[("reason", "expired"), ("key_fingerprint", &fp)]
+            )
+            .len(),
+            1
+        );
+    }
+    assert!(b.metrics.refusals_of("expired") >= 2);
+
+    // A client that does not fall back (russh's): audited when its connection ends, with
+    // no key fingerprint (russh logs nothing about the certificate).
+    let ca = ssh_key::PrivateKey::read_openssh_file(&w.user_ca.key.path).unwrap();
+    let user = ssh_key::PrivateKey::read_openssh_file(&w.t.keygen("wired").path).unwrap();
+    let now = wire::now();
+    // Multi-threaded, so the client's connection tasks still run (and close) once
+    // `block_on` has returned.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let with_role = |bld: &mut ssh_key::certificate::Builder| {
+        bld.valid_principal("web-admin").unwrap();
+    };
+    rt.block_on(async {
+        let old = wire::cert(&ca, &user, now - 1200, now - 600, with_role);
+        let (h, ok) = bounded(wire::login(port, &user, old)).await;
+        assert!(!ok, "an expired certificate was accepted");
+        drop(h);
+        // A good certificate with one bit of its signature flipped.
+        let good = wire::cert(&ca, &user, now - 60, now + 300, with_role);
+        let mut bytes = good.to_bytes().unwrap();
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 1;
+        }
+        let bad = ssh_key::Certificate::from_bytes(&bytes).unwrap();
+        assert!(bad.verify_signature().is_err());
+        let (h, ok) = bounded(wire::login(port, &user, bad)).await;
+        assert!(!ok, "a badly signed certificate was accepted");
+        drop(h);
+    });
+    let unkeyed = |reason: &str| {
+        w.find(
+            "ssh.auth.failed",
+            &[("reason", reason), ("refused_by", "russh")],
+        )
+        .into_iter()
+        .filter(|r| r["key_fingerprint"].is_null())
+        .count()
+    };
+    eventually(|| unkeyed("expired") == 1 && unkeyed("bad-signature") == 1);
+    assert_eq!(unkeyed("expired"), 1, "{:#?}", w.records());
+    assert_eq!(unkeyed("bad-signature"), 1, "{:#?}", w.records());
+    assert!(b.metrics.refusals_of("bad-signature") >= 1);
+    assert!(b.metrics.refusals_of("expired") >= 3);
 }

@@ -51,16 +51,36 @@
 //!   refused for user keys and not offered for the host key; AES-GCM is offered after
 //!   chacha20-poly1305 unless `ssh.ciphers` says otherwise (the client's order decides).
 //!
-//! # Known gap
+//! # Certificates russh refuses on its own
 //!
-//! russh refuses a certificate outside its validity window *before* calling our handler
-//! (it logs a `WARN` "Certificate is expired or not yet valid"), so that refusal has no
-//! `ssh.auth.failed` record of its own. The OpenSSH client then falls back to the bare
-//! key, which is refused and audited with reason `no-certificate` and the same key
-//! fingerprint; the `auth.refused` metric and the audit trail therefore still show the
-//! attempt, but under that reason.
+//! russh refuses a certificate outside its validity window, or whose signature does not
+//! verify, *before* calling our handler, with only a `log` WARN ("Certificate is expired or
+//! not yet valid", "Certificate signature is invalid"). [`lib_refusals`] captures those
+//! events with a `tracing` layer (installed by `init_tracing` for `drawbridge serve`, and
+//! by [`run`] itself when nothing was set up, e.g. in tests) and files them under the
+//! tokio task that logged them; russh runs a connection's auth checks and handler calls in
+//! one task, so the handler picks them up by its own task id and audits
+//! `ssh.auth.failed` with reason `expired` (or `bad-signature`), `refused_by = "russh"`,
+//! counted in the refusal metrics under that code:
+//!
+//! - on the next authentication request of the connection: for the OpenSSH client that is
+//!   its fallback to the certificate's bare key, whose fingerprint (signature checked) the
+//!   record carries as `key_fingerprint`, before the fallback's own `no-certificate`
+//!   record; for a following certificate, the record has no fingerprint;
+//! - otherwise when the connection ends (no fingerprint, and `ssh_user` empty if the
+//!   client sent nothing else).
+//!
+//! Limits: the log line says nothing about the certificate, so these records carry no key
+//! id, serial, CA or validity, and `expired` also covers "not yet valid". The fingerprint
+//! is that of the key the client used *next*: it is the certificate's key for OpenSSH,
+//! but a client could offer an unrelated key. russh checks the window before the
+//! signature, so the client had not proved it held the certificate's key. If the capture
+//! cannot be installed (another global `tracing` subscriber or `log` logger without the
+//! layer), `run` logs a warning and these refusals are audited only as the fallback's
+//! `no-certificate`, as before.
 
 mod forward;
+pub mod lib_refusals;
 mod server;
 pub mod targets;
 pub mod verify;
@@ -75,6 +95,7 @@ use crate::audit::Audit;
 use crate::config::SshConfig;
 use crate::policy::watch::PolicyStore;
 
+pub use lib_refusals::capture_layer;
 pub use verify::{CertIdentity, Refusal, TrustedCas, verify_certificate};
 
 /// What the bastion needs from `ca/`: no CA private key.
@@ -181,6 +202,9 @@ pub async fn run(
     metrics: Arc<BastionMetrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Embedders and tests that set up no tracing still get russh's own certificate
+    // refusals audited (`drawbridge serve` installs the layer in `init_tracing`).
+    lib_refusals::ensure_installed();
     server::run(
         listener,
         cfg,

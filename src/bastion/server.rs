@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::lib_refusals::{self, LibRefusal};
 use super::targets;
 use super::verify::{CertIdentity, TrustedCas, verify_certificate};
 use super::{BastionKeysInput, BastionMetrics};
@@ -445,6 +446,7 @@ async fn serve_connection(
         forwards: forwards.clone(),
         sessions: HashMap::new(),
         ssh_user: String::new(),
+        lib_refusals: Vec::new(),
     };
 
     let session = match tokio::time::timeout_at(
@@ -539,6 +541,35 @@ pub(super) struct Connection {
     sessions: HashMap<ChannelId, ChannelSlot>,
     /// The SSH user name given by the client, escaped: logged, grants nothing.
     ssh_user: String,
+    /// Certificates russh refused on this connection before calling us, not audited yet
+    /// (see `lib_refusals`).
+    lib_refusals: Vec<LibRefusal>,
+}
+
+impl Drop for Connection {
+    /// Audits what russh refused on its own and nothing after it reported: a client that
+    /// offered only an expired certificate and left. The session task drops its handler,
+    /// so this still runs in that task.
+    fn drop(&mut self) {
+        self.collect_lib_refusals();
+        if self.lib_refusals.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = std::mem::take(&mut self.lib_refusals)
+            .into_iter()
+            .map(|r| self.lib_refusal_event(r, None))
+            .collect();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            warn!(peer = %self.peer, "certificate refusals lost: no runtime to audit them");
+            return;
+        };
+        let shared = self.shared.clone();
+        rt.spawn(async move {
+            for e in events {
+                let _ = shared.record(e).await;
+            }
+        });
+    }
 }
 
 /// Returns one channel place on drop.
@@ -572,6 +603,45 @@ fn shown_user(user: &str) -> String {
 }
 
 impl Connection {
+    /// Moves the certificate refusals russh made in this session's task (before calling
+    /// us) into `lib_refusals`. Call first in every authentication method.
+    fn collect_lib_refusals(&mut self) {
+        let room = lib_refusals::MAX_PER_TASK.saturating_sub(self.lib_refusals.len());
+        self.lib_refusals
+            .extend(lib_refusals::take_current().into_iter().take(room));
+    }
+
+    /// The `ssh.auth.failed` record for one of russh's own refusals, counted in the
+    /// metrics. russh logs nothing about the certificate, so the record has no key id,
+    /// serial or window; `key` is the key the client authenticated with next on this
+    /// connection, if any (the OpenSSH client retries with the certificate's own key).
+    fn lib_refusal_event(&self, refusal: LibRefusal, key: Option<&ssh_key::PublicKey>) -> Event {
+        let code = refusal.code();
+        self.shared.metrics.refused(code);
+        info!(peer = %self.peer, user = %self.ssh_user, code, "SSH certificate refused by russh");
+        let mut e = self
+            .event("ssh.auth.failed")
+            .with("reason", code)
+            .with("message", refusal.message())
+            .with("refused_by", "russh");
+        if let Some(key) = key {
+            e = e.with(
+                "key_fingerprint",
+                key.fingerprint(HashAlg::Sha256).to_string(),
+            );
+        }
+        e
+    }
+
+    /// Audits the pending russh refusals now (see [`Self::lib_refusal_event`]).
+    async fn audit_lib_refusals(&mut self, key: Option<&ssh_key::PublicKey>) {
+        self.collect_lib_refusals();
+        for refusal in std::mem::take(&mut self.lib_refusals) {
+            let e = self.lib_refusal_event(refusal, key);
+            let _ = self.shared.record(e).await;
+        }
+    }
+
     fn take_channel(&self) -> Option<ChannelSlot> {
         let max = self.shared.cfg.max_channels_per_connection;
         self.channels
@@ -713,6 +783,7 @@ impl Handler for Connection {
         // Cannot tell a certificate from a bare key here (CRATE-NOTES): accept both, decide
         // in auth_publickey / auth_openssh_certificate. Only weak algorithms stop here.
         self.ssh_user = shown_user(user);
+        self.collect_lib_refusals();
         if matches!(
             offer.algorithm,
             ssh_key::Algorithm::Dsa | ssh_key::Algorithm::Rsa { hash: None }
@@ -729,6 +800,9 @@ impl Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.ssh_user = shown_user(user);
+        // The OpenSSH client's fallback after russh refused its certificate: audit that
+        // refusal first, with this (signature-checked) key's fingerprint.
+        self.audit_lib_refusals(Some(key.public_key)).await;
         let extra = Event::new("").with(
             "key_fingerprint",
             key.public_key.fingerprint(HashAlg::Sha256).to_string(),
@@ -748,6 +822,7 @@ impl Handler for Connection {
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
         self.ssh_user = shown_user(user);
+        self.audit_lib_refusals(None).await;
         let policy = self.shared.policy.current();
         let now = SystemTime::now();
         let verdict = verify_certificate(
