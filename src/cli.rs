@@ -182,6 +182,7 @@ fn init_tracing() {
             // What `tracing_subscriber::fmt()` built before, minus its global filter.
             tracing_subscriber::fmt::layer()
                 .log_internal_errors(true)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .with_filter(filter),
         )

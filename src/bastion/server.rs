@@ -680,14 +680,8 @@ impl Connection {
         reject()
     }
 
-    /// Refuses a session request with a message the user sees on stderr, exit status 1.
-    async fn refuse_session(
-        &mut self,
-        channel: ChannelId,
-        request: &str,
-        message: &str,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
+    /// Counts a refused session request (pty, x11, agent, shell, ...) and audits it.
+    async fn note_session_refusal(&self, request: &str) {
         self.shared.metrics.refused(code::SESSION);
         let _ = self
             .shared
@@ -697,6 +691,23 @@ impl Connection {
                     .with("reason", code::SESSION),
             )
             .await;
+    }
+
+    /// Counts a refused forwarding request and audits it with `fields`.
+    async fn note_forward_refusal(&self, reason: &'static str, fields: Event) {
+        self.shared.metrics.refused(reason);
+        let _ = self.shared.record(fields.with("reason", reason)).await;
+    }
+
+    /// Refuses a session request with a message the user sees on stderr, exit status 1.
+    async fn refuse_session(
+        &mut self,
+        channel: ChannelId,
+        request: &str,
+        message: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        self.note_session_refusal(request).await;
         session.channel_success(channel)?;
         session.extended_data(
             channel,
@@ -990,15 +1001,7 @@ impl Handler for Connection {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shared.metrics.refused(code::SESSION);
-        let _ = self
-            .shared
-            .record(
-                self.event("ssh.session.refused")
-                    .with("request", "pty")
-                    .with("reason", code::SESSION),
-            )
-            .await;
+        self.note_session_refusal("pty").await;
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -1012,15 +1015,7 @@ impl Handler for Connection {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shared.metrics.refused(code::SESSION);
-        let _ = self
-            .shared
-            .record(
-                self.event("ssh.session.refused")
-                    .with("request", "x11")
-                    .with("reason", code::SESSION),
-            )
-            .await;
+        self.note_session_refusal("x11").await;
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -1030,15 +1025,7 @@ impl Handler for Connection {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.shared.metrics.refused(code::SESSION);
-        let _ = self
-            .shared
-            .record(
-                self.event("ssh.session.refused")
-                    .with("request", "agent")
-                    .with("reason", code::SESSION),
-            )
-            .await;
+        self.note_session_refusal("agent").await;
         Ok(false)
     }
 
@@ -1060,16 +1047,12 @@ impl Handler for Connection {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.shared.metrics.refused(code::REMOTE_FORWARD);
-        let _ = self
-            .shared
-            .record(
-                self.event("forward.refused")
-                    .with("kind", "remote")
-                    .with("host", escape(address))
-                    .with("port", *port)
-                    .with("reason", code::REMOTE_FORWARD),
-            )
+        let fields = self
+            .event("forward.refused")
+            .with("kind", "remote")
+            .with("host", escape(address))
+            .with("port", *port);
+        self.note_forward_refusal(code::REMOTE_FORWARD, fields)
             .await;
         Ok(false)
     }
@@ -1079,16 +1062,11 @@ impl Handler for Connection {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.shared.metrics.refused(code::STREAMLOCAL);
-        let _ = self
-            .shared
-            .record(
-                self.event("forward.refused")
-                    .with("kind", "streamlocal-remote")
-                    .with("path", escape(socket_path))
-                    .with("reason", code::STREAMLOCAL),
-            )
-            .await;
+        let fields = self
+            .event("forward.refused")
+            .with("kind", "streamlocal-remote")
+            .with("path", escape(socket_path));
+        self.note_forward_refusal(code::STREAMLOCAL, fields).await;
         Ok(false)
     }
 
@@ -1099,16 +1077,11 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shared.metrics.refused(code::STREAMLOCAL);
-        let _ = self
-            .shared
-            .record(
-                self.event("forward.refused")
-                    .with("kind", "streamlocal")
-                    .with("path", escape(socket_path))
-                    .with("reason", code::STREAMLOCAL),
-            )
-            .await;
+        let fields = self
+            .event("forward.refused")
+            .with("kind", "streamlocal")
+            .with("path", escape(socket_path));
+        self.note_forward_refusal(code::STREAMLOCAL, fields).await;
         reply
             .reject(ChannelOpenFailure::Other {
                 code: 1,
