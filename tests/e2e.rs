@@ -113,6 +113,17 @@ fn issue(d: &Drawbridge, user: &str, key: &Key, query: &str) -> PathBuf {
     key.cert()
 }
 
+/// A DMZ sshd trusting `d`'s user CAs (host certificate from `host_ca`, role web-ops as
+/// root), written into `d`'s policy as web-1, for a server not started yet.
+fn sshd_in_policy(t: &TestDir, d: &Drawbridge, host_ca: &Ca) -> Sshd {
+    let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
+    let sshd = Sshd::start(t, "web-1", &[&trusted], host_ca, &[("root", &["web-ops"])]).unwrap();
+    for (name, text) in policy_for(sshd.port) {
+        std::fs::write(d.path().join("policies").join(name), text).unwrap();
+    }
+    sshd
+}
+
 /// An ssh client logging in to the bastion as `name` with `key` (and its certificate),
 /// with `web-1` reached through it as root.
 fn client_for(s: &Setup, name: &str, key: &Key) -> SshClient {
@@ -550,18 +561,7 @@ fn bastion_only_runs_without_any_ca_private_key() {
             path: offline.join("user_ca"),
         },
     };
-    let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
-    let sshd = Sshd::start(
-        &t,
-        "web-1",
-        &[&trusted],
-        &host_ca,
-        &[("root", &["web-ops"])],
-    )
-    .unwrap();
-    for (name, text) in policy_for(sshd.port) {
-        std::fs::write(d.path().join("policies").join(name), text).unwrap();
-    }
+    let _sshd = sshd_in_policy(&t, &d, &host_ca);
     d.launch(&["--bastion-only"]);
     // No API on the bastion-only process.
     assert!(std::net::TcpStream::connect(d.api).is_err());
@@ -649,18 +649,7 @@ fn oidc_user_reaches_the_target_through_idp_groups() {
     let (code, out, err) = d.cli(&["ca", "init"], None);
     assert_eq!(code, 0, "{out}{err}");
     let host_ca = host_ca_of(&d);
-    let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
-    let sshd = Sshd::start(
-        &t,
-        "web-1",
-        &[&trusted],
-        &host_ca,
-        &[("root", &["web-ops"])],
-    )
-    .unwrap();
-    for (name, text) in policy_for(sshd.port) {
-        std::fs::write(d.path().join("policies").join(name), text).unwrap();
-    }
+    let _sshd = sshd_in_policy(&t, &d, &host_ca);
     d.launch(&[]);
 
     let key = t.keygen("frank");
