@@ -341,30 +341,20 @@ fn public_endpoints() {
 
 mod oidc {
     use super::*;
-    use harness::oidc::{ISS, claims, jwks, signing_key, token, unsigned};
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use harness::idp::{Idp, claims, edited, hmac_with_public_key, signing_key, token, unsigned};
+    use serde_json::json;
 
     #[test]
     fn oidc_tokens_are_verified() {
-        let idp = signing_key();
+        let provider = Idp::new();
+        let idp = &provider.key;
         let foreign = signing_key();
-        let dir_cfg = format!(
-            "[[oidc]]\nissuer = \"{ISS}\"\naudience = \"drawbridge\"\njwks = \"idp-jwks.json\"\nuser_claim = \"preferred_username\"\ngroups_claim = \"groups\"\n"
-        );
-        // The JWKS file must exist before the server starts: write it into a folder the
-        // harness then uses? The harness makes its own temp dir, so start, write, and
-        // rely on the provider reading the file lazily or at start. Write it first via
-        // a config that names an absolute path instead.
-        let jwks_dir = tempfile::tempdir().unwrap();
-        let jwks_path = jwks_dir.path().join("idp-jwks.json");
-        std::fs::write(&jwks_path, jwks(&[("k1", &idp)])).unwrap();
-        let cfg = dir_cfg.replace("idp-jwks.json", jwks_path.to_str().unwrap());
-        let d = Drawbridge::start(&cfg);
+        let d = Drawbridge::start(&provider.config());
         let key = ed25519_pub(&d, "k");
         let bearer = |t: &str| format!("Authorization: Bearer {t}");
 
         // frank is in no policy group; the IdP says he is in ops: he gets web-deploy.
-        let good = token(&idp, "k1", claims("frank", &["ops"], 300));
+        let good = token(idp, "k1", claims("frank", &["ops"], 300));
         let r = post_key(&d, &["-H", &bearer(&good)], &key, "");
         assert_eq!(r.status, 200, "{}", r.text());
         let info = cert_info(d.path(), &r.text());
@@ -373,23 +363,20 @@ mod oidc {
 
         let now = now() as i64;
         let cases: Vec<(&str, String)> = vec![
-            (
-                "expired",
-                token(&idp, "k1", claims("frank", &["ops"], -600)),
-            ),
+            ("expired", token(idp, "k1", claims("frank", &["ops"], -600))),
             ("other issuer", {
                 let mut c = claims("frank", &["ops"], 300);
                 c["iss"] = "https://evil.test".into();
-                token(&idp, "k1", c)
+                token(idp, "k1", c)
             }),
             ("wrong audience", {
                 let mut c = claims("frank", &["ops"], 300);
                 c["aud"] = "someone-else".into();
-                token(&idp, "k1", c)
+                token(idp, "k1", c)
             }),
             (
                 "unknown kid",
-                token(&idp, "k9", claims("frank", &["ops"], 300)),
+                token(idp, "k9", claims("frank", &["ops"], 300)),
             ),
             (
                 "foreign key, known kid",
@@ -398,39 +385,31 @@ mod oidc {
             (
                 "alg none",
                 unsigned(
-                    serde_json::json!({"alg": "none", "typ": "JWT", "kid": "k1"}),
+                    json!({"alg": "none", "typ": "JWT", "kid": "k1"}),
                     claims("frank", &["ops"], 300),
                 ),
             ),
-            ("hmac with the public key", {
-                let mut h = Header::new(Algorithm::HS256);
-                h.kid = Some("k1".into());
-                let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(idp.verifying_key().as_bytes());
-                jsonwebtoken::encode(
-                    &h,
-                    &claims("frank", &["ops"], 300),
-                    &EncodingKey::from_secret(x.as_bytes()),
-                )
-                .unwrap()
-            }),
+            (
+                "hmac with the public key",
+                hmac_with_public_key(idp, "k1", claims("frank", &["ops"], 300)),
+            ),
             ("exp as a string", {
                 let mut c = claims("frank", &["ops"], 300);
                 c["exp"] = serde_json::Value::String((now + 300).to_string());
-                token(&idp, "k1", c)
+                token(idp, "k1", c)
             }),
             ("missing exp", {
                 let mut c = claims("frank", &["ops"], 300);
                 c.as_object_mut().unwrap().remove("exp");
-                token(&idp, "k1", c)
+                token(idp, "k1", c)
             }),
-            ("edited claims", {
-                let t = token(&idp, "k1", claims("frank", &[], 300));
-                let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
-                parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(claims("frank", &["ops"], 300).to_string());
-                parts.join(".")
-            }),
+            (
+                "edited claims",
+                edited(
+                    &token(idp, "k1", claims("frank", &[], 300)),
+                    claims("frank", &["ops"], 300),
+                ),
+            ),
         ];
         for (what, t) in cases {
             let r = post_key(&d, &["-H", &bearer(&t)], &key, "");

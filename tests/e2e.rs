@@ -643,9 +643,8 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
 #[test]
 fn oidc_user_reaches_the_target_through_idp_groups() {
     let t = TestDir::new();
-    let idp = harness::oidc::signing_key();
-    let jwks = t.write("jwks.json", harness::oidc::jwks(&[("k1", &idp)]));
-    let mut d = Drawbridge::prepare(&[], &harness::oidc::config(&jwks));
+    let idp = harness::idp::Idp::new();
+    let mut d = Drawbridge::prepare(&[], &idp.config());
     let (code, out, err) = d.cli(&["ca", "init"], None);
     assert_eq!(code, 0, "{out}{err}");
     let host_ca = host_ca_of(&d);
@@ -653,7 +652,7 @@ fn oidc_user_reaches_the_target_through_idp_groups() {
     d.launch(&[]);
 
     let key = t.keygen("frank");
-    let token = harness::oidc::token(&idp, "k1", harness::oidc::claims("frank", &["ops"], 300));
+    let token = idp.good("frank", &["ops"]);
     let data = format!("@{}", key.public().display());
     let r = d.curl(
         "/v1/certs",

@@ -16,6 +16,10 @@ use crate::util::parse_duration;
 /// Largest body accepted by `POST /v1/certs` (an RSA-16384 key line is about 2.8 KiB).
 pub const MAX_CERT_BODY: usize = 16 * 1024;
 
+/// Most bytes of a refused body read and dropped so that the answer reaches a client that
+/// is still sending (64 times [`MAX_CERT_BODY`]; for at most a second).
+pub const MAX_DRAIN: usize = 64 * MAX_CERT_BODY;
+
 /// What the caller asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRequest {
@@ -76,7 +80,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     let mut over = false;
     let mut dropped = 0usize;
-    let drain_limit = limit.saturating_mul(64);
+    let drain_limit = limit.saturating_mul(MAX_DRAIN / MAX_CERT_BODY);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
         let frame = if over {

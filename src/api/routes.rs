@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::request::{MAX_CERT_BODY, parse_cert_request, read_body};
+use super::request::{MAX_CERT_BODY, MAX_DRAIN, parse_cert_request, read_body};
 use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
 use crate::audit::Event;
 use crate::identity::{AuthError, Identity, Secret};
@@ -239,12 +239,24 @@ async fn refuse(state: &AppState, caller: &Caller, e: ApiError, policy_version: 
 
 /// Reads and drops what is left of a refused request's body (at most `limit` bytes, for
 /// at most a second): a response sent while the client is still sending can be lost to a
-/// TCP reset. Nothing of the body is parsed.
+/// TCP reset. Nothing of the body is kept or parsed. A body over `limit` is left unread
+/// (the connection then closes), so `limit` is [`MAX_DRAIN`], the same bound
+/// [`read_body`] drains past its limit: an anonymous client sending a large body must
+/// still see its 401, not a reset.
 async fn discard_body(body: Body, limit: usize) {
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        axum::body::to_bytes(body, limit),
-    )
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut dropped = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                dropped += data.len();
+                if dropped > limit {
+                    break;
+                }
+            }
+        }
+    })
     .await;
 }
 
@@ -259,7 +271,7 @@ async fn post_certs(
     let caller = match caller {
         Ok(c) => c,
         Err(e) => {
-            discard_body(body, MAX_CERT_BODY).await;
+            discard_body(body, MAX_DRAIN).await;
             return Err(e);
         }
     };
@@ -364,7 +376,7 @@ async fn post_login(
     let caller = match caller {
         Ok(PasswordCaller(c)) => c,
         Err(e) => {
-            discard_body(body, MAX_CERT_BODY).await;
+            discard_body(body, MAX_DRAIN).await;
             return Err(e);
         }
     };
@@ -479,7 +491,9 @@ async fn get_krl(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
 }
 
 async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
-    if state.audit.healthy() {
+    // While unhealthy this tries one write (at most once a second), so health returns when
+    // the disk does even if nothing else is sent our way.
+    if state.audit.probe().await {
         text("ok\n".into())
     } else {
         ApiError::new(

@@ -41,7 +41,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -89,6 +89,8 @@ const QUEUE: usize = 65_536;
 const MAX_BATCH: usize = 4_096;
 /// Default bound on a caller's wait.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// While unhealthy, [`Audit::probe`] tries a write at most this often.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 struct Request {
     event: Event,
@@ -98,6 +100,8 @@ struct Request {
 struct Shared {
     replica: String,
     healthy: AtomicBool,
+    /// When [`Audit::probe`] last tried a write.
+    last_probe: Mutex<Option<Instant>>,
     /// Last durable `(seq, hash)`.
     head: Mutex<(u64, String)>,
 }
@@ -150,6 +154,7 @@ impl Audit {
         let shared = Arc::new(Shared {
             replica: replica.to_owned(),
             healthy: AtomicBool::new(true),
+            last_probe: Mutex::new(None),
             head: Mutex::new(head.unwrap_or_else(|| (0, GENESIS.to_string()))),
         });
         let writer_shared = Arc::clone(&shared);
@@ -235,6 +240,32 @@ impl Audit {
     /// False while writes are failing (for `/healthz`); true again after a write succeeds.
     pub fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::SeqCst)
+    }
+
+    /// [`healthy`](Self::healthy), but while writes are failing it first tries one record
+    /// (`audit.resumed`), at most once per [`PROBE_EVERY`] across callers. `/healthz` calls
+    /// it, so health comes back when the disk does even with no other traffic: a load
+    /// balancer that took this replica out on a 503 sends none, and without the probe the
+    /// replica would stay out for good. The record also marks the end of the gap in the log.
+    pub async fn probe(&self) -> bool {
+        if self.healthy() {
+            return true;
+        }
+        let now = Instant::now();
+        {
+            let Ok(mut last) = self.shared.last_probe.lock() else {
+                return false;
+            };
+            if last.is_some_and(|t| now.duration_since(t) < PROBE_EVERY) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        let event = Event::new("audit.resumed").with(
+            "reason",
+            "a write succeeded again after failures (probed by /healthz)",
+        );
+        self.record(event).await.is_ok()
     }
 }
 

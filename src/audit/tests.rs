@@ -329,6 +329,36 @@ async fn failing_sink_fails_closed_then_recovers() {
     assert_eq!(audit.head(), (3, s.last_hash));
 }
 
+/// Regression (found by tests/faults_http.rs f06): health came back only with the next
+/// real record, so a replica a load balancer had taken out on 503 never came back.
+#[tokio::test]
+async fn probe_restores_health_without_other_traffic() {
+    let sink = MemorySink::new();
+    let audit = Audit::with_sink(Box::new(sink.clone()), "r1").unwrap();
+    write_n(&audit, 1).await;
+    assert!(audit.probe().await, "healthy: no write");
+    assert_eq!(sink.lines().len(), 1);
+
+    sink.set_failing(true);
+    assert!(audit.record(Event::new("cert.issued")).await.is_err());
+    assert!(!audit.probe().await, "still failing");
+    sink.set_failing(false);
+    // At most one try per PROBE_EVERY, whoever asks.
+    assert!(!audit.probe().await);
+    assert!(!audit.healthy());
+    tokio::time::sleep(PROBE_EVERY).await;
+    assert!(audit.probe().await);
+    assert!(audit.healthy());
+    let lines = sink.lines();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].contains("\"event\":\"audit.resumed\""),
+        "{}",
+        lines[1]
+    );
+    verify_reader(sink.text().as_bytes()).unwrap();
+}
+
 #[tokio::test]
 async fn stalled_sink_answers_within_the_timeout() {
     let sink = MemorySink::new();

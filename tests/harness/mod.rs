@@ -3,8 +3,6 @@
 //! Every wait is bounded; the process is stopped on drop.
 #![allow(dead_code)]
 
-pub mod oidc;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -364,6 +362,44 @@ impl Drawbridge {
         self.spawn(&[]);
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// `drawbridge audit verify` on this server's audit log: (exit code, stdout + stderr).
+    pub fn verify_audit(&self) -> (i32, String) {
+        let path = self.audit_path();
+        let (code, out, err) = self.cli(&["audit", "verify", path.to_str().expect("utf-8")], None);
+        (code, out + &err)
+    }
+
+    /// A rustls client configuration trusting only this server's TLS certificate, offering
+    /// the given ALPN protocols.
+    pub fn tls_client(&self, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(self.cacert()).expect("tls.crt")
+        {
+            roots.add(cert.expect("certificate")).expect("trusted");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        std::sync::Arc::new(cfg)
+    }
+
     /// Sends a signal (e.g. "HUP") to the server.
     pub fn signal(&self, sig: &str) {
         if let Some(child) = self.child.as_ref() {
@@ -380,6 +416,20 @@ impl Drop for Drawbridge {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -426,4 +476,117 @@ pub fn cert_info(dir: &Path, cert_line: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test OIDC identity provider: Ed25519 keys, a JWKS file in its own folder (it must
+/// exist before the server starts), and tokens signed or forged on demand.
+pub mod idp {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::SigningKey;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    pub const ISS: &str = "https://idp.test";
+
+    pub fn signing_key() -> SigningKey {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("random");
+        SigningKey::from_bytes(&seed)
+    }
+
+    pub fn jwks(keys: &[(&str, &SigningKey)]) -> String {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, k)| {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+                    "x": URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    /// An EdDSA token with `kid`, signed by `k`.
+    pub fn token(k: &SigningKey, kid: &str, claims: serde_json::Value) -> String {
+        let pem = k.to_pkcs8_pem(Default::default()).expect("pkcs8");
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &EncodingKey::from_ed_pem(pem.as_bytes()).expect("key"),
+        )
+        .expect("encode")
+    }
+
+    /// Claims naming `user` and `groups`, issued now, expiring `exp_in` seconds from now.
+    pub fn claims(user: &str, groups: &[&str], exp_in: i64) -> serde_json::Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        serde_json::json!({
+            "iss": ISS, "aud": "drawbridge", "sub": "id-123",
+            "preferred_username": user, "groups": groups,
+            "iat": now, "exp": now + exp_in,
+        })
+    }
+
+    /// A token with an empty signature (for `alg: none`).
+    pub fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let e = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", e(header), e(claims))
+    }
+
+    /// HS256 keyed with the provider's public key (algorithm confusion).
+    pub fn hmac_with_public_key(k: &SigningKey, kid: &str, claims: serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some(kid.into());
+        let x = URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes());
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(x.as_bytes())).expect("encode")
+    }
+
+    /// `token` with its payload replaced by `claims` (the signature no longer matches).
+    pub fn edited(token: &str, claims: serde_json::Value) -> String {
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
+        parts.join(".")
+    }
+
+    /// A provider with key `k1`, its JWKS written to a folder of its own.
+    pub struct Idp {
+        pub key: SigningKey,
+        dir: tempfile::TempDir,
+    }
+
+    impl Idp {
+        pub fn new() -> Idp {
+            let key = signing_key();
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("idp-jwks.json"), jwks(&[("k1", &key)]))
+                .expect("write jwks");
+            Idp { key, dir }
+        }
+
+        /// The `[[oidc]]` config block for this provider.
+        pub fn config(&self) -> String {
+            format!(
+                "[[oidc]]\nissuer = \"{ISS}\"\naudience = \"drawbridge\"\njwks = \"{}\"\nuser_claim = \"preferred_username\"\ngroups_claim = \"groups\"\n",
+                self.dir.path().join("idp-jwks.json").display()
+            )
+        }
+
+        /// A good token for `user` in `groups`, valid for five minutes.
+        pub fn good(&self, user: &str, groups: &[&str]) -> String {
+            token(&self.key, "k1", claims(user, groups, 300))
+        }
+    }
+
+    impl Default for Idp {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
 }
