@@ -903,6 +903,7 @@ fn t30_tls_hello_cut_off_or_fragmented_and_slowloris_closed_within_10s() {
     for (name, handle) in attacks {
         let closed = handle.join().unwrap();
         let t = closed.unwrap_or_else(|| panic!("{name}: still open after {:?}", limit + slack));
+        eprintln!("{name}: closed after {t:.1?}");
         assert!(t <= limit + slack, "{name}: closed after {t:?}");
     }
     stop.store(true, Ordering::Relaxed);
