@@ -571,6 +571,13 @@ def issuance_rows(r, p):
                      f"{fmt(x['per_s'], '/s')} ({fmt(x['p50_ms'], '', 2)} / {fmt(x['p99_ms'], ' ms', 2)}; {x['bad'] + x['socket_errors']})",
                      f"{fmt(keygen, '/s')} (`ssh-keygen -s`, one process per cert)",
                      fmt(ratio(x["per_s"], keygen), "×", 1), goal, ok])
+    top = r["load"][str(max(p["concurrency"]))]
+    cpu = top.get("cpu_us_per_ok")
+    if cpu:
+        rows.append([f"drawbridge CPU per certificate at {max(p['concurrency'])} clients "
+                     f"(cores it got); certs/s if it had both cores",
+                     f"{cpu:,.0f} µs ({top['cpu_cores']:.2f} cores); {2e6 / cpu:,.0f}/s",
+                     "", "", "", ""])
     rows.append(["Ed25519 certificate signing in process, one core (ceiling)",
                  fmt(r.get("sign_ceiling_per_s"), "/s"), "", "", "", ""])
     m = r.get("mixed")
@@ -649,8 +656,17 @@ def report(args):
 # issuance (wrk)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(p, script, clients, seconds, env_extra):
     env = dict(os.environ, **env_extra)
+    cpu0 = cpu_seconds(p["pid"])
     threads = max(1, min(clients, p["wrk_threads"]))
     cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds}s", "--timeout", "10s",
            "-s", script, p["url"]]
@@ -660,7 +676,10 @@ def wrk(p, script, clients, seconds, env_extra):
         raise RuntimeError(f"wrk printed no result:\n{r.stdout}\n{r.stderr}")
     x = json.loads(m.group(1))
     secs = x["duration_us"] / 1e6
+    cpu = cpu_seconds(p["pid"]) - cpu0
     return {
+        "cpu_us_per_ok": cpu * 1e6 / x["ok"] if x["ok"] else None,
+        "cpu_cores": cpu / secs,
         "per_s": x["ok"] / secs,
         "ok": x["ok"],
         "bad": x["bad"],
@@ -681,7 +700,8 @@ def issuance(args):
     for c in p["concurrency"]:
         x = wrk(p, p["wrk_script"], c, p["seconds"], certs_env)
         out["load"][str(c)] = x
-        log(f"{c} clients: {x['per_s']:.0f} certs/s, p50 {x['p50_ms']:.2f} ms, "
+        log(f"{c} clients: {x['per_s']:.0f} certs/s, {x['cpu_us_per_ok']:.0f} µs CPU each "
+            f"({x['cpu_cores']:.2f} cores), p50 {x['p50_ms']:.2f} ms, "
             f"p99 {x['p99_ms']:.2f} ms, {x['bad']} non-200, {x['socket_errors']} socket errors")
 
     # Issuance alone, then the same with a storm of password logins beside it.
