@@ -356,13 +356,7 @@ fn krl_revokes_at_openssh_and_at_the_target() {
     let krl0 = s.d.curl("/v1/krl", &[]);
     assert_eq!(krl0.status, 200);
     let krl_path = s.t.write("empty.krl", &krl0.body);
-    let q = Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(&krl_path)
-        .arg(good.cert())
-        .output()
-        .unwrap();
+    let q = krl_query(&krl_path, &good.cert());
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stdout));
 
     // Revoke the second certificate by serial, and a key id that is nobody's.
@@ -378,26 +372,14 @@ fn krl_revokes_at_openssh_and_at_the_target() {
     let krl = s.d.curl("/v1/krl", &[]);
     assert_eq!(krl.status, 200);
     let krl_path = s.t.write("drawbridge.krl", &krl.body);
-    let q = Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(&krl_path)
-        .arg(bad.cert())
-        .output()
-        .unwrap();
+    let q = krl_query(&krl_path, &bad.cert());
     assert!(!q.status.success());
     assert!(
         String::from_utf8_lossy(&q.stdout).contains("REVOKED"),
         "{}",
         String::from_utf8_lossy(&q.stdout)
     );
-    let q = Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(&krl_path)
-        .arg(good.cert())
-        .output()
-        .unwrap();
+    let q = krl_query(&krl_path, &good.cert());
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stdout));
 
     // A target with RevokedKeys refuses the revoked certificate itself (asked directly,
@@ -442,6 +424,17 @@ fn krl_revokes_at_openssh_and_at_the_target() {
     assert!(!refused.success());
     let _ = sshd2.0.kill();
     let _ = sshd2.0.wait();
+}
+
+/// `ssh-keygen -Q -f KRL CERT`: OpenSSH's own verdict on a certificate and a KRL.
+fn krl_query(krl: &Path, cert: &Path) -> std::process::Output {
+    Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(krl)
+        .arg(cert)
+        .output()
+        .unwrap()
 }
 
 /// Restarts an sshd from an existing config file with new content; returns (child, port).
