@@ -14,8 +14,6 @@ pub use routes::{Caller, router};
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::identity::Authenticator;
@@ -31,7 +29,7 @@ pub struct AppState {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
-    keys: ArcSwap<IssuerKeys>,
+    keys: Arc<IssuerKeys>,
 }
 
 impl AppState {
@@ -49,21 +47,15 @@ impl AppState {
             audit,
             metrics,
             auth: Arc::new(auth),
-            keys: ArcSwap::from_pointee(keys),
+            keys: Arc::new(keys),
         }))
     }
 
-    /// The CA keys in force (swapped by [`AppState::reload_keys`] after `ca rotate`).
+    /// The CA keys in force. After `drawbridge ca rotate` the service is restarted, so the
+    /// API and the bastion switch together (the bastion must trust the new CA before any
+    /// certificate it signed is shown to it).
     pub fn issuer_keys(&self) -> Arc<IssuerKeys> {
-        self.keys.load_full()
-    }
-
-    /// Re-reads the CA keys (SIGHUP after `drawbridge ca rotate`); keeps the old ones
-    /// when the new files do not load.
-    pub fn reload_keys(&self) -> anyhow::Result<()> {
-        let keys = IssuerKeys::load(&self.config.ca_dir())?;
-        self.keys.store(Arc::new(keys));
-        Ok(())
+        self.keys.clone()
     }
 
     /// The KRL of `policy`'s revocations for every trusted user CA (built per request:

@@ -2,7 +2,6 @@
 //! do not set by themselves: a TLS handshake deadline, a header-read deadline (slowloris),
 //! a cap on open connections, HTTP/2 stream limits, and graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,13 +112,6 @@ pub async fn serve(
     {
         tracing::warn!("API connections still open after the shutdown grace period; closing");
     }
-}
-
-/// The client's address as seen on the TCP connection.
-pub fn peer_addr<B>(req: &axum::http::Request<B>) -> Option<SocketAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
 }
 
 /// The rustls server configuration: TLS 1.2 and 1.3 with aws-lc-rs, ALPN h2 and http/1.1.
