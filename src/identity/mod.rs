@@ -61,9 +61,13 @@ impl AuthMethod {
 /// An authenticated caller. `groups` are those asserted by the IdP or carried by the
 /// token (empty for password users); the policy adds its own groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serialises flat, for audit records: `{"user":"dave","groups":["ops"],"method":"oidc",
+/// "issuer":"https://idp.example.org"}`.
 pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
+    #[serde(flatten)]
     pub method: AuthMethod,
 }
 

@@ -745,6 +745,20 @@ fn errors_are_safe_to_show_and_to_audit() {
     // Debug of the whole authenticator shows no key material.
     let e = env(&[("alice", "pw")]);
     let auth = Authenticator::new(&e.config).unwrap();
+    let id = Identity {
+        user: "dave".into(),
+        groups: vec!["ops".into()],
+        method: AuthMethod::Oidc { issuer: IDP.into() },
+    };
+    assert_eq!(
+        serde_json::to_value(&id).unwrap(),
+        json!({"user": "dave", "groups": ["ops"], "method": "oidc", "issuer": IDP})
+    );
+    let id = Identity {
+        method: AuthMethod::Password,
+        ..id
+    };
+    assert_eq!(serde_json::to_value(&id).unwrap()["method"], "password");
     let dbg = format!("{auth:?}");
     assert!(!dbg.contains("argon2") && !dbg.contains("PRIVATE"), "{dbg}");
 }
