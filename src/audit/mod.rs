@@ -31,6 +31,11 @@
 //! complete record does not parse or its hash does not match, `open` refuses with a message
 //! telling the operator to run `drawbridge audit verify`.
 //!
+//! The file is locked (`flock`, exclusive) while open: each replica writes its own file,
+//! and a second process opening the same file is refused.
+//!
+//! `record` must run inside a tokio runtime with its timer enabled (it bounds the wait).
+//!
 //! The record format and the verification rule are in [`record`].
 
 pub mod cmd;

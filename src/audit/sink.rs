@@ -57,6 +57,7 @@ impl FileSink {
             .create(true)
             .mode(0o600)
             .open(path)?;
+        lock_exclusive(&file, path)?;
         let len = file.metadata()?.len();
         let mut sink = FileSink {
             path: path.to_owned(),
@@ -127,6 +128,31 @@ impl FileSink {
                 self.path.display()
             ),
         )
+    }
+}
+
+/// One writer per file: two processes appending to one chain would fork it. A handle of
+/// this process that is just closing gets a moment to let go.
+fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if waited < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(50));
+                waited += Duration::from_millis(50);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is locked by another process: each replica needs its own audit file",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
 

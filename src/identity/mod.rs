@@ -61,9 +61,13 @@ impl AuthMethod {
 /// An authenticated caller. `groups` are those asserted by the IdP or carried by the
 /// token (empty for password users); the policy adds its own groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serialises flat, for audit records: `{"user":"dave","groups":["ops"],"method":"oidc",
+/// "issuer":"https://idp.example.org"}`.
 pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
+    #[serde(flatten)]
     pub method: AuthMethod,
 }
 
@@ -182,7 +186,9 @@ pub(crate) struct Peek {
 }
 
 /// Reads the unverified header and `iss` of a JWT. Refuses `none` and HMAC algorithms
-/// outright: no key we hold is a shared secret.
+/// outright (no key we hold is a shared secret) and any `crit` header. Header keys that
+/// carry key material (`jwk`, `jku`, `x5u`, `x5c`) are never used: keys come only from
+/// our key file and the configured JWKS.
 pub(crate) fn peek(token: &str) -> Result<Peek, AuthError> {
     let malformed = || AuthError::InvalidToken("token malformed".into());
     if token.len() > 16 * 1024 {
@@ -207,6 +213,12 @@ pub(crate) fn peek(token: &str) -> Result<Peek, AuthError> {
     if alg.eq_ignore_ascii_case("none") || alg.to_ascii_uppercase().starts_with("HS") {
         return Err(AuthError::InvalidToken(
             "token algorithm not allowed".into(),
+        ));
+    }
+    if header.get("crit").is_some() {
+        // RFC 7515 4.1.11: extensions we do not understand make the token unusable.
+        return Err(AuthError::InvalidToken(
+            "token header has critical extensions".into(),
         ));
     }
     let kid = match header.get("kid") {

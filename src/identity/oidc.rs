@@ -142,8 +142,17 @@ impl Source {
 
 struct Cache {
     keys: Arc<Vec<PinnedKey>>,
+    times: Times,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Times {
+    /// Last successful load.
     loaded_at: Option<Instant>,
+    /// Last load attempt of any kind.
     last_attempt: Option<Instant>,
+    /// Last load attempt caused by an unknown `kid`.
+    last_kid_refetch: Option<Instant>,
 }
 
 /// One trusted identity provider.
@@ -189,8 +198,7 @@ impl OidcProvider {
             source,
             cache: RwLock::new(Cache {
                 keys: Arc::new(Vec::new()),
-                loaded_at: None,
-                last_attempt: None,
+                times: Times::default(),
             }),
             refresh_lock: tokio::sync::Mutex::new(()),
             http,
@@ -204,12 +212,24 @@ impl OidcProvider {
                 .map_err(|e| anyhow::anyhow!("oidc {}: {}: {e}", cfg.issuer, path.display()))?;
             if let Ok(mut c) = provider.cache.write() {
                 c.keys = Arc::new(keys);
-                c.loaded_at = Some(Instant::now());
-                // The first unknown kid re-reads at once; later ones every 30 s at most.
-                c.last_attempt = None;
+                c.times.loaded_at = Some(Instant::now());
             }
         }
         Ok(provider)
+    }
+
+    /// Uses `client` to fetch an `https://` JWKS (e.g. one that trusts a private CA).
+    pub fn with_http_client(mut self, client: reqwest::Client) -> OidcProvider {
+        if matches!(self.source, Source::Url(_)) {
+            self.http = Some(client);
+        }
+        self
+    }
+
+    /// The keys held now, after a refresh if they are stale.
+    pub async fn keys(&self) -> Arc<Vec<PinnedKey>> {
+        self.refresh_if_needed(false).await;
+        self.snapshot().0
     }
 
     fn accept(&self, text: &str) -> Result<Vec<PinnedKey>, String> {
@@ -250,39 +270,45 @@ impl OidcProvider {
         }
     }
 
-    fn snapshot(&self) -> (Arc<Vec<PinnedKey>>, Option<Instant>, Option<Instant>) {
+    fn snapshot(&self) -> (Arc<Vec<PinnedKey>>, Times) {
         match self.cache.read() {
-            Ok(c) => (Arc::clone(&c.keys), c.loaded_at, c.last_attempt),
-            Err(_) => (Arc::new(Vec::new()), None, None),
+            Ok(c) => (Arc::clone(&c.keys), c.times),
+            Err(_) => (Arc::new(Vec::new()), Times::default()),
         }
     }
 
-    /// Re-reads the JWKS if it is stale, or (`unknown_kid`) if a token named a key we do
-    /// not hold; at most once per [`MIN_REFETCH`] either way.
+    /// Re-reads the JWKS if it is stale (retrying a failed load every [`MIN_REFETCH`]),
+    /// or (`unknown_kid`) if a token named a key we do not hold, at most once per
+    /// [`MIN_REFETCH`].
     async fn refresh_if_needed(&self, unknown_kid: bool) {
-        let due = |loaded: Option<Instant>, attempt: Option<Instant>| {
-            let stale = loaded.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
-            let may_try = attempt.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
-            (stale || unknown_kid) && may_try
+        let due = |t: Times| {
+            let spaced = |at: Option<Instant>| at.is_none_or(|at| at.elapsed() >= MIN_REFETCH);
+            if unknown_kid {
+                spaced(t.last_kid_refetch)
+            } else {
+                t.loaded_at.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) && spaced(t.last_attempt)
+            }
         };
-        let (_, loaded, attempt) = self.snapshot();
-        if !due(loaded, attempt) {
+        if !due(self.snapshot().1) {
             return;
         }
         let _guard = self.refresh_lock.lock().await;
-        let (_, loaded, attempt) = self.snapshot();
-        if !due(loaded, attempt) {
+        if !due(self.snapshot().1) {
             return;
         }
         if let Ok(mut c) = self.cache.write() {
-            c.last_attempt = Some(Instant::now());
+            let now = Some(Instant::now());
+            c.times.last_attempt = now;
+            if unknown_kid {
+                c.times.last_kid_refetch = now;
+            }
         }
         match self.fetch().await.and_then(|text| self.accept(&text)) {
             Ok(keys) => {
                 tracing::info!(issuer = %self.issuer, keys = keys.len(), "JWKS loaded");
                 if let Ok(mut c) = self.cache.write() {
                     c.keys = Arc::new(keys);
-                    c.loaded_at = Some(Instant::now());
+                    c.times.loaded_at = Some(Instant::now());
                 }
             }
             Err(e) => tracing::warn!(
@@ -305,14 +331,14 @@ impl OidcProvider {
     }
 
     /// Verifies an ID token whose unverified `iss` named this provider.
-    pub(super) async fn verify(&self, token: &str, peek: &Peek) -> Result<Identity, AuthError> {
+    pub(crate) async fn verify(&self, token: &str, peek: &Peek) -> Result<Identity, AuthError> {
         self.refresh_if_needed(false).await;
-        let (keys, _, _) = self.snapshot();
+        let (keys, _) = self.snapshot();
         let key = match Self::select(&keys, peek.kid.as_deref()) {
             Some(k) => k,
             None => {
                 self.refresh_if_needed(true).await;
-                let (keys, _, _) = self.snapshot();
+                let (keys, _) = self.snapshot();
                 Self::select(&keys, peek.kid.as_deref())
                     .ok_or_else(|| AuthError::InvalidToken("token key unknown".into()))?
             }

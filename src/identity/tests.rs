@@ -590,6 +590,24 @@ async fn oidc_refuses_wrong_iss_aud_kid_key_and_edits() {
         "token signature invalid"
     );
 
+    // The impostor embeds its own key in the header (jwk) and points jku at itself.
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("ec".into());
+    h.jwk = Some(serde_json::from_value(impostor.jwk.clone()).unwrap());
+    h.jku = Some("https://evil.example/jwks".into());
+    let t = jsonwebtoken::encode(&h, &good_claims(), &impostor.enc).unwrap();
+    assert_eq!(refused(&auth, &t).await, "token signature invalid");
+
+    // A critical header extension we do not understand.
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("ec".into());
+    h.crit = Some(vec!["exp-ext".into()]);
+    let t = jsonwebtoken::encode(&h, &good_claims(), &ec.enc).unwrap();
+    assert_eq!(
+        refused(&auth, &t).await,
+        "token header has critical extensions"
+    );
+
     // Edited claims on a genuine token.
     let token = ec.sign(&good_claims());
     let parts: Vec<&str> = token.split('.').collect();
@@ -727,6 +745,119 @@ fn errors_are_safe_to_show_and_to_audit() {
     // Debug of the whole authenticator shows no key material.
     let e = env(&[("alice", "pw")]);
     let auth = Authenticator::new(&e.config).unwrap();
+    let id = Identity {
+        user: "dave".into(),
+        groups: vec!["ops".into()],
+        method: AuthMethod::Oidc { issuer: IDP.into() },
+    };
+    assert_eq!(
+        serde_json::to_value(&id).unwrap(),
+        json!({"user": "dave", "groups": ["ops"], "method": "oidc", "issuer": IDP})
+    );
+    let id = Identity {
+        method: AuthMethod::Password,
+        ..id
+    };
+    assert_eq!(serde_json::to_value(&id).unwrap()["method"], "password");
     let dbg = format!("{auth:?}");
     assert!(!dbg.contains("argon2") && !dbg.contains("PRIVATE"), "{dbg}");
+}
+
+/// A JWKS served over HTTPS (a local server with its own CA): fetched on first use,
+/// cached, and re-fetched for an unknown kid.
+#[tokio::test]
+async fn oidc_jwks_over_https() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let k1 = idp_key("p256", Some("k1"));
+    let k2 = idp_key("ed25519", Some("k2"));
+    let jwks = Arc::new(std::sync::Mutex::new(
+        json!({ "keys": [k1.jwk.clone()] }).to_string(),
+    ));
+    let hits = Arc::new(AtomicUsize::new(0));
+
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_der = ck.cert.der().clone();
+    let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (served, counter) = (jwks.clone(), hits.clone());
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let (served, counter) = (served.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = served.lock().unwrap().clone();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+
+    let e = env(&[]);
+    let cfg = OidcConfig {
+        issuer: IDP.into(),
+        audience: AUD.into(),
+        jwks: format!("https://localhost:{port}/jwks"),
+        user_claim: "email".into(),
+        groups_claim: "groups".into(),
+    };
+    let client = reqwest::Client::builder()
+        .https_only(true)
+        .tls_certs_only([reqwest::Certificate::from_der(&cert_der).unwrap()])
+        .build()
+        .unwrap();
+    let provider = OidcProvider::new(&cfg, &e.config)
+        .unwrap()
+        .with_http_client(client);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a URL is fetched on first use only"
+    );
+
+    let t1 = k1.sign(&good_claims());
+    let id = provider.verify(&t1, &peek(&t1).unwrap()).await.unwrap();
+    assert_eq!(id.user, "dave@example.org");
+    let _ = provider.verify(&t1, &peek(&t1).unwrap()).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "cached");
+
+    // The IdP rotates in k2: the unknown kid triggers one re-fetch.
+    *jwks.lock().unwrap() = json!({ "keys": [k1.jwk.clone(), k2.jwk.clone()] }).to_string();
+    let t2 = k2.sign(&good_claims());
+    assert!(provider.verify(&t2, &peek(&t2).unwrap()).await.is_ok());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Unknown kids right after do not hammer the IdP.
+    let stranger = idp_key("p256", Some("k9"));
+    let t9 = stranger.sign(&good_claims());
+    assert!(provider.verify(&t9, &peek(&t9).unwrap()).await.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(provider.keys().await.len(), 2);
+    server.abort();
 }
