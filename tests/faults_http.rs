@@ -82,6 +82,10 @@ impl Drop for Tmpfs {
 #[test]
 fn f06_audit_disk_full_fails_closed_and_recovers() {
     let Some(fs) = Tmpfs::mount("256k") else {
+        assert!(
+            std::env::var_os("DRAWBRIDGE_ALLOW_SKIP").is_some(),
+            "f06 needs root to mount a tmpfs; set DRAWBRIDGE_ALLOW_SKIP=1 to skip it knowingly"
+        );
         eprintln!(
             "f06: skipped, cannot mount a tmpfs here (needs root); the in-process test \
              api::tests::issuance_fails_closed_when_the_audit_log_fails_and_recovers covers it"
