@@ -122,6 +122,9 @@ pub struct LoginConfig {
     /// Password hashes computed at once; more wait in a queue of `hash_queue`, then get 429.
     pub hash_workers: usize,
     pub hash_queue: usize,
+    /// Niceness (0–19) of the hashing threads, so a storm of password logins yields the
+    /// CPU to certificate issuance and forwarding instead of taking it from them.
+    pub hash_nice: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +215,7 @@ impl Default for LoginConfig {
             window: Duration::from_secs(5 * 60),
             hash_workers: 2,
             hash_queue: 32,
+            hash_nice: 10,
         }
     }
 }
@@ -319,6 +323,12 @@ impl Config {
             if n == 0 {
                 return Err(format!("{what} must be at least 1"));
             }
+        }
+        if !(0..=19).contains(&self.login.hash_nice) {
+            return Err(format!(
+                "login.hash_nice is {}: it must be between 0 (no change) and 19 (lowest priority)",
+                self.login.hash_nice
+            ));
         }
         for (i, o) in self.oidc.iter().enumerate() {
             if o.issuer.is_empty() || o.audience.is_empty() || o.jwks.is_empty() {

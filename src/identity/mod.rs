@@ -293,7 +293,11 @@ impl Authenticator {
         .map_err(|e| anyhow::anyhow!("{}", e.audit_reason()))?;
         Ok(Authenticator {
             users: UserStore::new(config.users_path()),
-            pool: HashPool::new(config.login.hash_workers, config.login.hash_queue),
+            pool: HashPool::new(
+                config.login.hash_workers,
+                config.login.hash_queue,
+                config.login.hash_nice,
+            ),
             limiter,
             tokens,
             oidc,
@@ -343,6 +347,9 @@ impl Authenticator {
     /// a configured OIDC provider. `client` is for future per-address limits.
     pub async fn bearer(&self, token: &str, client: IpAddr) -> Result<Identity, AuthError> {
         let _ = client;
+        if let Some(id) = self.tokens.lookup(token) {
+            return Ok(id);
+        }
         let peek = peek(token)?;
         match peek.iss.as_deref() {
             Some(tokens::ISSUER) => self.tokens.verify(token),

@@ -19,9 +19,11 @@
 //! argon2id, version 0x13, **m = 19 MiB (19456 KiB), t = 2, p = 1**, 16-byte random salt,
 //! 32-byte output: the OWASP minimum, tens of milliseconds per hash on one core. Stored
 //! hashes carry their own parameters, so raising them later keeps old hashes valid.
-//! Verification runs on tokio's blocking threads, at most `login.hash_workers` at once
+//! Verification runs on `login.hash_workers` threads of its own, at most that many at once
 //! with at most `login.hash_queue` waiting; past that a login gets [`AuthError::Busy`]
-//! at once (THREATS F10).
+//! at once (THREATS F10). The threads run at niceness `login.hash_nice` (default 10), so
+//! when the CPU is short, certificate issuance for callers who already hold a token and
+//! the bastion's forwarding go first and a login storm slows only the logins.
 //!
 //! An unknown user is checked against a dummy hash made with the same parameters, so it
 //! costs the same time as a wrong password (THREATS 29).
@@ -255,14 +257,32 @@ pub struct HashPool {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     queue: usize,
+    jobs: std::sync::mpsc::Sender<HashJob>,
 }
 
+type HashJob = Box<dyn FnOnce() + Send>;
+
 impl HashPool {
-    pub fn new(workers: usize, queue: usize) -> HashPool {
+    /// Starts `workers` hashing threads at niceness `nice` (0 leaves it unchanged). A
+    /// niceness that cannot be set is logged and the thread runs at the normal priority.
+    pub fn new(workers: usize, queue: usize, nice: i32) -> HashPool {
+        let workers = workers.max(1);
+        let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("hash-{i}"))
+                .spawn(move || hash_worker(&rx, nice));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         HashPool {
-            permits: Arc::new(Semaphore::new(workers.max(1))),
+            permits: Arc::new(Semaphore::new(workers)),
             waiting: AtomicUsize::new(0),
             queue,
+            jobs: tx,
         }
     }
 
@@ -279,16 +299,40 @@ impl HashPool {
         permit.map_err(|_| AuthError::Internal("hash pool closed".into()))
     }
 
-    /// Checks `password` against `hash` on a blocking thread, within the pool's bounds.
+    /// Checks `password` against `hash` on a hashing thread, within the pool's bounds.
     pub async fn verify(&self, password: &Secret<String>, hash: String) -> Result<bool, AuthError> {
         let permit = self.permit().await?;
         let password = password.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
             let ok = verify_password(&password, &hash);
             drop(permit);
-            ok
-        })
-        .await;
-        result.map_err(|e| AuthError::Internal(format!("hash worker: {e}")))
+            let _ = done.send(ok);
+        });
+        if self.jobs.send(job).is_err() {
+            return Err(AuthError::Internal("no password hashing thread".into()));
+        }
+        result
+            .await
+            .map_err(|_| AuthError::Internal("password hashing thread stopped".into()))
+    }
+}
+
+/// One hashing thread: lowers its own priority, then runs jobs until the pool is dropped.
+fn hash_worker(jobs: &Mutex<std::sync::mpsc::Receiver<HashJob>>, nice: i32) {
+    if nice != 0
+        && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+    {
+        tracing::warn!(error = %e, nice, "cannot lower the priority of a hashing thread");
+    }
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
     }
 }

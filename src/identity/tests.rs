@@ -257,6 +257,43 @@ async fn busy_pool_refuses_past_the_queue_and_tokens_still_work() {
     assert!(token_time < Duration::from_millis(500), "{token_time:?}");
 }
 
+/// The hashing threads run at `login.hash_nice`, so a login storm yields the CPU.
+#[tokio::test]
+async fn hashing_threads_run_at_the_configured_niceness() {
+    let e = env(&[("alice", "right")]);
+    let mut config = e.config.clone();
+    config.login.hash_workers = 3;
+    config.login.hash_nice = 7;
+    let auth = Authenticator::new(&config).unwrap();
+    // A login runs on one of them; all three exist from the start.
+    auth.basic("alice", &Secret::new("right".into()), ip("192.0.2.7"))
+        .await
+        .unwrap();
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("hash-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Field 19 is the niceness; fields after the `(comm)` start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
+        nices.push(nice);
+    }
+    // Other tests of this binary may have pools of their own (niceness 10 by default).
+    assert!(
+        nices.iter().filter(|&&n| n == 7).count() >= 3,
+        "hashing threads' niceness: {nices:?}"
+    );
+    assert!(Config::parse("[login]\nhash_nice = 19\n").is_ok());
+    assert!(
+        Config::parse("[login]\nhash_nice = 20\n").is_err(),
+        "niceness 20 accepted"
+    );
+}
+
 #[test]
 fn argon2_parameters_and_cost() {
     let t = Instant::now();
