@@ -799,8 +799,23 @@ impl Handler for Connection {
             offer.algorithm,
             ssh_key::Algorithm::Dsa | ssh_key::Algorithm::Rsa { hash: None }
         ) {
-            self.shared.metrics.refused(code::WEAK_ALGORITHM);
-            return Ok(reject());
+            // Audited like every other refusal (THREATS row 13). The key is only offered
+            // here, not proven: the record says so by its `offered` field.
+            let extra = Event::new("")
+                .with("algorithm", escape(offer.algorithm.as_str()))
+                .with(
+                    "key_fingerprint",
+                    offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
+                )
+                .with("offered", true);
+            return Ok(self
+                .refuse_auth(
+                    code::WEAK_ALGORITHM,
+                    "signature algorithm not accepted (no DSA, no SHA-1 ssh-rsa); use \
+                     ssh-ed25519, ecdsa, or RSA with rsa-sha2-256/512",
+                    extra,
+                )
+                .await);
         }
         Ok(Auth::Accept)
     }

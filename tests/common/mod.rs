@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod rawssh;
+pub mod wire;
+
 /// The longest any single external command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -582,4 +585,157 @@ impl SshClient {
     pub fn run(&self, args: &[&str]) -> Output {
         run_with_timeout(&mut self.command(args), COMMAND_TIMEOUT)
     }
+}
+
+/// `SHA256:...` of a key file's public key.
+pub fn fingerprint(key: &Key) -> String {
+    ssh_key::PublicKey::read_openssh_file(key.public())
+        .unwrap()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string()
+}
+
+/// Asserts an ssh run was refused (not timed out).
+pub fn refused(out: &Output) {
+    assert!(
+        !out.success() && !out.timed_out,
+        "expected a refusal, got {out:?}"
+    );
+}
+
+/// Waits up to 5 s for `cond`.
+pub fn eventually(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resident memory of a process (`"self"` or a pid), in KiB.
+pub fn rss_kib(pid: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes the bastion tests' policy folder: web-1 (the test sshd, role web) and db-1 (a
+/// dead loopback port, role db), principals web-admin (role web, root), web-deploy
+/// (web-1, deploy), dba (db-1, postgres) and short (web-1, root, max_ttl 1m); group ops
+/// (alice, carol when `alice_in_ops`, else carol) holds web-admin and web-deploy, bob holds
+/// dba, dave holds short. Serial 666 and key id `stolen` are revoked. `extra_hosts`: more
+/// `(name, address)` inventory entries with label role=web.
+pub fn write_dmz_policy(
+    dir: &Path,
+    sshd_port: u16,
+    dead_port: u16,
+    alice_in_ops: bool,
+    extra_hosts: &[(&str, String)],
+) {
+    let mut hosts = format!(
+        "[hosts.web-1]\naddress = \"127.0.0.1:{sshd_port}\"\nlabels = {{ role = \"web\" }}\n\n\
+         [hosts.db-1]\naddress = \"127.0.0.1:{dead_port}\"\nlabels = {{ role = \"db\" }}\n"
+    );
+    for (name, address) in extra_hosts {
+        hosts.push_str(&format!(
+            "\n[hosts.{name}]\naddress = \"{address}\"\nlabels = {{ role = \"web\" }}\n"
+        ));
+    }
+    let principals = r#"[principals.web-admin]
+hosts = { role = "web" }
+logins = ["root"]
+
+[principals.web-deploy]
+hosts = ["web-1"]
+logins = ["deploy"]
+
+[principals.dba]
+hosts = ["db-1"]
+logins = ["postgres"]
+
+[principals.short]
+hosts = ["web-1"]
+logins = ["root"]
+max_ttl = "1m"
+"#;
+    let members = if alice_in_ops {
+        r#"["alice", "carol"]"#
+    } else {
+        r#"["carol"]"#
+    };
+    let people = format!(
+        "[groups.ops]\nmembers = {members}\nprincipals = [\"web-admin\", \"web-deploy\"]\n\n\
+         [users.bob]\nprincipals = [\"dba\"]\n\n\
+         [users.dave]\nprincipals = [\"short\"]\n"
+    );
+    let revoked = "[[revoked]]\nserial = 666\nreason = \"laptop lost\"\n\n\
+                   [[revoked]]\nkey_id = \"stolen\"\nreason = \"account taken over\"\n";
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("hosts.toml"), hosts).unwrap();
+    fs::write(dir.join("principals.toml"), principals).unwrap();
+    fs::write(dir.join("people.toml"), people).unwrap();
+    fs::write(dir.join("revoked.toml"), revoked).unwrap();
+}
+
+/// The JSON records of an audit log (unparsable lines skipped).
+pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Records of `event` in the log at `path` whose fields match every `(key, value)`.
+pub fn find_records(path: &Path, event: &str, fields: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    audit_records(path)
+        .into_iter()
+        .filter(|r| r["event"] == event)
+        .filter(|r| {
+            fields.iter().all(|(k, v)| match &r[*k] {
+                serde_json::Value::String(s) => s == v,
+                serde_json::Value::Number(n) => n.to_string() == *v,
+                _ => false,
+            })
+        })
+        .collect()
+}
+
+/// The first record of `event` matching `fields`, waiting up to 5 s for it (records of
+/// a closing connection or forward are written after the client has gone).
+pub fn expect_record_in(path: &Path, event: &str, fields: &[(&str, &str)]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut found = find_records(path, event, fields);
+    while found.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        found = find_records(path, event, fields);
+    }
+    assert!(
+        !found.is_empty(),
+        "no {event} record with {fields:?}; the log has:\n{}",
+        audit_records(path)
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    found[0].clone()
+}
+
+/// Fails (or skips, when `DRAWBRIDGE_ALLOW_SKIP` is set) when sshd or root is missing:
+/// a skipped security test must never look like a passed one. Whether to go on.
+pub fn need_sshd() -> bool {
+    if have_sshd() {
+        return true;
+    }
+    if std::env::var_os("DRAWBRIDGE_ALLOW_SKIP").is_some() {
+        eprintln!("SKIPPED: needs /usr/sbin/sshd and root (DRAWBRIDGE_ALLOW_SKIP is set)");
+        return false;
+    }
+    panic!(
+        "the bastion tests need /usr/sbin/sshd and root: run scripts/test (it installs \
+         openssh-server), or set DRAWBRIDGE_ALLOW_SKIP=1 to skip them knowingly"
+    );
 }
