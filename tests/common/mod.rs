@@ -26,7 +26,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -37,13 +37,11 @@ pub mod wire;
 /// The longest any single external command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A free TCP port on 127.0.0.1 (bound, then released; race-free enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
+// Shared by tests/common and tests/harness; a test crate may include both.
+#[allow(clippy::duplicate_mod)]
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// Waits until something accepts TCP on `addr`, up to `timeout`.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {

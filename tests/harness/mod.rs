@@ -4,20 +4,18 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
 
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
+// Shared by tests/common and tests/harness; a test crate may include both.
+#[allow(clippy::duplicate_mod)]
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// Runs the binary to completion with a bounded time; returns (status code, stdout, stderr).
 pub fn run(args: &[&str], cwd: &Path, stdin: Option<&str>) -> (i32, String, String) {
