@@ -603,6 +603,58 @@ def issuance_rows(r, p):
     return rows
 
 
+def soak_rows(r, p):
+    """Rows of `scripts/soak` (THREATS.md F12): figure, value, goal, met?"""
+    MiB_kb = 1024
+    fmt = lambda x: "—" if x is None else f"{x:.2f}"
+    mem = r["memory_kb"]
+    opened, n = r["opened"], r["forwards"]
+    t, d, add = r["through"], r["direct"], r["added"]
+    held = r["hold_seconds"]
+    per_fwd = (mem["peak_pss"] - mem["start_pss"]) / max(1, opened)
+    audit = r["audit"]
+    rows = [
+        ["forwards opened (SSH connections × forwards each; open time)",
+         f"{opened:,} of {n:,} ({r['connections']} × {r['per_connection']}; {r['open_seconds']:.1f} s)",
+         f"{n:,}", opened == n],
+        [f"forwards dropped during the {held:.0f} s hold (closed, error, timeout, wrong bytes)",
+         f"{r['dropped']:,}" + (f" (first: {r['drop_reasons'][0]})" if r["drop_reasons"] else ""),
+         "0", r["dropped"] == 0 and r["alive_at_end"] == opened],
+        ["round trips timed: through the bastion / direct (every forward every "
+         f"{r['interval_s']:g} s, {r['payload_bytes']} B)",
+         f"{t['count']:,} / {d['count']:,} (direct dropped: {r['direct_dropped']})", "", None],
+        ["bastion memory peak, RSS (PSS), all drawbridge processes",
+         f"{mem['peak_rss'] / MiB_kb:.1f} MiB ({mem['peak_pss'] / MiB_kb:.1f} MiB)",
+         "< 1 GiB", mem["peak_rss"] < 1024 * MiB_kb],
+        ["bastion RSS: idle → all open → end of hold → 2 s after close",
+         " → ".join(f"{mem[k] / MiB_kb:.1f}" for k in
+                    ("start_rss", "open_rss", "end_rss", "after_close_rss")) + " MiB",
+         "", None],
+        ["bastion PSS per held forward (peak − idle) / opened", f"{per_fwd:.0f} kB", "", None],
+        ["bastion CPU during the hold (share of one core)",
+         f"{r['hold_cpu_seconds']:.1f} s ({100 * r['hold_cpu_seconds'] / held:.1f} %)", "", None],
+        ["round trip through the bastion, p50 / p90 / p99 / max",
+         " / ".join(fmt(t[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " ms", "", None],
+        ["round trip direct to the echo server, p50 / p90 / p99 / max",
+         " / ".join(fmt(d[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " ms", "", None],
+        ["added latency p50 / p90 (through − direct, same percentile)",
+         f"{fmt(add['p50_ms'])} / {fmt(add['p90_ms'])} ms", "", None],
+        ["**added latency p99** (through − direct)", f"{fmt(add['p99_ms'])} ms", "< 10 ms",
+         add["p99_ms"] is not None and add["p99_ms"] < 10],
+        ["forwards closed cleanly at the end (EOF answered by close)",
+         f"{r['alive_at_end'] - r['close_failed']:,} of {r['alive_at_end']:,}", "", None],
+        ["bastion after the close: forwards / SSH connections still active (`/metrics`)",
+         f"{r['after_close']['forwards_active']} / {r['after_close']['connections_active']}",
+         "0 / 0", r["after_close"] == {"forwards_active": "0", "connections_active": "0"}],
+        ["audit: `forward.opened` / `forward.closed` records; `audit verify`",
+         f"{audit['opened']:,} / {audit['closed']:,}; {audit['verify']}",
+         "= forwards opened, ok",
+         audit["opened"] == opened and audit["closed"] == opened
+         and audit["verify"].startswith("ok")],
+    ]
+    return [[a, b, c, "" if m is None else met(m)] for a, b, c, m in rows]
+
+
 def table(rows, second="OpenSSH"):
     head = ["figure", "drawbridge", second, "ratio", "goal", "met?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -611,13 +663,13 @@ def table(rows, second="OpenSSH"):
     return "\n".join(lines)
 
 
-def update_results(path, section, text):
+def update_results(path, section, text, heading="# Benchmarks: drawbridge beside OpenSSH"):
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     try:
         with open(path) as f:
             doc = f.read()
     except FileNotFoundError:
-        doc = "# Benchmarks: drawbridge beside OpenSSH\n\n"
+        doc = heading + "\n\n"
     block = f"{start}\n{text}\n{end}"
     if start in doc and end in doc:
         doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
@@ -637,7 +689,14 @@ def report(args):
     for extra in args.extra or []:
         with open(extra) as f:
             r.update(json.load(f))
-    if args.kind == "vs-openssh":
+    if args.kind == "soak":
+        rows = soak_rows(r, p)
+        title = "## `scripts/soak`" + (" --quick" if p.get("quick") else f" --duration {p['duration']}")
+        head = ["figure", "value", "goal", "met?"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        text = "\n".join(lines)
+    elif args.kind == "vs-openssh":
         rows = vs_openssh_rows(r, p)
         title = "## `scripts/bench-vs-openssh`" + (" --quick" if p.get("quick") else "")
         text = table(rows)
@@ -648,8 +707,12 @@ def report(args):
     notes = p.get("notes", "")
     body = f"{title}\n\n{p['machine']}\n\n{text}\n\n{notes}".rstrip() + "\n"
     print(body)
-    if args.out:
+    if args.out and args.kind == "soak":
+        update_results(args.out, args.kind, body, heading="# Soak: forwards held through the bastion")
+    elif args.out:
         update_results(args.out, args.kind, body)
+    if args.kind == "soak" and any(row[-1] == "**no**" for row in rows):
+        sys.exit(3)  # a goal missed; scripts/soak passes it on
 
 
 # ---------------------------------------------------------------------------------------
@@ -756,7 +819,7 @@ def main():
     a.add_argument("--params", required=True)
     a.add_argument("--out", required=True)
     a = sub.add_parser("report")
-    a.add_argument("kind", choices=["vs-openssh", "issuance"])
+    a.add_argument("kind", choices=["vs-openssh", "issuance", "soak"])
     a.add_argument("--params", required=True)
     a.add_argument("--results", required=True)
     a.add_argument("--extra", action="append", help="a JSON object merged into the results")
