@@ -482,7 +482,14 @@ async fn serve_connection(
                 tokio::time::Instant::now() + left
             });
         tokio::select! {
-            _ = &mut session => return,
+            ended = &mut session => {
+                // Protocol errors (a malformed packet, THREATS row 20) end the session
+                // here; debug only, so a flood of them cannot drive the log.
+                if let Err(e) = ended {
+                    debug!(%peer, conn, error = %e, "SSH session ended with an error");
+                }
+                return;
+            }
             _ = tokio::time::sleep_until(grace_deadline), if !authenticated => {
                 BastionMetrics::inc(&metrics.login_grace_expired);
                 break "login grace time exceeded";
