@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::rawssh::{self, Raw};
+use common::rawssh_session::{self, Session};
 use common::wire::{self, bounded};
 use common::{Ca, Key, fingerprint, refused, run_ok};
 use dmz::{Bastion, assert_permission_denied};
@@ -1355,6 +1356,112 @@ fn t20_malformed_packets_disconnect_with_bounded_memory() {
     }
     assert!(grown < 32, "drawbridge grew by {grown} MiB");
     assert_eq!(b.records().len(), records);
+    b.assert_still_serving();
+}
+
+/// The encrypting raw client (`common::rawssh_session`), logged in as `alice` with a
+/// web-admin certificate from the bastion's CA (serial `serial`).
+fn raw_login(b: &Bastion, serial: u64) -> Session {
+    let ca = b.ca_key();
+    let user = wire::read_key(&b.t.keygen(&format!("raw-{serial}")).path);
+    let now = wire::now();
+    let cert = wire::cert_with(&ca, &user, "alice", serial, now - 60, now + 300, with_role);
+    Session::login(addr(b), "alice", &user, &cert)
+}
+
+/// Asserts the server closes the encrypted connection within 10 s; returns how it ended.
+fn assert_session_closed(s: &mut Session, what: &str) -> rawssh_session::Ending {
+    let end = s.wait_closed(Duration::from_secs(10));
+    assert!(end.closed, "{what}: connection kept open ({end:?})");
+    end
+}
+
+/// Row 20 after key exchange and authentication, with the encrypting raw client: a
+/// CHANNEL_OPEN with trailing bytes, WINDOW_ADJUSTs summing past 2^32-1, and a first
+/// encrypted block claiming packet length 0xFFFFFFFF.
+#[test]
+fn t20_post_auth_trailing_bytes_window_overflow_and_huge_encrypted_length() {
+    let Some(mut b) = dmz::start() else { return };
+    let rss_before = b.rss_kib();
+    let web1 = u32::from(b.sshd.port);
+    let t10 = Duration::from_secs(10);
+    let logged = |b: &Bastion, line: &str| {
+        harness::wait_until(Duration::from_secs(5), || b.d.server_log().contains(line))
+    };
+
+    // 1. CHANNEL_OPEN direct-tcpip with bytes after the originator port. The same open
+    // without them works on the same connection first.
+    let mut s = raw_login(&b, 2011);
+    let good = s.open_direct_tcpip(0, "web-1", web1).expect("a good open");
+    assert!(
+        s.wait_data(good.ours, b"SSH-2.0-OpenSSH", t10),
+        "no banner from web-1 through the channel"
+    );
+    let trailing = b"trailing bytes after the last field";
+    s.send_direct_tcpip(1, 1 << 21, "web-1", web1, trailing);
+    // russh refuses to parse it and ends the connection (no DISCONNECT message, no
+    // CHANNEL_OPEN_FAILURE): nothing is dialed for it.
+    let end = assert_session_closed(&mut s, "CHANNEL_OPEN with trailing bytes");
+    assert!(
+        !end.messages
+            .contains(&rawssh_session::MSG_CHANNEL_OPEN_CONFIRMATION),
+        "{end:?}"
+    );
+    assert!(
+        logged(
+            &b,
+            &format!(
+                "unexpected trailing data at end of message ({} bytes)",
+                trailing.len()
+            )
+        ),
+        "{}",
+        b.d.server_log()
+    );
+    assert_eq!(b.find("forward.opened", &[("serial", "2011")]).len(), 1);
+    b.expect_record("forward.closed", &[("serial", "2011")]);
+
+    // 2. WINDOW_ADJUSTs whose sum overflows u32: our 2 MiB window + 2 × (2^32-1) + 1, and
+    // one for a channel that does not exist. russh saturates the window at 2^32-1 and
+    // ignores the unknown channel: no disconnect, and the channel still carries data both
+    // ways (web-1 answers our banner with its KEXINIT).
+    let mut s = raw_login(&b, 2012);
+    let ch = s.open_direct_tcpip(0, "web-1", web1).expect("a good open");
+    assert!(s.wait_data(ch.ours, b"SSH-2.0-OpenSSH", t10));
+    for amount in [u32::MAX, u32::MAX, 1] {
+        assert!(s.send_window_adjust(&ch, amount));
+    }
+    let unknown = rawssh_session::Opened { theirs: 77, ..ch };
+    assert!(s.send_window_adjust(&unknown, u32::MAX));
+    assert!(s.send_data(&ch, b"SSH-2.0-rawssh_through\r\n"));
+    assert!(
+        s.wait_data(ch.ours, b"curve25519-sha256", t10),
+        "the channel stopped carrying data after the window overflow"
+    );
+    let end = s.wait_closed(Duration::from_secs(1));
+    assert!(
+        !end.closed,
+        "disconnected after the window overflow: {end:?}"
+    );
+    drop(s);
+    b.expect_record("forward.closed", &[("serial", "2012")]);
+
+    // 3. After authentication, a first encrypted block claiming packet length 0xFFFFFFFF:
+    // the connection ends at once (no DISCONNECT message), nothing is allocated for it.
+    let mut s = raw_login(&b, 2013);
+    let mut block = vec![0xff; 4];
+    block.extend_from_slice(&[0u8; 12]);
+    assert!(s.send_encrypted_bytes(&block));
+    assert_session_closed(&mut s, "encrypted packet length 0xFFFFFFFF");
+    assert!(
+        logged(&b, "Bad packet size: 4294967295"),
+        "{}",
+        b.d.server_log()
+    );
+
+    let grown = b.rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(grown < 32, "drawbridge grew by {grown} MiB");
+    // No panic; an OpenSSH client still gets through (ProxyJump, i.e. `ssh -W`).
     b.assert_still_serving();
 }
 
