@@ -1465,6 +1465,128 @@ fn t20_post_auth_trailing_bytes_window_overflow_and_huge_encrypted_length() {
     b.assert_still_serving();
 }
 
+/// A TCP listener on 127.0.0.1 that accepts and never reads (a target that stalls); it
+/// holds its connections until dropped (at most 120 s).
+struct Sink {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                if let Ok((c, _)) = l.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Sink {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Row 20, CHANNEL_DATA beyond what was announced: a client that never reads the
+/// server's WINDOW_ADJUSTs and keeps sending to a target that does not read, and a
+/// CHANNEL_DATA longer than the maximum packet size.
+#[test]
+fn t20_post_auth_data_beyond_the_window_bounded_memory() {
+    let sink = Sink::start();
+    let Some(mut b) = dmz::start_with("", &[("sink", format!("127.0.0.1:{}", sink.port))]) else {
+        return;
+    };
+    let rss_before = b.rss_kib();
+    let grown = |b: &Bastion| b.rss_kib().saturating_sub(rss_before) / 1024;
+
+    // 1. 32 KiB packets, past the 2 MiB window, to a target that stalls: the bastion stops
+    // reading (TCP pushes back, our writes time out), memory does not follow what we sent.
+    let mut s = raw_login(&b, 2021);
+    let ch = s
+        .open_direct_tcpip(0, "sink", u32::from(sink.port))
+        .expect("open to the sink");
+    assert_eq!(ch.max_packet, 32 * 1024);
+    s.set_write_timeout(Duration::from_secs(1));
+    let data = vec![0x5a; ch.max_packet as usize];
+    let mut sent = 0usize;
+    let mut peak = 0;
+    while sent < 64 << 20 && s.send_data(&ch, &data) {
+        sent += data.len();
+        if sent.is_multiple_of(1 << 20) {
+            peak = peak.max(grown(&b));
+        }
+    }
+    peak = peak.max(grown(&b));
+    assert!(
+        sent > ch.window as usize,
+        "the bastion stopped reading after {sent} bytes, within the window"
+    );
+    assert!(
+        sent < 64 << 20,
+        "the bastion took 64 MiB for a stalled target"
+    );
+    assert!(
+        peak <= 8,
+        "drawbridge grew by {peak} MiB while {} MiB went past a stalled target's window",
+        sent >> 20
+    );
+    let end = s.wait_closed(Duration::from_secs(1));
+    assert!(!end.closed, "disconnected instead of pushing back: {end:?}");
+
+    // 2. One CHANNEL_DATA of 200 KiB where 32 KiB was announced: disconnected with a
+    // protocol error (russh itself would queue up to 32 such packets per forward).
+    let mut s2 = raw_login(&b, 2022);
+    let ch2 = s2
+        .open_direct_tcpip(0, "sink", u32::from(sink.port))
+        .expect("open to the sink");
+    assert!(s2.send_data(&ch2, &vec![0x5a; 200 * 1024]));
+    let end = assert_session_closed(&mut s2, "CHANNEL_DATA over the maximum packet size");
+    let (code, text) = end.disconnect.expect("a DISCONNECT");
+    assert_eq!(code, 2, "{text}"); // SSH_DISCONNECT_PROTOCOL_ERROR
+    assert_eq!(
+        text,
+        "channel data of 204800 bytes exceeds the maximum packet size 32768"
+    );
+    drop(s2);
+    b.expect_record("forward.closed", &[("serial", "2022")]);
+    let after = grown(&b);
+    assert!(after <= 8, "drawbridge grew by {after} MiB");
+
+    // The stalled target goes away: the stalled forward ends, nothing stays behind.
+    drop(sink);
+    b.expect_record("forward.closed", &[("serial", "2021")]);
+    drop(s);
+    assert!(
+        harness::wait_until(Duration::from_secs(5), || b
+            .metric("drawbridge_bastion_forwards_active")
+            == 0),
+        "forwards still open"
+    );
+    b.assert_still_serving();
+}
+
 #[test]
 fn t21_strict_kex_enforced() {
     let Some(b) = dmz::start() else { return };
