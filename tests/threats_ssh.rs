@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::rawssh::{self, Raw};
+use common::rawssh_session::{self, Session};
 use common::wire::{self, bounded};
 use common::{Ca, Key, fingerprint, refused, run_ok};
 use dmz::{Bastion, assert_permission_denied};
@@ -1355,6 +1356,234 @@ fn t20_malformed_packets_disconnect_with_bounded_memory() {
     }
     assert!(grown < 32, "drawbridge grew by {grown} MiB");
     assert_eq!(b.records().len(), records);
+    b.assert_still_serving();
+}
+
+/// The encrypting raw client (`common::rawssh_session`), logged in as `alice` with a
+/// web-admin certificate from the bastion's CA (serial `serial`).
+fn raw_login(b: &Bastion, serial: u64) -> Session {
+    let ca = b.ca_key();
+    let user = wire::read_key(&b.t.keygen(&format!("raw-{serial}")).path);
+    let now = wire::now();
+    let cert = wire::cert_with(&ca, &user, "alice", serial, now - 60, now + 300, with_role);
+    Session::login(addr(b), "alice", &user, &cert)
+}
+
+/// Asserts the server closes the encrypted connection within 10 s; returns how it ended.
+fn assert_session_closed(s: &mut Session, what: &str) -> rawssh_session::Ending {
+    let end = s.wait_closed(Duration::from_secs(10));
+    assert!(end.closed, "{what}: connection kept open ({end:?})");
+    end
+}
+
+/// Row 20 after key exchange and authentication, with the encrypting raw client: a
+/// CHANNEL_OPEN with trailing bytes, WINDOW_ADJUSTs summing past 2^32-1, and a first
+/// encrypted block claiming packet length 0xFFFFFFFF.
+#[test]
+fn t20_post_auth_trailing_bytes_window_overflow_and_huge_encrypted_length() {
+    let Some(mut b) = dmz::start() else { return };
+    let rss_before = b.rss_kib();
+    let web1 = u32::from(b.sshd.port);
+    let t10 = Duration::from_secs(10);
+    let logged = |b: &Bastion, line: &str| {
+        harness::wait_until(Duration::from_secs(5), || b.d.server_log().contains(line))
+    };
+
+    // 1. CHANNEL_OPEN direct-tcpip with bytes after the originator port. The same open
+    // without them works on the same connection first.
+    let mut s = raw_login(&b, 2011);
+    let good = s.open_direct_tcpip(0, "web-1", web1).expect("a good open");
+    assert!(
+        s.wait_data(good.ours, b"SSH-2.0-OpenSSH", t10),
+        "no banner from web-1 through the channel"
+    );
+    let trailing = b"trailing bytes after the last field";
+    s.send_direct_tcpip(1, 1 << 21, "web-1", web1, trailing);
+    // russh refuses to parse it and ends the connection (no DISCONNECT message, no
+    // CHANNEL_OPEN_FAILURE): nothing is dialed for it.
+    let end = assert_session_closed(&mut s, "CHANNEL_OPEN with trailing bytes");
+    assert!(
+        !end.messages
+            .contains(&rawssh_session::MSG_CHANNEL_OPEN_CONFIRMATION),
+        "{end:?}"
+    );
+    assert!(
+        logged(
+            &b,
+            &format!(
+                "unexpected trailing data at end of message ({} bytes)",
+                trailing.len()
+            )
+        ),
+        "{}",
+        b.d.server_log()
+    );
+    assert_eq!(b.find("forward.opened", &[("serial", "2011")]).len(), 1);
+    b.expect_record("forward.closed", &[("serial", "2011")]);
+
+    // 2. WINDOW_ADJUSTs whose sum overflows u32: our 2 MiB window + 2 × (2^32-1) + 1, and
+    // one for a channel that does not exist. russh saturates the window at 2^32-1 and
+    // ignores the unknown channel: no disconnect, and the channel still carries data both
+    // ways (web-1 answers our banner with its KEXINIT).
+    let mut s = raw_login(&b, 2012);
+    let ch = s.open_direct_tcpip(0, "web-1", web1).expect("a good open");
+    assert!(s.wait_data(ch.ours, b"SSH-2.0-OpenSSH", t10));
+    for amount in [u32::MAX, u32::MAX, 1] {
+        assert!(s.send_window_adjust(&ch, amount));
+    }
+    let unknown = rawssh_session::Opened { theirs: 77, ..ch };
+    assert!(s.send_window_adjust(&unknown, u32::MAX));
+    assert!(s.send_data(&ch, b"SSH-2.0-rawssh_through\r\n"));
+    assert!(
+        s.wait_data(ch.ours, b"curve25519-sha256", t10),
+        "the channel stopped carrying data after the window overflow"
+    );
+    let end = s.wait_closed(Duration::from_secs(1));
+    assert!(
+        !end.closed,
+        "disconnected after the window overflow: {end:?}"
+    );
+    drop(s);
+    b.expect_record("forward.closed", &[("serial", "2012")]);
+
+    // 3. After authentication, a first encrypted block claiming packet length 0xFFFFFFFF:
+    // the connection ends at once (no DISCONNECT message), nothing is allocated for it.
+    let mut s = raw_login(&b, 2013);
+    let mut block = vec![0xff; 4];
+    block.extend_from_slice(&[0u8; 12]);
+    assert!(s.send_encrypted_bytes(&block));
+    assert_session_closed(&mut s, "encrypted packet length 0xFFFFFFFF");
+    assert!(
+        logged(&b, "Bad packet size: 4294967295"),
+        "{}",
+        b.d.server_log()
+    );
+
+    let grown = b.rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(grown < 32, "drawbridge grew by {grown} MiB");
+    // No panic; an OpenSSH client still gets through (ProxyJump, i.e. `ssh -W`).
+    b.assert_still_serving();
+}
+
+/// A TCP listener on 127.0.0.1 that accepts and never reads (a target that stalls); it
+/// holds its connections until dropped (at most 120 s).
+struct Sink {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                if let Ok((c, _)) = l.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Sink {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Row 20, CHANNEL_DATA beyond what was announced: a client that never reads the
+/// server's WINDOW_ADJUSTs and keeps sending to a target that does not read, and a
+/// CHANNEL_DATA longer than the maximum packet size.
+#[test]
+fn t20_post_auth_data_beyond_the_window_bounded_memory() {
+    let sink = Sink::start();
+    let Some(mut b) = dmz::start_with("", &[("sink", format!("127.0.0.1:{}", sink.port))]) else {
+        return;
+    };
+    let rss_before = b.rss_kib();
+    let grown = |b: &Bastion| b.rss_kib().saturating_sub(rss_before) / 1024;
+
+    // 1. 32 KiB packets, past the 2 MiB window, to a target that stalls: the bastion stops
+    // reading (TCP pushes back, our writes time out), memory does not follow what we sent.
+    let mut s = raw_login(&b, 2021);
+    let ch = s
+        .open_direct_tcpip(0, "sink", u32::from(sink.port))
+        .expect("open to the sink");
+    assert_eq!(ch.max_packet, 32 * 1024);
+    s.set_write_timeout(Duration::from_secs(1));
+    let data = vec![0x5a; ch.max_packet as usize];
+    let mut sent = 0usize;
+    let mut peak = 0;
+    while sent < 64 << 20 && s.send_data(&ch, &data) {
+        sent += data.len();
+        if sent.is_multiple_of(1 << 20) {
+            peak = peak.max(grown(&b));
+        }
+    }
+    peak = peak.max(grown(&b));
+    assert!(
+        sent > ch.window as usize,
+        "the bastion stopped reading after {sent} bytes, within the window"
+    );
+    assert!(
+        sent < 64 << 20,
+        "the bastion took 64 MiB for a stalled target"
+    );
+    assert!(
+        peak <= 8,
+        "drawbridge grew by {peak} MiB while {} MiB went past a stalled target's window",
+        sent >> 20
+    );
+    let end = s.wait_closed(Duration::from_secs(1));
+    assert!(!end.closed, "disconnected instead of pushing back: {end:?}");
+
+    // 2. One CHANNEL_DATA of 200 KiB where 32 KiB was announced: disconnected with a
+    // protocol error (russh itself would queue up to 32 such packets per forward).
+    let mut s2 = raw_login(&b, 2022);
+    let ch2 = s2
+        .open_direct_tcpip(0, "sink", u32::from(sink.port))
+        .expect("open to the sink");
+    assert!(s2.send_data(&ch2, &vec![0x5a; 200 * 1024]));
+    let end = assert_session_closed(&mut s2, "CHANNEL_DATA over the maximum packet size");
+    let (code, text) = end.disconnect.expect("a DISCONNECT");
+    assert_eq!(code, 2, "{text}"); // SSH_DISCONNECT_PROTOCOL_ERROR
+    assert_eq!(
+        text,
+        "channel data of 204800 bytes exceeds the maximum packet size 32768"
+    );
+    drop(s2);
+    b.expect_record("forward.closed", &[("serial", "2022")]);
+    let after = grown(&b);
+    assert!(after <= 8, "drawbridge grew by {after} MiB");
+
+    // The stalled target goes away: the stalled forward ends, nothing stays behind.
+    drop(sink);
+    b.expect_record("forward.closed", &[("serial", "2021")]);
+    drop(s);
+    assert!(
+        harness::wait_until(Duration::from_secs(5), || b
+            .metric("drawbridge_bastion_forwards_active")
+            == 0),
+        "forwards still open"
+    );
     b.assert_still_serving();
 }
 

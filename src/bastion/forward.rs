@@ -2,7 +2,7 @@
 //! accept the channel, pipe bytes both ways, record the close.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -10,6 +10,7 @@ use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::BastionMetrics;
@@ -257,8 +258,13 @@ async fn refuse(
         .await;
 }
 
-/// Copies both ways until both sides have finished (EOF passed on as a half close), or
-/// either side fails. Counts bytes live into `metrics` and into `up` / `down`.
+/// Copies both ways until both sides have finished (EOF passed on as a half close), the
+/// client closes the channel or goes away, or either side fails. Counts bytes live into
+/// `metrics` and into `up` / `down`.
+///
+/// A client that is gone ends the forward even when the target neither sends nor closes
+/// (THREATS row 20: such a forward used to outlive its SSH connection, with its target
+/// socket, until the target closed).
 ///
 /// No copy of ours on the way: client data comes out of russh as `Bytes` and goes to the
 /// target as it is, and target data is read into a `BytesMut` that russh takes over
@@ -273,10 +279,16 @@ async fn pipe(
     down: &AtomicU64,
 ) -> std::io::Result<()> {
     let (tr, mut tw) = target.into_split();
+    // Set when the client sends EOF; `client_eof_seen` wakes the wait for it below.
+    let client_eof = AtomicBool::new(false);
+    let client_eof_seen = Notify::new();
+    // Ends when the client closes the channel or the connection is gone; after EOF it
+    // keeps reading (and drops data, which a client must not send then) to notice that.
     let upward = async {
+        let mut writing = true;
         while let Some(msg) = rx.wait().await {
             match msg {
-                ChannelMsg::Data { data } => {
+                ChannelMsg::Data { data } if writing => {
                     tw.write_all(&data).await?;
                     let n = data.len() as u64;
                     metrics
@@ -284,12 +296,20 @@ async fn pipe(
                         .fetch_add(n, Ordering::Relaxed);
                     up.fetch_add(n, Ordering::Relaxed);
                 }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
+                ChannelMsg::Eof if writing => {
+                    // Half close: pass the EOF on, keep the other direction going.
+                    writing = false;
+                    let _ = tw.shutdown().await;
+                    client_eof.store(true, Ordering::SeqCst);
+                    client_eof_seen.notify_one();
+                }
+                ChannelMsg::Close => break,
                 _ => {}
             }
         }
-        // Half close: pass the EOF on, keep the other direction going.
-        let _ = tw.shutdown().await;
+        if writing {
+            let _ = tw.shutdown().await;
+        }
         Ok::<(), std::io::Error>(())
     };
     let downward = async {
@@ -315,5 +335,21 @@ async fn pipe(
             down.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
-    tokio::try_join!(upward, downward).map(|_| ())
+    tokio::pin!(upward, downward);
+    let mut target_done = false;
+    loop {
+        tokio::select! {
+            // The client closed the channel or went away: nobody is left to send to.
+            r = &mut upward => return r,
+            r = &mut downward, if !target_done => {
+                r?;
+                target_done = true;
+                if client_eof.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+            }
+            // Both sides sent EOF.
+            () = client_eof_seen.notified(), if target_done => return Ok(()),
+        }
+    }
 }

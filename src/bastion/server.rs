@@ -46,9 +46,15 @@ pub(super) mod code {
 }
 
 /// russh's per-channel queue of client data not yet read by us, in packets (of up to
-/// `maximum_packet_size` = 32 KiB): 32 × 32 KiB = 1 MiB per forward at most (F11). When
-/// it is full russh stops reading the connection, so TCP pushes back on the client.
+/// [`MAX_CHANNEL_PACKET`]): 32 × 32 KiB = 1 MiB per forward at most (F11). When it is
+/// full russh stops reading the connection, so TCP pushes back on the client.
 const CHANNEL_BUFFER_PACKETS: usize = 32;
+
+/// The maximum packet size we announce for our channels (RFC 4254 §5.1): the most data
+/// one CHANNEL_DATA may carry. russh does not enforce it (it takes up to its 256 KiB
+/// transport limit), so [`Handler::data`] does: a client sending more is disconnected,
+/// or one forward could hold 32 × 256 KiB = 8 MiB in russh's queue (THREATS row 20).
+const MAX_CHANNEL_PACKET: u32 = 32 * 1024;
 
 /// State shared by every connection.
 pub(super) struct Shared {
@@ -227,6 +233,7 @@ pub(super) fn russh_config(
         max_auth_attempts: cfg.max_auth_attempts,
         nodelay: true,
         channel_buffer_size: CHANNEL_BUFFER_PACKETS,
+        maximum_packet_size: MAX_CHANNEL_PACKET,
         preferred: Preferred {
             kex,
             key: Cow::Owned(key),
@@ -482,7 +489,14 @@ async fn serve_connection(
                 tokio::time::Instant::now() + left
             });
         tokio::select! {
-            _ = &mut session => return,
+            ended = &mut session => {
+                // Protocol errors (a malformed packet, THREATS row 20) end the session
+                // here; debug only, so a flood of them cannot drive the log.
+                if let Err(e) = ended {
+                    debug!(%peer, conn, error = %e, "SSH session ended with an error");
+                }
+                return;
+            }
             _ = tokio::time::sleep_until(grace_deadline), if !authenticated => {
                 BastionMetrics::inc(&metrics.login_grace_expired);
                 break "login grace time exceeded";
@@ -640,6 +654,27 @@ impl Connection {
             let e = self.lib_refusal_event(refusal, key);
             let _ = self.shared.record(e).await;
         }
+    }
+
+    /// Disconnects a client whose CHANNEL_DATA is longer than [`MAX_CHANNEL_PACKET`], the
+    /// most we announced (RFC 4254 §5.2; russh has already queued that one packet).
+    fn check_packet_size(&self, len: usize, session: &mut Session) -> Result<(), russh::Error> {
+        if len <= MAX_CHANNEL_PACKET as usize {
+            return Ok(());
+        }
+        debug!(
+            peer = %self.peer,
+            conn = self.conn,
+            len,
+            "channel data larger than the maximum packet size; disconnecting"
+        );
+        session.disconnect(
+            russh::Disconnect::ProtocolError,
+            &format!(
+                "channel data of {len} bytes exceeds the maximum packet size {MAX_CHANNEL_PACKET}"
+            ),
+            "en",
+        )
     }
 
     fn take_channel(&self) -> Option<ChannelSlot> {
@@ -942,6 +977,25 @@ impl Handler for Connection {
         drop(channel);
         reply.accept().await;
         Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.check_packet_size(data.len(), session)
+    }
+
+    async fn extended_data(
+        &mut self,
+        _channel: ChannelId,
+        _code: u32,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.check_packet_size(data.len(), session)
     }
 
     async fn channel_close(

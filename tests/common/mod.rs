@@ -32,6 +32,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod rawssh;
+pub mod rawssh_session;
 pub mod wire;
 
 /// The longest any single external command may run before it is killed.

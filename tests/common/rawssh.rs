@@ -13,6 +13,7 @@ pub const MSG_SERVICE_REQUEST: u8 = 5;
 pub const MSG_KEXINIT: u8 = 20;
 pub const MSG_NEWKEYS: u8 = 21;
 pub const MSG_KEX_ECDH_INIT: u8 = 30;
+pub const MSG_KEX_ECDH_REPLY: u8 = 31;
 pub const MSG_USERAUTH_REQUEST: u8 = 50;
 pub const MSG_CHANNEL_OPEN: u8 = 90;
 
@@ -117,6 +118,12 @@ impl Raw {
                 return None;
             }
         }
+    }
+
+    /// Bytes read but not consumed yet, handed over (e.g. the first encrypted packets that
+    /// arrived with NEWKEYS, for `rawssh_session`).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 
     /// Reads until the server closes, at most `limit`; notes a clear-text DISCONNECT.
