@@ -126,6 +126,10 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("drawbridge: API on {scheme}://{}", listener.local_addr()?);
+        tasks.push(tokio::spawn(crate::api::write_repeats(
+            state.clone(),
+            shutdown.clone(),
+        )));
         let app = crate::api::router(state);
         let (cfg, s, grace) = (
             config.api.clone(),

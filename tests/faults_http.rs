@@ -305,3 +305,103 @@ fn f10_password_burst_gets_429_while_bearer_issuance_stays_fast() {
         .count();
     assert_eq!(busy_records, busy.len());
 }
+
+/// `n` password logins as `user_pw` from `source` in one curl process (keep-alive, one
+/// after the other); returns the status of each.
+fn login_flood(d: &Drawbridge, source: &str, user_pw: &str, n: usize) -> Vec<u16> {
+    let url = d.url("/v1/login");
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--max-time", "60", "--cacert"])
+        .arg(d.cacert())
+        .args(["--interface", source, "-u", user_pw, "-X", "POST"]);
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", "-w", "%{http_code}\\n", &url]);
+    }
+    let out = harness::wait_output(
+        cmd.stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl"),
+        Duration::from_secs(90),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+/// Refusals counted for `client` and `reason`: the records written one by one plus the
+/// repeats written as counts.
+fn refusals_on_record(d: &Drawbridge, client: &str, reason: &str) -> (usize, u64) {
+    let one_by_one = d
+        .events("login.failed")
+        .into_iter()
+        .filter(|r| r["client"] == client && r["reason"] == reason)
+        .count();
+    let counted: u64 = d
+        .events("login.failed.repeated")
+        .into_iter()
+        .filter(|r| r["client"] == client && r["reason"] == reason)
+        .map(|r| r["repeats"].as_u64().unwrap())
+        .sum();
+    (one_by_one, counted)
+}
+
+/// F10 / row 29: a client that keeps knocking after it is rate limited gets its 429 every
+/// time, but the audit log gets one record per second and a count of the rest (the disk
+/// and the CPU are not its to take), nothing lost, also across a shutdown.
+#[test]
+fn f10_a_flood_of_429s_is_recorded_once_a_second_with_a_count() {
+    let mut d = Drawbridge::start("[login]\nmax_failures = 2\nwindow = \"1m\"\n");
+    d.add_user("alice", PW);
+    let src = "127.0.0.9";
+    let first = login_flood(&d, src, "alice:wrong", 2);
+    assert_eq!(first, vec![401, 401]);
+
+    let started = Instant::now();
+    let flood = login_flood(&d, src, "alice:wrong", 300);
+    let took = started.elapsed();
+    assert_eq!(flood.len(), 300);
+    assert!(flood.iter().all(|&s| s == 429), "{flood:?}");
+    // Within about two seconds of the last refusal, every one is on record.
+    let complete = wait_until(Duration::from_secs(5), || {
+        let (one, counted) = refusals_on_record(&d, src, "rate_limited");
+        one as u64 + counted == 300
+    });
+    let (one_by_one, counted) = refusals_on_record(&d, src, "rate_limited");
+    assert!(
+        complete,
+        "{one_by_one} recorded + {counted} counted != 300 refusals"
+    );
+    let windows = took.as_secs() as usize + 2;
+    assert!(
+        one_by_one <= windows,
+        "{one_by_one} records for 300 refusals in {took:?}: not coalesced"
+    );
+    let rep = d.events("login.failed.repeated").pop().unwrap();
+    assert_eq!(rep["user"], "alice", "{rep}");
+    assert_eq!(rep["method"], "password", "{rep}");
+    assert_eq!(rep["window_secs"], 1, "{rep}");
+    assert!(rep["since"].as_str().unwrap().ends_with('Z'), "{rep}");
+    // Another user from the same address has windows of its own.
+    let other = login_flood(&d, src, "bob:x", 1);
+    assert_eq!(other, vec![429]);
+    assert!(wait_until(Duration::from_secs(3), || {
+        d.events("login.failed")
+            .iter()
+            .any(|r| r["user"] == "bob" && r["reason"] == "rate_limited")
+    }));
+
+    // Refusals still counted when the service stops are written before it exits.
+    let before = refusals_on_record(&d, src, "rate_limited");
+    let more = login_flood(&d, src, "alice:wrong", 50);
+    assert!(more.iter().all(|&s| s == 429));
+    assert_eq!(d.stop(), 0);
+    let after = refusals_on_record(&d, src, "rate_limited");
+    assert_eq!(
+        (after.0 as u64 + after.1) - (before.0 as u64 + before.1),
+        50,
+        "before {before:?}, after {after:?}"
+    );
+    let (code, out) = d.verify_audit();
+    assert_eq!(code, 0, "{out}");
+}

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod repeats;
 pub mod request;
 mod routes;
 pub mod server;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// Load and rate-limit refusals counted rather than recorded one by one.
+    pub repeats: repeats::Repeats,
     keys: Arc<IssuerKeys>,
 }
 
@@ -47,6 +50,7 @@ impl AppState {
             audit,
             metrics,
             auth: Arc::new(auth),
+            repeats: repeats::Repeats::default(),
             keys: Arc::new(keys),
         }))
     }
@@ -68,6 +72,39 @@ impl AppState {
             &keys.trusted_user_cas,
             std::time::SystemTime::now(),
         ))
+    }
+}
+
+/// Writes the counted repeats of refused logins (`login.failed.repeated`) once a second
+/// until `shutdown`, then every window still open, and returns. See [`repeats`].
+pub async fn write_repeats(state: Arc<AppState>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(repeats::WINDOW) => false,
+        };
+        for r in state
+            .repeats
+            .take_ended(std::time::Instant::now(), stopping)
+        {
+            let mut ev = crate::audit::Event::new("login.failed.repeated")
+                .with("client", r.key.client.to_string())
+                .with("reason", r.key.reason)
+                .with("method", r.key.method)
+                .with("repeats", r.repeats)
+                .with("since", crate::util::rfc3339(r.since))
+                .with("window_secs", repeats::WINDOW.as_secs());
+            if let Some(user) = &r.key.user {
+                ev = ev.with("user", user);
+            }
+            if let Err(e) = state.audit.record(ev).await {
+                tracing::error!(error = %e, repeats = r.repeats, reason = r.key.reason,
+                    "could not record repeated login refusals");
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

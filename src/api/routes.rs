@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::repeats::RepeatKey;
 use super::request::{MAX_CERT_BODY, MAX_DRAIN, parse_cert_request, read_body};
 use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
 use crate::audit::Event;
@@ -174,18 +175,29 @@ async fn authenticate(
         Ok(identity) => Ok(Caller { identity, client }),
         Err(e) => {
             state.metrics.login_failed(e.code());
+            let method = if claimed.is_some() {
+                "password"
+            } else {
+                "token"
+            };
+            // Refusals made without looking at the credential: the first of each second
+            // is recorded, the rest counted (see `repeats`).
+            if matches!(e, AuthError::Busy | AuthError::RateLimited { .. }) {
+                let key = RepeatKey {
+                    reason: e.code(),
+                    client,
+                    user: claimed.clone(),
+                    method,
+                };
+                if !state.repeats.record_now(key, Instant::now()) {
+                    return Err(auth_error(&e));
+                }
+            }
             let mut ev = Event::new("login.failed")
                 .with("client", client.to_string())
                 .with("reason", e.code())
                 .with("detail", e.audit_reason())
-                .with(
-                    "method",
-                    if claimed.is_some() {
-                        "password"
-                    } else {
-                        "token"
-                    },
-                );
+                .with("method", method);
             if let Some(user) = &claimed {
                 ev = ev.with("user", user);
             }

@@ -1,0 +1,190 @@
+//! Refusals that repeat: one audit record per second, with a count.
+//!
+//! A login refused for load (`busy`: the hashing queue is full) or for past failures
+//! (`rate_limited`) is answered without looking at the credential, thousands of times a
+//! second if a client insists. Writing (and fsyncing) each of them would let any anonymous
+//! client grow the audit log at its request rate and take the CPU from issuance. So per
+//! (reason, client address, claimed user, method) the first refusal of each one-second
+//! window is recorded as usual (`login.failed`, before the answer), and the ones after it
+//! in the same window are counted and written as one `login.failed.repeated` record with
+//! `repeats` when the window has ended (at most about two seconds later, and at shutdown).
+//! Every refusal still reaches the client with its reason; the audit log gets each
+//! first one whole and the rest as a count. At most [`MAX_KEYS`] windows are open at once;
+//! past that, refusals are recorded one by one again (never dropped).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a window lasts.
+pub const WINDOW: Duration = Duration::from_secs(1);
+/// Most windows open at once (one per distinct key).
+pub const MAX_KEYS: usize = 65_536;
+
+/// What a repeated refusal is counted under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepeatKey {
+    pub reason: &'static str,
+    pub client: IpAddr,
+    pub user: Option<String>,
+    pub method: &'static str,
+}
+
+/// A window that ended with refusals that were counted, not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeated {
+    pub key: RepeatKey,
+    /// When the window's first (recorded) refusal happened.
+    pub since: SystemTime,
+    /// Refusals after the first, in the window.
+    pub repeats: u64,
+}
+
+struct Window {
+    opened: Instant,
+    since: SystemTime,
+    repeats: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    open: HashMap<RepeatKey, Window>,
+    /// Windows replaced by a new one before the flusher saw them.
+    ended: Vec<Repeated>,
+}
+
+/// The open windows. Cheap to call from every refused request.
+#[derive(Default)]
+pub struct Repeats {
+    inner: Mutex<Inner>,
+}
+
+impl Repeats {
+    /// True when this refusal must be recorded now (the first of its window, or no room
+    /// to count it); false when it was counted and will be written as a repeat.
+    pub fn record_now(&self, key: RepeatKey, now: Instant) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = inner.open.get_mut(&key) {
+            if now.saturating_duration_since(w.opened) < WINDOW {
+                w.repeats += 1;
+                return false;
+            }
+            let (since, repeats) = (w.since, w.repeats);
+            *w = Window {
+                opened: now,
+                since: SystemTime::now(),
+                repeats: 0,
+            };
+            if repeats > 0 {
+                inner.ended.push(Repeated {
+                    key,
+                    since,
+                    repeats,
+                });
+            }
+            return true;
+        }
+        if inner.open.len() < MAX_KEYS {
+            inner.open.insert(
+                key,
+                Window {
+                    opened: now,
+                    since: SystemTime::now(),
+                    repeats: 0,
+                },
+            );
+        }
+        true
+    }
+
+    /// Takes the windows that have ended by `now` (every window when `all`), returning
+    /// those that counted refusals, and forgets the rest.
+    pub fn take_ended(&self, now: Instant, all: bool) -> Vec<Repeated> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::mem::take(&mut inner.ended);
+        inner.open.retain(|key, w| {
+            if !all && now.saturating_duration_since(w.opened) < WINDOW {
+                return true;
+            }
+            if w.repeats > 0 {
+                out.push(Repeated {
+                    key: key.clone(),
+                    since: w.since,
+                    repeats: w.repeats,
+                });
+            }
+            false
+        });
+        out
+    }
+
+    /// Windows open now (for tests).
+    pub fn open_windows(&self) -> usize {
+        self.inner.lock().map(|i| i.open.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(client: &str) -> RepeatKey {
+        RepeatKey {
+            reason: "busy",
+            client: client.parse().unwrap(),
+            user: Some("alice".into()),
+            method: "password",
+        }
+    }
+
+    #[test]
+    fn the_first_of_each_window_is_recorded_the_rest_counted() {
+        let r = Repeats::default();
+        let t0 = Instant::now();
+        assert!(r.record_now(key("192.0.2.1"), t0));
+        for i in 0..9 {
+            assert!(!r.record_now(key("192.0.2.1"), t0 + Duration::from_millis(i * 100)));
+        }
+        // Another address has its own window.
+        assert!(r.record_now(key("192.0.2.2"), t0));
+        assert!(
+            r.take_ended(t0 + Duration::from_millis(500), false)
+                .is_empty()
+        );
+        // A refusal after the window opens a new one; the old count is kept for the flusher.
+        assert!(r.record_now(key("192.0.2.1"), t0 + WINDOW));
+        assert!(!r.record_now(key("192.0.2.1"), t0 + WINDOW));
+        let ended = r.take_ended(t0 + WINDOW, false);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].repeats, 9);
+        assert_eq!(ended[0].key, key("192.0.2.1"));
+        // 192.0.2.2 ended with nothing counted: forgotten, not reported.
+        assert_eq!(r.open_windows(), 1);
+        // At shutdown every window is taken.
+        let last = r.take_ended(t0 + WINDOW, true);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].repeats, 1);
+        assert_eq!(r.open_windows(), 0);
+    }
+
+    #[test]
+    fn past_the_bound_refusals_are_recorded_one_by_one() {
+        let r = Repeats::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_KEYS as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let k = RepeatKey {
+                client: ip,
+                ..key("192.0.2.1")
+            };
+            assert!(r.record_now(k, t0));
+        }
+        assert_eq!(r.open_windows(), MAX_KEYS);
+        // A new key finds no room: recorded now, every time.
+        assert!(r.record_now(key("192.0.2.9"), t0));
+        assert!(r.record_now(key("192.0.2.9"), t0));
+        assert_eq!(r.open_windows(), MAX_KEYS);
+    }
+}
