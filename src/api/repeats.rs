@@ -11,6 +11,11 @@
 //! Every refusal still reaches the client with its reason; the audit log gets each
 //! first one whole and the rest as a count. At most [`MAX_KEYS`] windows are open at once;
 //! past that, refusals are recorded one by one again (never dropped).
+//!
+//! A counted refusal is also answered [`REPEAT_DELAY`] late: a client that keeps knocking
+//! after its 429 on a kept-alive connection is slowed to a few requests a second per
+//! connection instead of thousands, so the CPU it costs (TLS, HTTP) stays small beside
+//! certificate issuance. A first refusal, and anyone else's request, is not delayed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long a window lasts.
 pub const WINDOW: Duration = Duration::from_secs(1);
+/// How late a counted (repeated) refusal is answered.
+pub const REPEAT_DELAY: Duration = Duration::from_millis(250);
 /// Most windows open at once (one per distinct key).
 pub const MAX_KEYS: usize = 65_536;
 

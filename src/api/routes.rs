@@ -190,6 +190,7 @@ async fn authenticate(
                     method,
                 };
                 if !state.repeats.record_now(key, Instant::now()) {
+                    tokio::time::sleep(super::repeats::REPEAT_DELAY).await;
                     return Err(auth_error(&e));
                 }
             }
