@@ -186,7 +186,11 @@ async fn authenticate(
                 let key = RepeatKey {
                     reason: e.code(),
                     client,
-                    user: claimed.clone(),
+                    // The claimed name is the client's, of any length: keep the key small
+                    // (the limiter keys users the same way).
+                    user: claimed
+                        .as_deref()
+                        .map(|u| crate::identity::truncate(u, 128).to_owned()),
                     method,
                 };
                 if !state.repeats.record_now(key, Instant::now()) {

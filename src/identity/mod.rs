@@ -377,7 +377,8 @@ impl Authenticator {
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// `s` cut to at most `max` bytes on a character boundary (keys of per-user state).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
