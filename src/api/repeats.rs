@@ -38,6 +38,24 @@ pub struct RepeatKey {
     pub method: &'static str,
 }
 
+impl RepeatKey {
+    /// The key of a refusal; the claimed user name is cut as the failure limiter cuts it
+    /// ([`crate::identity::user_key`]), so a window costs little whatever its length.
+    pub fn new(
+        reason: &'static str,
+        client: IpAddr,
+        user: Option<&str>,
+        method: &'static str,
+    ) -> Self {
+        Self {
+            reason,
+            client,
+            user: user.map(|u| crate::identity::user_key(u).to_owned()),
+            method,
+        }
+    }
+}
+
 /// A window that ended with refusals that were counted, not recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repeated {
@@ -138,12 +156,27 @@ mod tests {
     use super::*;
 
     fn key(client: &str) -> RepeatKey {
-        RepeatKey {
-            reason: "busy",
-            client: client.parse().unwrap(),
-            user: Some("alice".into()),
-            method: "password",
-        }
+        RepeatKey::new("busy", client.parse().unwrap(), Some("alice"), "password")
+    }
+
+    #[test]
+    fn a_long_claimed_name_is_kept_cut_and_shares_its_window() {
+        // 127 ASCII bytes then a 3-byte character across the 128-byte cut.
+        let base = format!("{}\u{20ac}", "a".repeat(127));
+        let one = format!("{base}{}", "x".repeat(16 * 1024));
+        let two = format!("{base}{}", "y".repeat(16 * 1024));
+        let client = "192.0.2.7".parse().unwrap();
+        let k1 = RepeatKey::new("busy", client, Some(&one), "password");
+        let kept = k1.user.clone().unwrap();
+        assert_eq!(kept, "a".repeat(127), "cut on the character boundary");
+        let r = Repeats::default();
+        let now = Instant::now();
+        assert!(r.record_now(k1, now));
+        // Same first 128 bytes: the same window, counted rather than a new 16 KiB key.
+        assert!(!r.record_now(RepeatKey::new("busy", client, Some(&two), "password"), now));
+        assert_eq!(r.open_windows(), 1);
+        let short = RepeatKey::new("busy", client, Some("alice"), "password");
+        assert_eq!(short.user.as_deref(), Some("alice"));
     }
 
     #[test]

@@ -183,16 +183,7 @@ async fn authenticate(
             // Refusals made without looking at the credential: the first of each second
             // is recorded, the rest counted (see `repeats`).
             if matches!(e, AuthError::Busy | AuthError::RateLimited { .. }) {
-                let key = RepeatKey {
-                    reason: e.code(),
-                    client,
-                    // The claimed name is the client's, of any length: keep the key small
-                    // (the limiter keys users the same way).
-                    user: claimed
-                        .as_deref()
-                        .map(|u| crate::identity::truncate(u, 128).to_owned()),
-                    method,
-                };
+                let key = RepeatKey::new(e.code(), client, claimed.as_deref(), method);
                 if !state.repeats.record_now(key, Instant::now()) {
                     tokio::time::sleep(super::repeats::REPEAT_DELAY).await;
                     return Err(auth_error(&e));

@@ -318,7 +318,7 @@ impl Authenticator {
     ) -> Result<Identity, AuthError> {
         let now = SystemTime::now();
         // Bounded memory in the limiter whatever length the client sends.
-        let limit_key = truncate(user, 128);
+        let limit_key = user_key(user);
         if let Err(retry_after) = self.limiter.check(limit_key, client, now) {
             return Err(AuthError::RateLimited { retry_after });
         }
@@ -377,16 +377,21 @@ impl Authenticator {
     }
 }
 
-/// `s` cut to at most `max` bytes on a character boundary (keys of per-user state).
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
+/// Most bytes of a claimed user name kept in a key of per-user state (the failure limiter,
+/// the repeated-refusal windows): the name is the client's, of any length.
+pub(crate) const USER_KEY_BYTES: usize = 128;
+
+/// `user` cut to at most [`USER_KEY_BYTES`] bytes on a character boundary: the key of
+/// per-user state, so its memory stays bounded whatever the client sends.
+pub(crate) fn user_key(user: &str) -> &str {
+    if user.len() <= USER_KEY_BYTES {
+        return user;
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
+    let mut end = USER_KEY_BYTES;
+    while !user.is_char_boundary(end) {
         end -= 1;
     }
-    &s[..end]
+    &user[..end]
 }
 
 /// `<ca dir>/token_key`.

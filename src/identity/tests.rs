@@ -184,6 +184,36 @@ async fn rate_limit_per_user_then_429_without_hashing() {
 }
 
 #[tokio::test]
+async fn long_claimed_names_are_limited_by_their_first_128_bytes() {
+    // A client cannot dodge the per-user limit (or grow its memory) by varying the tail
+    // of a very long name: the limiter keys the name cut to `USER_KEY_BYTES`.
+    let e = env(&[("alice", "right")]);
+    let mut config = e.config.clone();
+    config.login.max_failures = 3;
+    config.login.window = Duration::from_secs(60);
+    let auth = Authenticator::new(&config).unwrap();
+    let prefix = "n".repeat(USER_KEY_BYTES);
+    for i in 0..3 {
+        let name = format!("{prefix}{i}{}", "z".repeat(4096));
+        let r = auth
+            .basic(&name, &Secret::new("x".into()), ip(&format!("192.0.2.{i}")))
+            .await;
+        assert_eq!(r.unwrap_err(), AuthError::InvalidCredentials);
+    }
+    let r = auth
+        .basic(
+            &format!("{prefix}other"),
+            &Secret::new("x".into()),
+            ip("198.51.100.9"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(r, AuthError::RateLimited { .. }), "{r:?}");
+    assert_eq!(user_key(&format!("{prefix}tail")), prefix);
+    assert_eq!(user_key("alice"), "alice");
+}
+
+#[tokio::test]
 async fn rate_limit_per_address() {
     let e = env(&[("alice", "right")]);
     let mut config = e.config.clone();
