@@ -5,6 +5,7 @@
 //! thousand); a port below the range is never handed out that way.
 
 use std::net::TcpListener;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,15 +15,20 @@ const SPAN: u32 = 12_000;
 const STRIDE: u32 = 7_919;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+static SEED: OnceLock<u32> = OnceLock::new();
 
 /// A TCP port on 127.0.0.1 between 20000 and 31999 that nothing listens on now.
 pub fn free_port() -> u16 {
-    // Each process starts somewhere else in the span (scripts run by tests pick ports too).
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+    // Each process starts somewhere else in the span (scripts run by tests pick ports too),
+    // chosen once: a seed drawn per call would let two calls of one process land on the
+    // same port before either has bound it.
+    let seed = *SEED.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        std::process::id().wrapping_mul(2_654_435_761) ^ nanos
+    });
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (LOW + seed.wrapping_add(n.wrapping_mul(STRIDE)) % SPAN) as u16;
