@@ -33,6 +33,9 @@ pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
 /// them off at once even though their certificate still names the group.
 pub use crate::issuer::plan::IDP_GROUPS_EXTENSION;
 
+/// Name of the extension carrying the reason given at issuance.
+pub use crate::issuer::plan::REASON_EXTENSION;
+
 /// The only critical option drawbridge understands.
 pub const SOURCE_ADDRESS: &str = "source-address";
 
@@ -59,6 +62,8 @@ pub struct CertIdentity {
     pub ca_fingerprint: String,
     /// `SHA256:...` of the holder's key inside the certificate.
     pub key_fingerprint: String,
+    /// The reason given at issuance (`reason@drawbridge`), when there is a well-formed one.
+    pub reason: Option<String>,
 }
 
 impl CertIdentity {
@@ -105,7 +110,7 @@ pub enum Refusal {
     BadSourceAddress,
     /// The connection does not come from an allowed `source-address` (row 8).
     SourceAddressMismatch,
-    /// Revoked by serial or key id in `revoked.toml` (row 11).
+    /// Revoked by serial, key id or key in `revoked.toml` (row 11).
     Revoked,
 }
 
@@ -306,8 +311,12 @@ pub fn verify_certificate(
         }
     }
 
-    // 6. Revocation (row 11).
-    if policy.revoked(cert.serial(), cert.key_id()).is_some() {
+    // 6. Revocation (row 11): serial, key id, or the key itself.
+    let key_fingerprint = cert.public_key().fingerprint(HashAlg::Sha256).to_string();
+    if policy
+        .revocation(Some(cert.serial()), cert.key_id(), &key_fingerprint)
+        .is_some()
+    {
         return Err(Refusal::Revoked);
     }
 
@@ -331,7 +340,12 @@ pub fn verify_certificate(
         valid_after: UNIX_EPOCH + Duration::from_secs(cert.valid_after()),
         valid_before: UNIX_EPOCH + Duration::from_secs(cert.valid_before()),
         ca_fingerprint: ca_fingerprint.to_string(),
-        key_fingerprint: cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
+        key_fingerprint,
+        reason: cert
+            .extensions()
+            .get(REASON_EXTENSION)
+            .filter(|r| crate::issuer::plan::check_reason(r).is_ok())
+            .cloned(),
     })
 }
 
@@ -797,11 +811,49 @@ mod tests {
             revoked: vec![Revoked {
                 serial,
                 key_id: key_id.map(str::to_string),
+                key: None,
                 reason: Some("laptop lost".into()),
                 origin: Origin::default(),
             }],
             ..Policy::default()
         }
+    }
+
+    #[test]
+    fn a_revoked_key_is_refused_whatever_the_key_id_and_serial() {
+        let (ca, user, other) = (key(), key(), key());
+        let policy = Policy {
+            revoked: vec![Revoked {
+                serial: None,
+                key_id: None,
+                key: Some(user.public_key().fingerprint(HashAlg::Sha256).to_string()),
+                reason: None,
+                origin: Origin::default(),
+            }],
+            ..Policy::default()
+        };
+        let cert = sign(&ca, &user, Spec::default());
+        assert_eq!(
+            check_with(&ca, &cert, &policy, peer()),
+            Err(Refusal::Revoked)
+        );
+        let cert = sign(&ca, &other, Spec::default());
+        assert!(check_with(&ca, &cert, &policy, peer()).is_ok());
+    }
+
+    #[test]
+    fn the_reason_extension_is_read_when_well_formed() {
+        let (ca, user) = (key(), key());
+        let mut spec = Spec::default();
+        spec.extensions
+            .push((REASON_EXTENSION, "INC-4711: disk full"));
+        let id = check(&ca, &sign(&ca, &user, spec)).unwrap();
+        assert_eq!(id.reason.as_deref(), Some("INC-4711: disk full"));
+        let id = check(&ca, &sign(&ca, &user, Spec::default())).unwrap();
+        assert_eq!(id.reason, None);
+        let mut spec = Spec::default();
+        spec.extensions.push((REASON_EXTENSION, "\u{1b}[2Jboo"));
+        assert_eq!(check(&ca, &sign(&ca, &user, spec)).unwrap().reason, None);
     }
 
     #[test]
