@@ -335,6 +335,30 @@ fn a_revoked_public_key_gets_403_and_the_krl_revokes_it() {
     assert!(krl_revokes(&krl, &lost), "the lost key");
     assert!(krl_revokes(&krl, &stolen), "the key revoked by fingerprint");
     assert!(!krl_revokes(&krl, &kept_cert), "a kept key's certificate");
+
+    // The bastion refuses the lost key's unexpired certificate; the kept one gets in.
+    let t = TestDir::new();
+    let host_ca = Ca {
+        key: Key {
+            path: d.path().join("ca/host_ca"),
+        },
+    };
+    for (name, ok) in [("lost", false), ("kept", true)] {
+        let key = Key {
+            path: d.path().join(name),
+        };
+        let out = SshClient::new(&t, name, &host_ca, d.ssh.port(), "alice", &key)
+            .run(&["bastion", "whoami"]);
+        assert_eq!(out.success(), ok, "{name}: {out:?}");
+    }
+    let lost_fp = d.events("cert.issued")[0]["key_fingerprint"].clone();
+    assert!(
+        d.events("ssh.auth.failed")
+            .iter()
+            .any(|r| r["reason"] == "revoked" && r["key_fingerprint"] == lost_fp),
+        "{:?}",
+        d.events("ssh.auth.failed")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
