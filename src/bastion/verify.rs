@@ -112,6 +112,12 @@ pub enum Refusal {
     SourceAddressMismatch,
     /// Revoked by serial, key id or key in `revoked.toml` (row 11).
     Revoked,
+    /// A security-key signature made without a touch, and the certificate does not
+    /// waive it with `no-touch-required` (row 46).
+    SkNoUserPresence,
+    /// A security-key signature without user verification (PIN), and the certificate
+    /// says `verify-required`.
+    SkNoUserVerification,
 }
 
 impl Refusal {
@@ -133,6 +139,8 @@ impl Refusal {
             Refusal::BadSourceAddress => "bad-source-address",
             Refusal::SourceAddressMismatch => "source-address-mismatch",
             Refusal::Revoked => "revoked",
+            Refusal::SkNoUserPresence => "sk-no-user-presence",
+            Refusal::SkNoUserVerification => "sk-no-user-verification",
         }
     }
 
@@ -153,6 +161,8 @@ impl Refusal {
         "bad-source-address",
         "source-address-mismatch",
         "revoked",
+        "sk-no-user-presence",
+        "sk-no-user-verification",
     ];
 }
 
@@ -193,6 +203,12 @@ impl std::fmt::Display for Refusal {
                 f.write_str("connection does not come from the certificate's source-address")
             }
             Refusal::Revoked => f.write_str("certificate is revoked"),
+            Refusal::SkNoUserPresence => f.write_str(
+                "security key signature made without a touch (user presence); touch the key when it blinks",
+            ),
+            Refusal::SkNoUserVerification => f.write_str(
+                "security key signature without user verification, which the certificate requires (verify-required)",
+            ),
         }
     }
 }
@@ -347,6 +363,29 @@ pub fn verify_certificate(
             .filter(|r| crate::issuer::plan::check_reason(r).is_ok())
             .cloned(),
     })
+}
+
+/// Authenticator flag: the user touched the key (PROTOCOL.u2f).
+pub const SK_USER_PRESENT: u8 = 0x01;
+/// Authenticator flag: the user was verified (PIN or biometrics).
+pub const SK_USER_VERIFIED: u8 = 0x04;
+
+/// What sshd checks of a security-key (`sk-*`) signature, given the flags byte of the
+/// signature that authenticated `cert`: the touch (user presence) unless the certificate
+/// has `no-touch-required`, and user verification when it has `verify-required`.
+///
+/// russh verifies the signature (the flags are signed) but tells its handler neither the
+/// signature nor the flags, so the bastion cannot call this yet: docs/decisions.md,
+/// "Security keys: user presence", has the russh change that passes them.
+pub fn check_security_key_flags(cert: &Certificate, flags: u8) -> Result<(), Refusal> {
+    let ext = cert.extensions();
+    if flags & SK_USER_PRESENT == 0 && !ext.contains_key("no-touch-required") {
+        return Err(Refusal::SkNoUserPresence);
+    }
+    if flags & SK_USER_VERIFIED == 0 && ext.contains_key("verify-required") {
+        return Err(Refusal::SkNoUserVerification);
+    }
+    Ok(())
 }
 
 fn check_key_type(key: &KeyData) -> Result<(), Refusal> {
@@ -842,6 +881,39 @@ mod tests {
     }
 
     #[test]
+    fn security_key_flags_as_sshd_checks_them() {
+        let (ca, user) = (key(), key());
+        let plain = sign(&ca, &user, Spec::default());
+        let with = |ext: &'static str| {
+            let mut spec = Spec::default();
+            spec.extensions.push((ext, ""));
+            sign(&ca, &user, spec)
+        };
+        assert_eq!(check_security_key_flags(&plain, SK_USER_PRESENT), Ok(()));
+        assert_eq!(
+            check_security_key_flags(&plain, 0),
+            Err(Refusal::SkNoUserPresence)
+        );
+        assert_eq!(
+            check_security_key_flags(&plain, SK_USER_VERIFIED),
+            Err(Refusal::SkNoUserPresence)
+        );
+        assert_eq!(
+            check_security_key_flags(&with("no-touch-required"), 0),
+            Ok(())
+        );
+        let verify = with("verify-required");
+        assert_eq!(
+            check_security_key_flags(&verify, SK_USER_PRESENT),
+            Err(Refusal::SkNoUserVerification)
+        );
+        assert_eq!(
+            check_security_key_flags(&verify, SK_USER_PRESENT | SK_USER_VERIFIED),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn the_reason_extension_is_read_when_well_formed() {
         let (ca, user) = (key(), key());
         let mut spec = Spec::default();
@@ -959,6 +1031,8 @@ mod tests {
             Refusal::BadSourceAddress,
             Refusal::SourceAddressMismatch,
             Refusal::Revoked,
+            Refusal::SkNoUserPresence,
+            Refusal::SkNoUserVerification,
         ];
         assert_eq!(all.len(), Refusal::CODES.len());
         for r in all {
