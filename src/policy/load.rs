@@ -1288,7 +1288,11 @@ pub fn revoked_key_fingerprint(s: &str) -> Result<String, String> {
         use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64);
         return match decoded {
-            Ok(bytes) if bytes.len() == 32 => Ok(format!("SHA256:{b64}")),
+            // Re-encoded, so that the one canonical spelling is compared.
+            Ok(bytes) if bytes.len() == 32 => Ok(format!(
+                "SHA256:{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+            )),
             _ => Err(format!(
                 "key {s:?} is not a SHA-256 fingerprint (SHA256: and 43 base64 characters, as ssh-keygen -lf KEY.pub prints)"
             )),
