@@ -96,6 +96,7 @@ fn principal(name: &str, max_ttl: Option<u64>, ext: &[&str]) -> (String, Princip
             logins: vec!["deploy".into()],
             max_ttl: max_ttl.map(Duration::from_secs),
             extensions: ext.iter().map(|s| s.to_string()).collect(),
+            require_reason: false,
             origin: Origin::default(),
         },
     )
@@ -140,6 +141,7 @@ fn sign_user(dir: &Path, ca: &Path, name: &str, user: &str, now: SystemTime) -> 
         requested_principals: None,
         default_ttl: Duration::from_secs(300),
         max_ttl: Duration::from_secs(3600),
+        reason: None,
         now,
     })
     .unwrap();
@@ -502,12 +504,14 @@ fn krl_is_read_by_ssh_keygen() {
         Revoked {
             serial: Some(lost_serial),
             key_id: None,
+            key: None,
             reason: Some("laptop lost".into()),
             origin: Origin::default(),
         },
         Revoked {
             serial: None,
             key_id: Some("mallory".into()),
+            key: None,
             reason: None,
             origin: Origin::default(),
         },

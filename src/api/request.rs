@@ -2,7 +2,8 @@
 //! content type among text/plain, application/octet-stream, none and
 //! application/x-www-form-urlencoded (curl's default for `--data-binary`: never
 //! form-decoded, or the `+` of base64 would break), or JSON
-//! `{"public_key", "ttl", "principals"}`. Anything else is 415.
+//! `{"public_key", "ttl", "principals", "reason"}`. Anything else is 415. `ttl`,
+//! `principals` and `reason` may come in the query instead (not both).
 
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct CertRequest {
     pub public_key: Vec<u8>,
     pub ttl: Option<Duration>,
     pub principals: Option<Vec<String>>,
+    /// Why the access is needed (a ticket); checked by `issuer::plan::check_reason`.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +36,7 @@ pub struct CertRequest {
 struct QueryParams {
     ttl: Option<String>,
     principals: Option<String>,
+    reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +45,7 @@ struct JsonBody {
     public_key: String,
     ttl: Option<String>,
     principals: Option<Vec<String>>,
+    reason: Option<String>,
 }
 
 enum BodyKind {
@@ -156,7 +161,7 @@ pub fn parse_cert_request(
                 ApiError::bad_request(
                     "bad_query",
                     format!(
-                        "{}; the query takes ttl (e.g. 10m) and principals (a,b)",
+                        "{}; the query takes ttl (e.g. 10m), principals (a,b) and reason (e.g. INC-4711)",
                         e.body_text()
                     ),
                 )
@@ -167,13 +172,14 @@ pub fn parse_cert_request(
             public_key: body,
             ttl: None,
             principals: None,
+            reason: None,
         },
         BodyKind::Json => {
             let j: JsonBody = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::bad_request(
                     "bad_json",
                     format!(
-                        "the JSON body does not parse ({e}); send {{\"public_key\": \"ssh-ed25519 AAAA...\", \"ttl\": \"10m\", \"principals\": [\"role\"]}}"
+                        "the JSON body does not parse ({e}); send {{\"public_key\": \"ssh-ed25519 AAAA...\", \"ttl\": \"10m\", \"principals\": [\"role\"], \"reason\": \"INC-4711\"}}"
                     ),
                 )
             })?;
@@ -181,6 +187,7 @@ pub fn parse_cert_request(
                 public_key: j.public_key.into_bytes(),
                 ttl: j.ttl.as_deref().map(parse_ttl).transpose()?,
                 principals: j.principals,
+                reason: j.reason,
             }
         }
     };
@@ -201,6 +208,15 @@ pub fn parse_cert_request(
             ));
         }
         req.principals = Some(parse_principal_list(p));
+    }
+    if let Some(r) = query.reason {
+        if req.reason.is_some() {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "reason is given both in the query and in the body; give it once",
+            ));
+        }
+        req.reason = Some(r);
     }
     if let Some(p) = &req.principals
         && p.is_empty()
@@ -261,6 +277,24 @@ mod tests {
         .unwrap();
         assert_eq!(r.public_key, KEY.as_bytes());
         assert_eq!(r.ttl, Some(Duration::from_secs(120)));
+        assert_eq!(r.reason, None);
+    }
+
+    #[test]
+    fn reason_in_the_query_or_the_body_once() {
+        let uri: Uri = "/v1/certs?reason=INC-4711%3A%20disk%20full"
+            .parse()
+            .unwrap();
+        let r = parse_cert_request(&uri, &headers(None), KEY.into()).unwrap();
+        assert_eq!(r.reason.as_deref(), Some("INC-4711: disk full"));
+        let body = serde_json::json!({"public_key": KEY, "reason": "INC-1"});
+        let plain: Uri = "/v1/certs".parse().unwrap();
+        let json = headers(Some("application/json"));
+        let r = parse_cert_request(&plain, &json, body.to_string().into_bytes()).unwrap();
+        assert_eq!(r.reason.as_deref(), Some("INC-1"));
+        let both: Uri = "/v1/certs?reason=INC-2".parse().unwrap();
+        let e = parse_cert_request(&both, &json, body.to_string().into_bytes()).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::request::{MAX_CERT_BODY, MAX_DRAIN, parse_cert_request, read_body};
 use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
 use crate::audit::Event;
 use crate::identity::{AuthError, Identity, Secret};
-use crate::issuer::plan::{CertRequest, plan_from_policy};
+use crate::issuer::plan::{CertRequest, IssueRefusal, TtlCap, plan_from_policy};
 use crate::util::{rfc3339, unix_secs};
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -231,14 +231,26 @@ impl FromRequestParts<Arc<AppState>> for PasswordCaller {
 }
 
 async fn refuse(state: &AppState, caller: &Caller, e: ApiError, policy_version: &str) -> ApiError {
+    refuse_with(state, caller, e, policy_version, Event::new("")).await
+}
+
+/// [`refuse`] with more fields in the `cert.refused` record (`extra`'s fields).
+async fn refuse_with(
+    state: &AppState,
+    caller: &Caller,
+    e: ApiError,
+    policy_version: &str,
+    extra: Event,
+) -> ApiError {
     state.metrics.refuse(e.code);
-    let ev = Event::new("cert.refused")
+    let mut ev = Event::new("cert.refused")
         .with("user", &caller.identity.user)
         .with("client", caller.client.to_string())
         .with("method", caller.identity.method.as_str())
         .with("reason", e.code)
         .with("message", &e.message)
         .with("policy_version", policy_version);
+    ev.fields.extend(extra.fields);
     if state.audit.record(ev).await.is_err() {
         return ApiError::audit_unavailable();
     }
@@ -302,9 +314,12 @@ async fn post_certs(
     };
     let now = SystemTime::now();
     let id = &caller.identity;
+    let key_fingerprint = key.fingerprint(Default::default()).to_string();
     let request = CertRequest {
         ttl: req.ttl,
         principals: req.principals.as_deref(),
+        reason: req.reason.as_deref(),
+        key_fingerprint: &key_fingerprint,
     };
     let plan = match plan_from_policy(
         &policy,
@@ -319,7 +334,14 @@ async fn post_certs(
         Err(r) => {
             let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN);
             let e = ApiError::new(status, r.code(), r.to_string());
-            return Err(refuse(&state, &caller, e, &version).await);
+            let mut extra = Event::new("").with("key_fingerprint", &key_fingerprint);
+            if let IssueRefusal::Revoked { by, entry } = &r {
+                // The decision's rule: which [[revoked]] entry, and what of it matched.
+                extra = extra
+                    .with("rule", format!("[[revoked]] at {entry}"))
+                    .with("revoked_by", by.as_str());
+            }
+            return Err(refuse_with(&state, &caller, e, &version, extra).await);
         }
     };
     let keys = state.issuer_keys();
@@ -350,8 +372,11 @@ async fn post_certs(
         .with("ttl_secs", plan.ttl.as_secs())
         .with(
             "ttl_capped_by",
-            plan.capped_by.as_ref().map(|c| format!("{c:?}")),
+            plan.capped_by
+                .as_ref()
+                .map(|c| cap_text(c, &policy, &id.user)),
         )
+        .with("reason", req.reason.as_deref())
         .with("key_type", key.algorithm().as_str())
         .with(
             "key_fingerprint",
@@ -364,6 +389,24 @@ async fn post_certs(
     }
     state.metrics.certs_issued.inc();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], line).into_response())
+}
+
+/// What capped the TTL, for `cert.issued`; a temporary grant with where it stands.
+fn cap_text(cap: &TtlCap, policy: &crate::policy::Policy, user: &str) -> String {
+    let TtlCap::Temporary {
+        principal, until, ..
+    } = cap
+    else {
+        return cap.to_string();
+    };
+    match policy
+        .temporary
+        .iter()
+        .find(|t| t.user == user && &t.principal == principal && t.until == *until)
+    {
+        Some(t) => format!("{cap} at {}", t.origin),
+        None => cap.to_string(),
+    }
 }
 
 fn via_name(via: &crate::policy::Via) -> String {

@@ -769,7 +769,7 @@ impl Connection {
             .map(|d| crate::util::format_duration(Duration::from_secs(d.as_secs())))
             .unwrap_or_else(|_| "expired".into());
         format!(
-            "key id:      {}\nprincipals:  {}\ngroups:      {}\nserial:      {}\nexpires:     {} (in {})\nfrom:        {}\n",
+            "key id:      {}\nprincipals:  {}\ngroups:      {}\nserial:      {}\nexpires:     {} (in {})\nreason:      {}\nfrom:        {}\n",
             escape(&id.key_id),
             id.principals
                 .iter()
@@ -788,6 +788,10 @@ impl Connection {
             id.serial,
             crate::util::rfc3339(id.valid_before),
             left,
+            id.reason
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "-".into()),
             self.peer.ip(),
         )
     }

@@ -7,8 +7,10 @@
 //! certificates section (type 1) per trusted user CA key: `string` CA key blob,
 //! `string` reserved, then the sub-sections serial list (0x20: `u64` serials) and key
 //! id list (0x23: `string` key ids). Revocations therefore apply to certificates of
-//! every CA we trust, the retired ones included. With no revocation the KRL is only a
-//! header, which revokes nothing.
+//! every CA we trust, the retired ones included. Keys revoked by `key` go into one
+//! SHA-256 fingerprint section (type 5: `string` hashes, each the SHA-256 of the plain
+//! key blob), which revokes the key and every certificate of it whatever the CA. With no
+//! revocation the KRL is only a header, which revokes nothing.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -22,6 +24,7 @@ const FORMAT_VERSION: u32 = 1;
 const SECTION_CERTIFICATES: u8 = 1;
 const CERT_SERIAL_LIST: u8 = 0x20;
 const CERT_KEY_ID: u8 = 0x23;
+const SECTION_FINGERPRINT_SHA256: u8 = 5;
 
 /// Builds the KRL. `krl_version` and `generated_date` are `now` in Unix seconds (the
 /// version only has to grow between builds). Serial 0 (never issued) is skipped.
@@ -34,6 +37,11 @@ pub fn build_krl(revoked: &[Revoked], ca_keys: &[PublicKey], now: SystemTime) ->
         .filter(|s| *s != 0)
         .collect();
     let key_ids: BTreeSet<&str> = revoked.iter().filter_map(|r| r.key_id.as_deref()).collect();
+    let key_hashes: BTreeSet<Vec<u8>> = revoked
+        .iter()
+        .filter_map(|r| r.key.as_deref())
+        .filter_map(sha256_of_fingerprint)
+        .collect();
     let now = crate::util::unix_secs(now);
 
     let mut out = Vec::new();
@@ -44,6 +52,14 @@ pub fn build_krl(revoked: &[Revoked], ca_keys: &[PublicKey], now: SystemTime) ->
     out.extend_from_slice(&0u64.to_be_bytes()); // flags
     put_string(&mut out, b""); // reserved
     put_string(&mut out, b"drawbridge revoked.toml");
+    if !key_hashes.is_empty() {
+        let mut section = Vec::with_capacity(key_hashes.len() * 36);
+        for h in &key_hashes {
+            put_string(&mut section, h);
+        }
+        out.push(SECTION_FINGERPRINT_SHA256);
+        put_string(&mut out, &section);
+    }
     if serials.is_empty() && key_ids.is_empty() {
         return out;
     }
@@ -97,6 +113,17 @@ fn cert_section(ca_blob: &[u8], serials: &BTreeSet<u64>, key_ids: &BTreeSet<&str
     s
 }
 
+/// The 32 hash bytes of a `SHA256:...` fingerprint (the loader accepts no other form;
+/// anything else is left out rather than written wrong).
+fn sha256_of_fingerprint(fp: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b64 = fp.strip_prefix("SHA256:")?;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(b64)
+        .ok()?;
+    (bytes.len() == 32).then_some(bytes)
+}
+
 fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
     // Lengths here are far below 4 GiB (a key blob, a list from a reviewed file).
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -131,6 +158,7 @@ mod tests {
         Revoked {
             serial,
             key_id: key_id.map(str::to_string),
+            key: None,
             reason: None,
             origin: Origin::default(),
         }
@@ -138,6 +166,18 @@ mod tests {
 
     /// A user cert from `ca` for `key_id`, written to `dir/name-cert.pub`; its serial.
     fn cert(dir: &Path, ca: &CaKey, name: &str, key_id: &str) -> (std::path::PathBuf, u64) {
+        let subject = CaKey::generate("subject").unwrap();
+        cert_of(dir, ca, subject.public_key(), name, key_id)
+    }
+
+    /// A user cert from `ca` for `subject`.
+    fn cert_of(
+        dir: &Path,
+        ca: &CaKey,
+        subject: &PublicKey,
+        name: &str,
+        key_id: &str,
+    ) -> (std::path::PathBuf, u64) {
         let now = crate::util::unix_secs(SystemTime::now());
         let plan = CertPlan {
             key_id: key_id.into(),
@@ -151,8 +191,7 @@ mod tests {
             critical_options: BTreeMap::new(),
             omitted_groups: vec![],
         };
-        let subject = CaKey::generate("subject").unwrap();
-        let s = sign_user_cert(ca, subject.public_key(), &plan).unwrap();
+        let s = sign_user_cert(ca, subject, &plan).unwrap();
         let path = dir.join(format!("{name}-cert.pub"));
         std::fs::write(&path, s.openssh_line().unwrap()).unwrap();
         (path, s.serial)
@@ -223,6 +262,37 @@ mod tests {
         let krl = build_krl(&list, &[], SystemTime::now());
         assert!(query(&krl, d, &by_id).0);
         assert!(!query(&krl, d, &good).0);
+    }
+
+    #[test]
+    fn a_revoked_key_revokes_the_key_and_its_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let ca = CaKey::generate("ca").unwrap();
+        let lost = CaKey::generate("lost laptop").unwrap();
+        let kept = CaKey::generate("kept").unwrap();
+        let (lost_cert, _) = cert_of(d, &ca, lost.public_key(), "lost", "alice");
+        let (kept_cert, _) = cert_of(d, &ca, kept.public_key(), "kept", "alice");
+        let lost_pub = d.join("lost.pub");
+        std::fs::write(&lost_pub, lost.public_key().to_openssh().unwrap()).unwrap();
+        let fp =
+            crate::policy::load::revoked_key_fingerprint(&lost.public_key().to_openssh().unwrap())
+                .unwrap();
+        let entry = Revoked {
+            key: Some(fp),
+            ..revoked(None, None)
+        };
+        let keys = vec![ca.public_key().clone()];
+        let krl = build_krl(std::slice::from_ref(&entry), &keys, SystemTime::now());
+        assert!(query(&krl, d, &lost_cert).0, "a certificate of the key");
+        assert!(query(&krl, d, &lost_pub).0, "the key itself");
+        assert!(
+            !query(&krl, d, &kept_cert).0,
+            "another key of the same user"
+        );
+        // No CA key: the key is still revoked.
+        let krl = build_krl(std::slice::from_ref(&entry), &[], SystemTime::now());
+        assert!(query(&krl, d, &lost_cert).0);
     }
 
     #[test]

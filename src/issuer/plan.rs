@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
-use crate::policy::{Grant, Principal};
+use crate::policy::{Grant, Principal, RevokedBy, Via};
 
 /// Seconds `valid_after` is set before "now", for clients whose clock is behind.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -23,6 +23,12 @@ pub const IDP_GROUPS_EXTENSION: &str = "idp-groups@drawbridge";
 
 /// The critical option carrying the policy's `source` networks.
 pub const SOURCE_ADDRESS: &str = "source-address";
+
+/// The extension carrying the reason given at issuance (`?reason=`), when one was.
+pub const REASON_EXTENSION: &str = "reason@drawbridge";
+
+/// Longest reason accepted, in bytes.
+pub const MAX_REASON: usize = 256;
 
 /// Everything [`plan_user_cert`] decides from. Built by the HTTP layer from the
 /// authenticated identity, the current policy and the request.
@@ -50,6 +56,8 @@ pub struct PlanInput<'a> {
     pub default_ttl: Duration,
     /// `certs.max_ttl`.
     pub max_ttl: Duration,
+    /// `?reason=` / JSON `reason`: why the access is needed (checked by [`check_reason`]).
+    pub reason: Option<&'a str>,
     pub now: SystemTime,
 }
 
@@ -60,6 +68,31 @@ pub enum TtlCap {
     Global,
     /// The `max_ttl` of this principal (the smallest among the certificate's).
     Principal(String),
+    /// The end of a temporary grant: `principal` is held only through temporary grants,
+    /// the last of which ends at `until`.
+    Temporary {
+        principal: String,
+        until: SystemTime,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for TtlCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TtlCap::Global => f.write_str("certs.max_ttl"),
+            TtlCap::Principal(p) => write!(f, "max_ttl of principal {p}"),
+            TtlCap::Temporary {
+                principal,
+                until,
+                reason,
+            } => write!(
+                f,
+                "temporary grant of {principal} until {} ({reason})",
+                crate::util::rfc3339(*until)
+            ),
+        }
+    }
 }
 
 /// A certificate to sign: every field decided, nothing left to policy.
@@ -109,16 +142,51 @@ pub enum IssueRefusal {
     /// this impossible).
     #[error("internal error: the policy grants an undefined principal")]
     UndefinedPrincipal(String),
+    /// A `[[revoked]]` entry names the key id or the public key (403). `entry` is where
+    /// the entry stands (`file:line:column`), for the audit record.
+    #[error("{}", revoked_message(*.by))]
+    Revoked { by: RevokedBy, entry: String },
+    /// A principal of the certificate says `require_reason = true` and no reason was
+    /// given (400); the roles that require one.
+    #[error(
+        "role {} requires a reason: add ?reason=TICKET (or \"reason\" in the JSON body) saying why you need the access",
+        .0.join(", ")
+    )]
+    ReasonRequired(Vec<String>),
+    /// The reason is empty, too long or not printable (400).
+    #[error("{0}")]
+    BadReason(String),
+    /// The only temporary grant of a principal ends within the second (403).
+    #[error(
+        "your temporary grant of {0} ends now; ask for it to be extended, or leave it out with ?principals="
+    )]
+    GrantEnding(String),
+}
+
+fn revoked_message(by: RevokedBy) -> &'static str {
+    match by {
+        RevokedBy::Key => {
+            "this public key is revoked (listed in the policy's [[revoked]]); no certificate is issued for it: use another key, and ask an admin if you do not know why"
+        }
+        _ => {
+            "you are revoked (your key id is listed in the policy's [[revoked]]); no certificate is issued: ask an admin"
+        }
+    }
 }
 
 impl IssueRefusal {
     /// The HTTP status for this refusal.
     pub fn status(&self) -> u16 {
         match self {
-            IssueRefusal::PrincipalNotHeld(_) | IssueRefusal::NoPrincipals(_) => 403,
+            IssueRefusal::PrincipalNotHeld(_)
+            | IssueRefusal::NoPrincipals(_)
+            | IssueRefusal::Revoked { .. }
+            | IssueRefusal::GrantEnding(_) => 403,
             IssueRefusal::EmptyPrincipalList
             | IssueRefusal::InvalidTtl(_)
-            | IssueRefusal::InvalidUser => 400,
+            | IssueRefusal::InvalidUser
+            | IssueRefusal::ReasonRequired(_)
+            | IssueRefusal::BadReason(_) => 400,
             IssueRefusal::UndefinedPrincipal(_) => 500,
         }
     }
@@ -132,6 +200,10 @@ impl IssueRefusal {
             IssueRefusal::InvalidTtl(_) => "bad_ttl",
             IssueRefusal::InvalidUser => "bad_user",
             IssueRefusal::UndefinedPrincipal(_) => "internal",
+            IssueRefusal::Revoked { .. } => "revoked",
+            IssueRefusal::ReasonRequired(_) => "reason_required",
+            IssueRefusal::BadReason(_) => "bad_reason",
+            IssueRefusal::GrantEnding(_) => "grant_ending",
         }
     }
 }
@@ -158,6 +230,30 @@ fn check_ttl(d: Duration) -> Result<(), IssueRefusal> {
     Ok(())
 }
 
+/// Checks a reason (`?reason=`): at most [`MAX_REASON`] bytes of printable ASCII (space
+/// included), not blank. It goes into a certificate extension, audit records and the
+/// bastion's `whoami`, so nothing that could steer a terminal or hide text is let in.
+pub fn check_reason(reason: &str) -> Result<(), IssueRefusal> {
+    if reason.trim().is_empty() {
+        return Err(IssueRefusal::BadReason(
+            "reason is empty; say why you need the access, e.g. ?reason=INC-4711".into(),
+        ));
+    }
+    if reason.len() > MAX_REASON {
+        return Err(IssueRefusal::BadReason(format!(
+            "reason is {} bytes, more than {MAX_REASON}; give a ticket number or a short sentence",
+            reason.len()
+        )));
+    }
+    if let Some(c) = reason.chars().find(|c| !matches!(c, ' '..='~')) {
+        return Err(IssueRefusal::BadReason(format!(
+            "reason holds {:?}: only printable ASCII (letters, digits, punctuation, spaces) is accepted",
+            c
+        )));
+    }
+    Ok(())
+}
+
 /// Splits `?principals=a,b` (white space around names ignored, empty items dropped).
 pub fn parse_principals(s: &str) -> Vec<String> {
     s.split(',')
@@ -171,10 +267,16 @@ pub fn parse_principals(s: &str) -> Vec<String> {
 ///
 /// - principals: every principal held (sorted, deduplicated), or the requested subset;
 ///   asking for one not held is refused, never silently dropped; holding none is refused;
-/// - ttl: requested or `default_ttl`, capped (not refused) by `max_ttl` and by the
-///   smallest `max_ttl` of the certificate's principals;
+/// - ttl: requested or `default_ttl`, capped (not refused) by `max_ttl`, by the
+///   smallest `max_ttl` of the certificate's principals, and by the end of the
+///   temporary grants: a principal held *only* through temporary grants caps
+///   `valid_before` at the latest `until` among them (one also held through the user
+///   entry or a group does not cap: it outlives the grant);
+/// - reason: checked ([`check_reason`]); required when a principal of the certificate
+///   says `require_reason = true`;
 /// - `valid_after` = now − 60 s, `valid_before` = now + ttl;
-/// - extensions: the union of the principals' extensions plus `groups@drawbridge`;
+/// - extensions: the union of the principals' extensions plus `groups@drawbridge`,
+///   `idp-groups@drawbridge` and, with a reason, `reason@drawbridge`;
 /// - critical option `source-address` when the policy user has `source`;
 /// - key id: the user.
 pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
@@ -225,8 +327,39 @@ pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
         }
     }
     // Whole seconds; a principal max_ttl under a second cannot make a usable cert.
-    let ttl = Duration::from_secs(ttl.as_secs());
+    let mut ttl = Duration::from_secs(ttl.as_secs());
     check_ttl(ttl)?;
+
+    // A certificate never outlives a grant it carries.
+    let now = crate::util::unix_secs(input.now);
+    if let Some(g) = temporary_end(input.held, &principals) {
+        let left = g.end.saturating_sub(now);
+        if left == 0 {
+            return Err(IssueRefusal::GrantEnding(crate::util::escape(&g.principal)));
+        }
+        if left < ttl.as_secs() {
+            ttl = Duration::from_secs(left);
+            capped_by = Some(TtlCap::Temporary {
+                principal: g.principal,
+                until: g.until,
+                reason: g.reason,
+            });
+        }
+    }
+
+    let requiring: Vec<String> = principals
+        .iter()
+        .filter(|p| input.principals.get(**p).is_some_and(|d| d.require_reason))
+        .map(|p| p.to_string())
+        .collect();
+    match input.reason {
+        Some(r) => {
+            check_reason(r)?;
+            extensions.insert(REASON_EXTENSION.to_string(), r.to_string());
+        }
+        None if !requiring.is_empty() => return Err(IssueRefusal::ReasonRequired(requiring)),
+        None => {}
+    }
 
     let mut omitted_groups = Vec::new();
     let mut group_list = |list: &[String]| {
@@ -253,7 +386,6 @@ pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
         critical_options.insert(SOURCE_ADDRESS.to_string(), cidrs.join(","));
     }
 
-    let now = crate::util::unix_secs(input.now);
     Ok(CertPlan {
         key_id: input.user.to_string(),
         principals: principals.into_iter().map(str::to_string).collect(),
@@ -268,6 +400,69 @@ pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
     })
 }
 
+/// The end (Unix seconds) of the grants of the principals in `principals` that are held
+/// only through temporary grants: for each such principal the latest `until` of its
+/// grants, and of those the earliest, with the grant that sets it. `None` when every
+/// principal is also held through the user entry or a group.
+fn temporary_end(held: &[Grant], principals: &BTreeSet<&str>) -> Option<GrantEnd> {
+    let mut earliest: Option<GrantEnd> = None;
+    for name in principals {
+        let mut latest: Option<(SystemTime, &str)> = None;
+        let mut permanent = false;
+        for g in held.iter().filter(|g| g.principal == *name) {
+            match &g.via {
+                Via::Temporary { until, reason } => {
+                    if latest.is_none_or(|(u, _)| *until > u) {
+                        latest = Some((*until, reason));
+                    }
+                }
+                Via::User | Via::Group(_) => permanent = true,
+            }
+        }
+        if permanent {
+            continue;
+        }
+        let Some((until, reason)) = latest else {
+            continue;
+        };
+        let end = crate::util::unix_secs(until);
+        if earliest.as_ref().is_none_or(|e| end < e.end) {
+            earliest = Some(GrantEnd {
+                end,
+                principal: name.to_string(),
+                until,
+                reason: reason.to_string(),
+            });
+        }
+    }
+    earliest
+}
+
+/// Where the temporary grants of a certificate end ([`temporary_end`]).
+struct GrantEnd {
+    /// `until` in whole Unix seconds (rounded down).
+    end: u64,
+    principal: String,
+    until: SystemTime,
+    reason: String,
+}
+
+/// Whether a `[[revoked]]` entry names this key id or public key (fingerprint
+/// `SHA256:...`): such a caller gets no certificate, whatever it asks for.
+pub fn check_not_revoked(
+    policy: &crate::policy::Policy,
+    user: &str,
+    key_fingerprint: &str,
+) -> Result<(), IssueRefusal> {
+    match policy.revocation(None, user, key_fingerprint) {
+        Some((entry, by)) => Err(IssueRefusal::Revoked {
+            by,
+            entry: entry.origin.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// What the caller asked for in `POST /v1/certs` (already parsed).
 #[derive(Debug, Clone, Default)]
 pub struct CertRequest<'a> {
@@ -275,9 +470,15 @@ pub struct CertRequest<'a> {
     pub ttl: Option<Duration>,
     /// `principals`; `None` = every principal held.
     pub principals: Option<&'a [String]>,
+    /// `reason`; `None` = none given.
+    pub reason: Option<&'a str>,
+    /// SHA-256 fingerprint (`SHA256:...`) of the key to certify, checked against the
+    /// revocations.
+    pub key_fingerprint: &'a str,
 }
 
-/// [`plan_user_cert`] against a loaded policy: the principals `user` holds now (with
+/// [`plan_user_cert`] against a loaded policy, after [`check_not_revoked`]: the
+/// principals `user` holds now (with
 /// the groups an identity provider asserted, `idp_groups`), the user's groups (policy
 /// groups plus `idp_groups`) for `groups@drawbridge`, and the policy user's `source`.
 ///
@@ -292,6 +493,7 @@ pub fn plan_from_policy(
     egress: &[IpNet],
     now: SystemTime,
 ) -> Result<CertPlan, IssueRefusal> {
+    check_not_revoked(policy, user, request.key_fingerprint)?;
     let held = policy.held(user, idp_groups, now);
     let mut groups: Vec<String> = policy
         .groups_of(user)
@@ -314,6 +516,7 @@ pub fn plan_from_policy(
         requested_principals: request.principals,
         default_ttl: certs.default_ttl,
         max_ttl: certs.max_ttl,
+        reason: request.reason,
         now,
     })
 }
@@ -334,6 +537,7 @@ mod tests {
                 logins: vec!["deploy".into()],
                 max_ttl: max_ttl.map(Duration::from_secs),
                 extensions: ext.iter().map(|s| s.to_string()).collect(),
+                require_reason: false,
                 origin: Origin::default(),
             },
         )
@@ -371,6 +575,7 @@ mod tests {
         ttl: Option<Duration>,
         asked: Option<Vec<String>>,
         defs: BTreeMap<String, Principal>,
+        reason: Option<String>,
     }
 
     impl Case {
@@ -382,6 +587,7 @@ mod tests {
                 ttl: None,
                 asked: None,
                 defs: defs(),
+                reason: None,
             }
         }
         fn plan(&self) -> Result<CertPlan, IssueRefusal> {
@@ -396,6 +602,7 @@ mod tests {
                 requested_principals: self.asked.as_deref(),
                 default_ttl: Duration::from_secs(5 * MIN),
                 max_ttl: Duration::from_secs(60 * MIN),
+                reason: self.reason.as_deref(),
                 now: t0(),
             })
         }
@@ -557,6 +764,7 @@ mod tests {
             requested_principals: None,
             default_ttl: Duration::from_secs(300),
             max_ttl: Duration::from_secs(3600),
+            reason: None,
             now: t0(),
         })
         .unwrap_err();
@@ -630,8 +838,8 @@ mod tests {
             "alice",
             &[],
             &CertRequest {
-                ttl: None,
                 principals: Some(&asked),
+                ..Default::default()
             },
             &certs,
             &[],
@@ -650,6 +858,194 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e, IssueRefusal::NoPrincipals("nobody".into()));
+    }
+
+    fn temporary(p: &str, until_from_t0: u64, reason: &str) -> Grant {
+        Grant {
+            principal: p.into(),
+            via: Via::Temporary {
+                until: t0() + Duration::from_secs(until_from_t0),
+                reason: reason.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_temporary_grant_caps_valid_before_at_its_until() {
+        // ops (no max_ttl) held only through a grant ending in 7 minutes: 20m asked.
+        let mut c = Case::new(&[]);
+        c.held = vec![temporary("ops", 7 * MIN, "INC-1")];
+        c.ttl = Some(Duration::from_secs(20 * MIN));
+        let p = c.plan().unwrap();
+        assert_eq!(p.valid_before, 1_800_000_000 + 7 * MIN);
+        assert_eq!(p.ttl, Duration::from_secs(7 * MIN));
+        let cap = p.capped_by.unwrap();
+        assert_eq!(
+            cap,
+            TtlCap::Temporary {
+                principal: "ops".into(),
+                until: t0() + Duration::from_secs(7 * MIN),
+                reason: "INC-1".into()
+            }
+        );
+        assert_eq!(
+            cap.to_string(),
+            "temporary grant of ops until 2027-01-15T08:07:00Z (INC-1)"
+        );
+
+        // Two grants of one principal: the later one counts. Two principals held only
+        // temporarily: the earlier end counts.
+        c.held = vec![
+            temporary("ops", 7 * MIN, "INC-1"),
+            temporary("ops", 12 * MIN, "INC-2"),
+            temporary("dba", 9 * MIN, "INC-3"),
+        ];
+        let p = c.plan().unwrap();
+        assert_eq!(p.valid_before, 1_800_000_000 + 9 * MIN);
+        assert!(
+            matches!(p.capped_by, Some(TtlCap::Temporary { ref principal, .. }) if principal == "dba")
+        );
+
+        // Asking without dba: ops's later grant.
+        c.asked = Some(vec!["ops".into()]);
+        assert_eq!(c.plan().unwrap().valid_before, 1_800_000_000 + 12 * MIN);
+
+        // A grant ending after the asked end does not cap.
+        c.ttl = Some(Duration::from_secs(3 * MIN));
+        let p = c.plan().unwrap();
+        assert_eq!(p.valid_before, 1_800_000_000 + 3 * MIN);
+        assert_eq!(p.capped_by, None);
+    }
+
+    #[test]
+    fn a_principal_also_held_permanently_is_not_capped_by_its_grant() {
+        let mut c = Case::new(&["ops"]);
+        c.held.push(temporary("ops", 2 * MIN, "INC-1"));
+        c.ttl = Some(Duration::from_secs(20 * MIN));
+        let p = c.plan().unwrap();
+        assert_eq!(p.valid_before, 1_800_000_000 + 20 * MIN);
+        assert_eq!(p.capped_by, None);
+    }
+
+    #[test]
+    fn a_grant_ending_within_the_second_is_refused() {
+        let mut c = Case::new(&[]);
+        c.held = vec![temporary("ops", 0, "INC-1")];
+        let e = c.plan().unwrap_err();
+        assert_eq!(e, IssueRefusal::GrantEnding("ops".into()));
+        assert_eq!(e.status(), 403);
+    }
+
+    #[test]
+    fn require_reason_and_the_reason_extension() {
+        let mut c = Case::new(&["ops", "dba"]);
+        c.defs.get_mut("dba").unwrap().require_reason = true;
+        let e = c.plan().unwrap_err();
+        assert_eq!(e, IssueRefusal::ReasonRequired(vec!["dba".into()]));
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.code(), "reason_required");
+        assert!(
+            e.to_string().starts_with("role dba requires a reason"),
+            "{e}"
+        );
+
+        // Without the role that requires it: no reason needed, none in the cert.
+        c.asked = Some(vec!["ops".into()]);
+        let p = c.plan().unwrap();
+        assert!(!p.extensions.contains_key(REASON_EXTENSION));
+
+        // A reason given is carried whether required or not.
+        c.reason = Some("INC-4711: disk full".into());
+        assert_eq!(
+            c.plan().unwrap().extensions[REASON_EXTENSION],
+            "INC-4711: disk full"
+        );
+        c.asked = None;
+        assert_eq!(
+            c.plan().unwrap().extensions[REASON_EXTENSION],
+            "INC-4711: disk full"
+        );
+
+        for bad in [
+            "".to_string(),
+            "   ".to_string(),
+            "x".repeat(MAX_REASON + 1),
+            "line\nbreak".to_string(),
+            "esc\u{1b}[2J".to_string(),
+            "bidi\u{202e}txt".to_string(),
+        ] {
+            c.reason = Some(bad.clone());
+            let e = c.plan().unwrap_err();
+            assert_eq!(e.code(), "bad_reason", "{bad:?}");
+            assert_eq!(e.status(), 400);
+        }
+        c.reason = Some("x".repeat(MAX_REASON));
+        assert!(c.plan().is_ok());
+    }
+
+    #[test]
+    fn revoked_key_id_or_key_gets_nothing() {
+        let policy = crate::policy::Policy::from_toml(
+            "policies/revoked.toml",
+            r#"
+[hosts.web-1]
+address = "10.0.0.1"
+[principals.ops]
+hosts = "*"
+logins = ["deploy"]
+[users.alice]
+principals = ["ops"]
+[users.mallory]
+principals = ["ops"]
+
+[[revoked]]
+serial = 77
+key_id = "mallory"
+
+[[revoked]]
+key = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+"#,
+        )
+        .unwrap();
+        let certs = crate::config::CertsConfig::default();
+        let plan = |user: &str, fp: &str| {
+            plan_from_policy(
+                &policy,
+                user,
+                &[],
+                &CertRequest {
+                    key_fingerprint: fp,
+                    ..Default::default()
+                },
+                &certs,
+                &[],
+                t0(),
+            )
+        };
+        let other = "SHA256:AAAAQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+        assert!(plan("alice", other).is_ok());
+        let e = plan("mallory", other).unwrap_err();
+        assert_eq!(
+            e,
+            IssueRefusal::Revoked {
+                by: RevokedBy::KeyId,
+                entry: "policies/revoked.toml:12:1".into()
+            }
+        );
+        assert_eq!((e.status(), e.code()), (403, "revoked"));
+        let e = plan(
+            "alice",
+            "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            IssueRefusal::Revoked {
+                by: RevokedBy::Key,
+                entry: "policies/revoked.toml:16:1".into()
+            }
+        );
+        assert!(e.to_string().contains("public key is revoked"), "{e}");
     }
 
     #[test]

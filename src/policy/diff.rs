@@ -131,6 +131,9 @@ pub fn revocation_diff(a: &Policy, b: &Policy) -> (Vec<String>, Vec<String>) {
         if let Some(k) = &r.key_id {
             parts.push(format!("key_id {}", crate::util::escape(k)));
         }
+        if let Some(k) = &r.key {
+            parts.push(format!("key {k}"));
+        }
         parts.join(" ")
     };
     let sa: BTreeSet<String> = a.revoked.iter().map(line).collect();

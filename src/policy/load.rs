@@ -45,6 +45,11 @@ pub const OPENSSH_EXTENSIONS: &[&str] = &[
 /// Set by drawbridge itself on every certificate; a policy may not name it.
 pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
 
+/// Extensions named `...@drawbridge` (`groups@drawbridge`, `idp-groups@drawbridge`,
+/// `reason@drawbridge`) are set by drawbridge itself; a policy may not name one, or a
+/// role could forge what the issuer vouches for.
+pub const RESERVED_EXTENSION_SUFFIX: &str = "@drawbridge";
+
 const SECTIONS: &str = "hosts, principals, groups, users, temporary, revoked";
 
 /// Reads every `*.toml` under `dir` (recursively, except `dir/tests/` and hidden entries),
@@ -580,7 +585,19 @@ fn name_of(ctx: &mut Ctx<'_>, kind: &str, key: &Key<'_>) -> Option<String> {
 }
 
 fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -> Option<Host> {
-    let name = name_of(ctx, "host", key);
+    let name = match super::ip_like::ip_like_host_name(key.get_ref()) {
+        Some(ip) => {
+            ctx.err(
+                key.span(),
+                format!(
+                    "host name {:?} parses as the IP address {ip}; a host named like an address would shadow the inventory's addresses: name it (e.g. \"web-1\") and put the address in address = \"...\"",
+                    key.get_ref().as_ref()
+                ),
+            );
+            None
+        }
+        None => name_of(ctx, "host", key),
+    };
     let context = format!("[hosts.{}]", key.get_ref());
     // An unknown key is reported but does not hide the entry from the
     // cross-file checks (duplicates, references).
@@ -783,7 +800,7 @@ fn parse_principal(
     // cross-file checks (duplicates, references).
     ctx.unknown_keys(
         body,
-        &["hosts", "logins", "max_ttl", "extensions"],
+        &["hosts", "logins", "max_ttl", "extensions", "require_reason"],
         &context,
     );
     let mut ok = true;
@@ -895,10 +912,12 @@ fn parse_principal(
             Some(list) => {
                 extensions = Vec::new();
                 for (e, span) in list {
-                    if e == GROUPS_EXTENSION {
+                    if e.ends_with(RESERVED_EXTENSION_SUFFIX) {
                         ctx.err(
                             span,
-                            format!("{GROUPS_EXTENSION} is set by drawbridge itself"),
+                            format!(
+                                "{e} is set by drawbridge itself (extensions named *{RESERVED_EXTENSION_SUFFIX} are reserved)"
+                            ),
                         );
                         ok = false;
                     } else if !(OPENSSH_EXTENSIONS.contains(&e.as_str())
@@ -919,6 +938,22 @@ fn parse_principal(
             None => ok = false,
         }
     }
+    let mut require_reason = false;
+    if let Some(v) = get(body, "require_reason") {
+        match v.get_ref() {
+            DeValue::Boolean(b) => require_reason = *b,
+            other => {
+                ctx.err(
+                    v.span(),
+                    format!(
+                        "require_reason must be true or false, not {}",
+                        type_name(other)
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
     if !ok {
         return None;
     }
@@ -929,6 +964,7 @@ fn parse_principal(
             logins: logins?,
             max_ttl,
             extensions,
+            require_reason,
             origin: ctx.origin(&key.span()),
         },
         host_origins,
@@ -1169,7 +1205,7 @@ fn required<'v, 'i>(
 fn parse_revoked(ctx: &mut Ctx<'_>, span: Range<usize>, body: &DeTable<'_>) -> Option<Revoked> {
     // An unknown key is reported but does not hide the entry from the
     // cross-file checks (duplicates, references).
-    ctx.unknown_keys(body, &["serial", "key_id", "reason"], "[[revoked]]");
+    ctx.unknown_keys(body, &["serial", "key_id", "key", "reason"], "[[revoked]]");
     let mut ok = true;
     let mut serial = None;
     if let Some(v) = get(body, "serial") {
@@ -1204,6 +1240,19 @@ fn parse_revoked(ctx: &mut Ctx<'_>, span: Range<usize>, body: &DeTable<'_>) -> O
             None => ok = false,
         }
     }
+    let mut key = None;
+    if let Some(v) = get(body, "key") {
+        match ctx.string(v, "key") {
+            Some(s) => match revoked_key_fingerprint(&s) {
+                Ok(f) => key = Some(f),
+                Err(e) => {
+                    ctx.err(v.span(), e);
+                    ok = false;
+                }
+            },
+            None => ok = false,
+        }
+    }
     let mut reason = None;
     if let Some(v) = get(body, "reason") {
         match ctx.string(v, "reason") {
@@ -1211,8 +1260,11 @@ fn parse_revoked(ctx: &mut Ctx<'_>, span: Range<usize>, body: &DeTable<'_>) -> O
             None => ok = false,
         }
     }
-    if ok && serial.is_none() && key_id.is_none() {
-        ctx.err(span.clone(), "[[revoked]] needs serial, key_id, or both");
+    if ok && serial.is_none() && key_id.is_none() && key.is_none() {
+        ctx.err(
+            span.clone(),
+            "[[revoked]] needs serial, key_id or key (one or more)",
+        );
         ok = false;
     }
     if !ok {
@@ -1221,9 +1273,41 @@ fn parse_revoked(ctx: &mut Ctx<'_>, span: Range<usize>, body: &DeTable<'_>) -> O
     Some(Revoked {
         serial,
         key_id,
+        key,
         reason,
         origin: ctx.origin(&span),
     })
+}
+
+/// A revoked `key`: a public key line (`ssh-ed25519 AAAA... comment`) or its SHA-256
+/// fingerprint (`SHA256:...`, as `ssh-keygen -lf KEY.pub` prints it). Returns the
+/// fingerprint, the one form revocations are compared and listed in.
+pub fn revoked_key_fingerprint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if let Some(b64) = s.strip_prefix("SHA256:") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64);
+        return match decoded {
+            // Re-encoded, so that the one canonical spelling is compared.
+            Ok(bytes) if bytes.len() == 32 => Ok(format!(
+                "SHA256:{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+            )),
+            _ => Err(format!(
+                "key {s:?} is not a SHA-256 fingerprint (SHA256: and 43 base64 characters, as ssh-keygen -lf KEY.pub prints)"
+            )),
+        };
+    }
+    match ssh_key::PublicKey::from_openssh(s) {
+        Ok(k) if k.key_data().is_certificate() => {
+            Err("key must be a public key or its fingerprint, not a certificate".to_string())
+        }
+        Ok(k) => Ok(k.fingerprint(ssh_key::HashAlg::Sha256).to_string()),
+        Err(_) => Err(format!(
+            "key {:?} is neither a public key line (\"ssh-ed25519 AAAA...\") nor a SHA-256 fingerprint (\"SHA256:...\")",
+            s.chars().take(40).collect::<String>()
+        )),
+    }
 }
 
 /// Parses a time given as an RFC 3339 string with a time zone (`2026-12-01T00:00:00Z`).

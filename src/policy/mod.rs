@@ -12,6 +12,7 @@ pub mod cases;
 pub mod cmd;
 pub mod diff;
 pub mod eval;
+pub mod ip_like;
 pub mod load;
 pub mod model;
 pub mod watch;
@@ -163,3 +164,5 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_issuance_keys;

@@ -71,6 +71,8 @@ pub struct Principal {
     pub max_ttl: Option<Duration>,
     /// Certificate extensions; default `["permit-pty"]`.
     pub extensions: Vec<String>,
+    /// A certificate carrying this principal is issued only with a reason (`?reason=`).
+    pub require_reason: bool,
     pub origin: Origin,
 }
 
@@ -101,11 +103,71 @@ pub struct Temporary {
     pub origin: Origin,
 }
 
-/// A revocation: by serial, by key id, or both.
+/// A revocation: by serial, by key id, by public key, or several of them (any one
+/// matching revokes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revoked {
     pub serial: Option<u64>,
     pub key_id: Option<String>,
+    /// The revoked public key's SHA-256 fingerprint (`SHA256:...`, as `ssh-keygen -l`
+    /// prints it), whether the policy wrote the key line or the fingerprint. Revokes the
+    /// key itself and every certificate of it.
+    pub key: Option<String>,
     pub reason: Option<String>,
     pub origin: Origin,
+}
+
+/// Which part of a `[[revoked]]` entry matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedBy {
+    Serial,
+    KeyId,
+    Key,
+}
+
+impl RevokedBy {
+    /// The policy key that matched (`serial`, `key_id`, `key`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokedBy::Serial => "serial",
+            RevokedBy::KeyId => "key_id",
+            RevokedBy::Key => "key",
+        }
+    }
+}
+
+impl Revoked {
+    /// Whether this entry revokes a certificate with `serial` (`None` before one is
+    /// issued), `key_id` and a key of SHA-256 fingerprint `key_fingerprint`, and by what.
+    pub fn matches(
+        &self,
+        serial: Option<u64>,
+        key_id: &str,
+        key_fingerprint: &str,
+    ) -> Option<RevokedBy> {
+        if self.key_id.as_deref() == Some(key_id) {
+            Some(RevokedBy::KeyId)
+        } else if self.key.as_deref() == Some(key_fingerprint) {
+            Some(RevokedBy::Key)
+        } else if serial.is_some() && self.serial == serial {
+            Some(RevokedBy::Serial)
+        } else {
+            None
+        }
+    }
+}
+
+impl Policy {
+    /// The first `[[revoked]]` entry that revokes a certificate (serial, key id, key
+    /// fingerprint `SHA256:...`), and what matched. `serial` is `None` at issuance.
+    pub fn revocation(
+        &self,
+        serial: Option<u64>,
+        key_id: &str,
+        key_fingerprint: &str,
+    ) -> Option<(&Revoked, RevokedBy)> {
+        self.revoked
+            .iter()
+            .find_map(|r| r.matches(serial, key_id, key_fingerprint).map(|by| (r, by)))
+    }
 }

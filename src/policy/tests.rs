@@ -320,7 +320,7 @@ fn missing_and_empty_fields_are_errors() {
             "policies/more.toml:1:1: [[temporary]] needs principal (the principal granted)",
             "policies/more.toml:3:9: until 2020-01-01T00:00:00 needs a date, a time and a time zone (e.g. 2026-12-01T00:00:00Z)",
             "policies/more.toml:4:10: reason must not be empty",
-            "policies/more.toml:6:1: [[revoked]] needs serial, key_id, or both",
+            "policies/more.toml:6:1: [[revoked]] needs serial, key_id or key (one or more)",
         ]
     );
 }

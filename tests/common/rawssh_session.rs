@@ -504,6 +504,50 @@ impl Session {
         }
     }
 
+    /// Like [`Session::authenticate`], with the signature blob made by `sign` from the
+    /// signed data (for signers ssh-key does not have, e.g. a software security key).
+    pub fn authenticate_signed(
+        &mut self,
+        user: &str,
+        cert: &ssh_key::Certificate,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> bool {
+        let mut p = vec![rawssh::MSG_SERVICE_REQUEST];
+        put_string(&mut p, b"ssh-userauth");
+        self.send(&p);
+        self.expect(&[MSG_SERVICE_ACCEPT], "service request");
+        let blob = cert.to_bytes().unwrap();
+        let alg = take_string(&mut blob.as_slice()).to_vec();
+        let mut req = vec![rawssh::MSG_USERAUTH_REQUEST];
+        put_string(&mut req, user.as_bytes());
+        put_string(&mut req, b"ssh-connection");
+        put_string(&mut req, b"publickey");
+        req.push(1);
+        put_string(&mut req, &alg);
+        put_string(&mut req, &blob);
+        let mut signed = Vec::new();
+        put_string(&mut signed, &self.session_id);
+        signed.extend_from_slice(&req);
+        let sig_blob = sign(&signed);
+        put_string(&mut req, &sig_blob);
+        self.send(&req);
+        loop {
+            let p = self.expect(
+                &[
+                    MSG_USERAUTH_SUCCESS,
+                    MSG_USERAUTH_FAILURE,
+                    MSG_USERAUTH_BANNER,
+                ],
+                "user authentication",
+            );
+            match p[0] {
+                MSG_USERAUTH_SUCCESS => return true,
+                MSG_USERAUTH_FAILURE => return false,
+                _ => {}
+            }
+        }
+    }
+
     /// Sends CHANNEL_OPEN `direct-tcpip` to `host:port` as our channel `ours`, offering
     /// `window`, with `extra` bytes after the last field.
     pub fn send_direct_tcpip(
