@@ -81,6 +81,7 @@
 
 mod forward;
 pub mod lib_refusals;
+pub mod preauth;
 mod server;
 pub mod targets;
 pub mod verify;
