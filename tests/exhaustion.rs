@@ -70,6 +70,18 @@ async fn hold_idle(
     from: IpAddr,
     h2: bool,
 ) -> Held {
+    hold(d_api, tls, from, h2, false).await
+}
+
+/// [`hold_idle`], after one `GET /healthz` when `one_request` (HTTP/1.1 keep-alive, or one
+/// HTTP/2 stream).
+async fn hold(
+    d_api: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    from: IpAddr,
+    h2: bool,
+    one_request: bool,
+) -> Held {
     let Some(tcp) = connect_from(from, d_api).await else {
         return Held::NotServed;
     };
@@ -82,12 +94,24 @@ async fn hold_idle(
     };
     let started = Instant::now();
     let limit = Duration::from_secs(25);
+    let mut hello = Vec::new();
     if h2 {
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         frame(&mut hello, 0x4, 0, 0, &[]);
-        if s.write_all(&hello).await.is_err() {
-            return Held::Closed(started.elapsed());
+        if one_request {
+            // HEADERS (END_STREAM | END_HEADERS) for GET https://127.0.0.1/healthz, HPACK
+            // literals without indexing.
+            let mut block = vec![0x82, 0x87, 0x04, 8];
+            block.extend_from_slice(b"/healthz");
+            block.extend_from_slice(&[0x01, 9]);
+            block.extend_from_slice(b"127.0.0.1");
+            frame(&mut hello, 0x1, 0x1 | 0x4, 1, &block);
         }
+    } else if one_request {
+        hello.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    }
+    if !hello.is_empty() && s.write_all(&hello).await.is_err() {
+        return Held::Closed(started.elapsed());
     }
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
@@ -217,6 +241,32 @@ fn row38_idle_https_connections_are_closed_and_capped_per_source_while_healthz_a
         }
     }
     assert_eq!(d.curl("/healthz", &[]).status, 200);
+}
+
+#[test]
+fn row38_keep_alive_and_http2_connections_idle_after_a_request_are_closed() {
+    let d = start_with_api("idle_timeout = \"3s\"");
+    let rt = runtime();
+    let (h1, h2) = (d.tls_client(&[b"http/1.1"]), d.tls_client(&[b"h2"]));
+    let api = d.api;
+    let held = rt.block_on(async move {
+        let a = tokio::spawn(hold(api, h1, ip("127.0.1.5"), false, true));
+        let b = tokio::spawn(hold(api, h2, ip("127.0.1.6"), true, true));
+        (a.await.unwrap(), b.await.unwrap())
+    });
+    eprintln!(
+        "idle after one request: HTTP/1.1 {:?}, HTTP/2 {:?}",
+        held.0, held.1
+    );
+    for h in [held.0, held.1] {
+        match h {
+            Held::Closed(after) => assert!(
+                after <= Duration::from_secs(8),
+                "closed only after {after:?} with idle_timeout 3s: {held:?}"
+            ),
+            other => panic!("an idle connection was not closed: {other:?} ({held:?})"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

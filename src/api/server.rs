@@ -170,6 +170,8 @@ async fn watch_idle<F: std::future::Future>(
         };
         tokio::select! {
             _ = &mut conn => return,
+            // A request ended: the deadline moves.
+            _ = activity.ended.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 let expired = match activity.idle_since() {
@@ -191,6 +193,7 @@ struct Activity {
     in_progress: AtomicUsize,
     /// When the last request ended; `None` before the first request head.
     last: Mutex<Option<Instant>>,
+    ended: tokio::sync::Notify,
 }
 
 enum Idle {
@@ -204,6 +207,7 @@ impl Activity {
         Activity {
             in_progress: AtomicUsize::new(0),
             last: Mutex::new(None),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -231,6 +235,7 @@ impl Drop for InProgress {
     fn drop(&mut self) {
         *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.notify_one();
     }
 }
 
