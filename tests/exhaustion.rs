@@ -365,6 +365,78 @@ fn row39_huge_user_names_and_key_ids_grow_the_audit_log_by_little() {
     eprintln!("audit log grew by {grown} bytes");
 }
 
+#[test]
+fn row39_a_flood_of_refused_certificates_from_one_source_is_recorded_as_counts() {
+    let Some(b) = dmz::start() else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = audit_len(&b.audit_path());
+    // A self-signed certificate with a 4 KB key id of control bytes, tried by 40 clients
+    // at once: 80 refusals (the certificate, then the OpenSSH client's fallback to the
+    // bare key).
+    let key = b.t.keygen("flood");
+    let self_ca = common::Ca { key: key.clone() };
+    self_ca.sign_user(
+        &key.public(),
+        &"\u{1}".repeat(4096),
+        &["web-admin"],
+        "-1m:+5m",
+        9,
+        &[],
+    );
+    let c = b.client("flood", &key);
+    let started = Instant::now();
+    let children: Vec<_> = (0..40)
+        .map(|_| {
+            c.command(&["bastion", "whoami"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for ch in children {
+        assert!(!common::wait_with_timeout(ch, Duration::from_secs(60)).success());
+    }
+    let took = started.elapsed();
+    let refused = b.refusals("untrusted-ca") + b.refusals("no-certificate");
+    // Every refusal is on record, one by one or as a count, within about two seconds.
+    let on_record = || {
+        let records = b.records();
+        let one_by_one = records
+            .iter()
+            .filter(|r| r["event"] == "ssh.auth.failed")
+            .count() as u64;
+        let counted: u64 = records
+            .iter()
+            .filter(|r| r["event"] == "ssh.auth.failed.repeated")
+            .map(|r| r["repeats"].as_u64().unwrap())
+            .sum();
+        (one_by_one, counted)
+    };
+    assert!(
+        harness::wait_until(Duration::from_secs(5), || {
+            let (a, b) = on_record();
+            a + b == refused
+        }),
+        "{refused} refusals, on record {:?}",
+        on_record()
+    );
+    let (one_by_one, counted) = on_record();
+    let grown = audit_len(&b.audit_path()) - before;
+    eprintln!(
+        "{refused} refusals in {took:?}: {one_by_one} records, {counted} counted; the log grew by {grown} bytes"
+    );
+    assert!(refused >= 40, "{refused}");
+    assert!(
+        one_by_one <= 32 + 4 * (took.as_secs() + 2),
+        "{one_by_one} records for {refused} refusals in {took:?}"
+    );
+    assert!(grown < 64 * 1024, "the audit log grew by {grown} bytes");
+}
+
 // ---------------------------------------------------------------------------------------
 // Row 40: fair pre-auth places at the bastion.
 

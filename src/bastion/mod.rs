@@ -82,6 +82,7 @@
 mod forward;
 pub mod lib_refusals;
 pub mod preauth;
+pub mod refusal_budget;
 mod server;
 pub mod targets;
 pub mod verify;

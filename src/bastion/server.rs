@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::lib_refusals::{self, LibRefusal};
 use super::preauth;
+use super::refusal_budget::{self, Budget};
 use super::targets;
 use super::verify::{CertIdentity, TrustedCas, verify_certificate};
 use super::{BastionKeysInput, BastionMetrics};
@@ -68,6 +69,8 @@ pub(super) struct Shared {
     pub cut: watch::Receiver<bool>,
     users: Mutex<HashMap<String, usize>>,
     unauth: Arc<preauth::Table>,
+    /// Refusal records per source (see `refusal_budget`).
+    refusals: Budget,
     next_conn: AtomicU64,
 }
 
@@ -259,10 +262,12 @@ pub(super) async fn run(
         cut: cut_rx,
         users: Mutex::new(HashMap::new()),
         unauth,
+        refusals: Budget::default(),
         next_conn: AtomicU64::new(1),
     });
     info!(listen = ?listener.local_addr().ok(), "bastion listening");
 
+    let flusher = tokio::spawn(flush_refusals_every_second(shared.clone()));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -313,7 +318,7 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             _ = &mut deadline => break,
-            next = conns.join_next() => if next.is_none() { return Ok(()) },
+            next = conns.join_next() => if next.is_none() { break },
         }
     }
     let _ = cut_tx.send(true);
@@ -322,7 +327,30 @@ pub(super) async fn run(
     })
     .await;
     conns.abort_all();
+    flusher.abort();
+    flush_refusals(&shared).await;
     Ok(())
+}
+
+/// Writes the refusals counted rather than recorded ([`refusal_budget`]): one
+/// `ssh.auth.failed.repeated` record per source and reason.
+async fn flush_refusals(shared: &Shared) {
+    for c in shared.refusals.take_counted() {
+        let ev = Event::new("ssh.auth.failed.repeated")
+            .with("source", c.source.to_string())
+            .with("reason", c.reason)
+            .with("repeats", c.repeats)
+            .with("since", crate::util::rfc3339(c.since));
+        let _ = shared.record(ev).await;
+    }
+}
+
+async fn flush_refusals_every_second(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(refusal_budget::FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        flush_refusals(&shared).await;
+    }
 }
 
 /// A socket that can be cut from outside: once [`Kill::kill`] runs, every read and write
@@ -568,7 +596,7 @@ impl Drop for Connection {
         }
         let events: Vec<Event> = std::mem::take(&mut self.lib_refusals)
             .into_iter()
-            .map(|r| self.lib_refusal_event(r, None))
+            .filter_map(|r| self.lib_refusal_event(r, None))
             .collect();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             warn!(peer = %self.peer, "certificate refusals lost: no runtime to audit them");
@@ -617,11 +645,19 @@ impl Connection {
     /// metrics. russh logs nothing about the certificate, so the record has no key id,
     /// serial or window; `key` is the key the client authenticated with next on this
     /// connection, if any (the OpenSSH client retries with the certificate's own key).
-    fn lib_refusal_event(&self, refusal: LibRefusal, key: Option<&ssh_key::PublicKey>) -> Event {
+    /// `None` when the source's refusals are being counted rather than recorded.
+    fn lib_refusal_event(
+        &self,
+        refusal: LibRefusal,
+        key: Option<&ssh_key::PublicKey>,
+    ) -> Option<Event> {
         let code = refusal.code();
         self.shared.metrics.refused(code);
         if let Some(u) = &self.unauth {
             u.slot.auth_refused();
+        }
+        if !self.record_refusal_now(code) {
+            return None;
         }
         info!(peer = %self.peer, user = %self.ssh_user, code, "SSH certificate refused by russh");
         let mut e = self
@@ -635,15 +671,30 @@ impl Connection {
                 key.fingerprint(HashAlg::Sha256).to_string(),
             );
         }
-        e
+        Some(e)
+    }
+
+    /// Whether a refusal with `code` is recorded now, or counted for this source's next
+    /// `ssh.auth.failed.repeated` (see `refusal_budget`).
+    fn record_refusal_now(&self, code: &'static str) -> bool {
+        let source = self.shared.unauth.source(self.peer.ip());
+        let now = self
+            .shared
+            .refusals
+            .record_now(source, code, std::time::Instant::now());
+        if !now {
+            debug!(peer = %self.peer, code, "SSH refusal counted, not recorded");
+        }
+        now
     }
 
     /// Audits the pending russh refusals now (see [`Self::lib_refusal_event`]).
     async fn audit_lib_refusals(&mut self, key: Option<&ssh_key::PublicKey>) {
         self.collect_lib_refusals();
         for refusal in std::mem::take(&mut self.lib_refusals) {
-            let e = self.lib_refusal_event(refusal, key);
-            let _ = self.shared.record(e).await;
+            if let Some(e) = self.lib_refusal_event(refusal, key) {
+                let _ = self.shared.record(e).await;
+            }
         }
     }
 
@@ -699,6 +750,9 @@ impl Connection {
         if let Some(u) = &self.unauth {
             // Counts towards the source's penalty if the connection never authenticates.
             u.slot.auth_refused();
+        }
+        if !self.record_refusal_now(code) {
+            return reject();
         }
         info!(peer = %self.peer, user = %self.ssh_user, code, "SSH authentication refused");
         let mut e = self.event("ssh.auth.failed");
