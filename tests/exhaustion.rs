@@ -435,6 +435,15 @@ fn row39_a_flood_of_refused_certificates_from_one_source_is_recorded_as_counts()
         "{one_by_one} records for {refused} refusals in {took:?}"
     );
     assert!(grown < 64 * 1024, "the audit log grew by {grown} bytes");
+    // /metrics shows the log's size (and, from the second scrape on, its growth rate).
+    let size = b.metric("drawbridge_audit_log_bytes");
+    assert!(size >= before + grown, "{size} < {}", before + grown);
+    let text = b.d.curl("/metrics", &[]).text();
+    assert!(
+        text.contains("drawbridge_audit_log_growth_bytes_per_second")
+            && text.contains("drawbridge_audit_disk_free_bytes"),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
