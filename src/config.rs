@@ -52,6 +52,13 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Open HTTP connections at most; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Open HTTP connections per client source (an IPv4 address or an IPv6 /64) at most;
+    /// more are closed at accept.
+    pub max_connections_per_source: usize,
+    /// A connection with no request in progress is closed after this long (HTTP/1
+    /// keep-alive, HTTP/2 with no open stream).
+    #[serde(with = "serde_duration")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,8 +76,34 @@ pub struct SshConfig {
     pub login_grace_time: Duration,
     /// Connections not yet authenticated, in all (sshd's MaxStartups).
     pub max_unauthenticated: usize,
-    /// Connections not yet authenticated, per source address.
+    /// Connections not yet authenticated, per source (see `preauth_ipv4_prefix`).
     pub max_unauthenticated_per_source: usize,
+    /// Pre-auth connections are counted per source: the client address cut to this many
+    /// bits for IPv4 ...
+    pub preauth_ipv4_prefix: u8,
+    /// ... and this many for IPv6 (one host usually holds a whole /64).
+    pub preauth_ipv6_prefix: u8,
+    /// With this many pre-auth connections open the table is under pressure: each source
+    /// gets at most its share, and more connections from a source that already holds
+    /// some are dropped at random (sshd's MaxStartups `start`).
+    pub preauth_drop_start: usize,
+    /// The chance, in percent, of that drop at the start mark, rising to 100 at
+    /// `max_unauthenticated` (sshd's MaxStartups `rate`).
+    pub preauth_drop_rate: u8,
+    /// Penalty added to a source for a connection that hits the login grace time.
+    #[serde(with = "serde_duration")]
+    pub penalty_grace: Duration,
+    /// Penalty added to a source for a connection that ends unauthenticated after a
+    /// refused authentication.
+    #[serde(with = "serde_duration")]
+    pub penalty_auth_failed: Duration,
+    /// A source is penalized (refused while the table is under pressure) once at least
+    /// this much penalty is left.
+    #[serde(with = "serde_duration")]
+    pub penalty_min: Duration,
+    /// Penalties add up to at most this much.
+    #[serde(with = "serde_duration")]
+    pub penalty_max: Duration,
     /// Authentication attempts per connection (sshd's MaxAuthTries).
     pub max_auth_attempts: usize,
     /// Channels open at once on one connection.
@@ -162,6 +195,8 @@ impl Default for ApiConfig {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_source: 64,
+            idle_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -176,7 +211,15 @@ impl Default for SshConfig {
             disconnect_on_cert_expiry: false,
             login_grace_time: Duration::from_secs(30),
             max_unauthenticated: 256,
-            max_unauthenticated_per_source: 64,
+            max_unauthenticated_per_source: 256,
+            preauth_ipv4_prefix: 32,
+            preauth_ipv6_prefix: 64,
+            preauth_drop_start: 128,
+            preauth_drop_rate: 30,
+            penalty_grace: Duration::from_secs(20),
+            penalty_auth_failed: Duration::from_secs(5),
+            penalty_min: Duration::from_secs(15),
+            penalty_max: Duration::from_secs(600),
             max_auth_attempts: 6,
             max_channels_per_connection: 10,
             connect_timeout: Duration::from_secs(5),
@@ -319,10 +362,26 @@ impl Config {
             ),
             ("login.hash_workers", self.login.hash_workers),
             ("api.max_connections", self.api.max_connections),
+            (
+                "api.max_connections_per_source",
+                self.api.max_connections_per_source,
+            ),
         ] {
             if n == 0 {
                 return Err(format!("{what} must be at least 1"));
             }
+        }
+        if self.ssh.preauth_ipv4_prefix > 32 || self.ssh.preauth_ipv6_prefix > 128 {
+            return Err(format!(
+                "ssh.preauth_ipv4_prefix is {} and ssh.preauth_ipv6_prefix {}: at most 32 and 128",
+                self.ssh.preauth_ipv4_prefix, self.ssh.preauth_ipv6_prefix
+            ));
+        }
+        if self.ssh.preauth_drop_rate > 100 {
+            return Err(format!(
+                "ssh.preauth_drop_rate is {}: it is a percentage (0 to 100)",
+                self.ssh.preauth_drop_rate
+            ));
         }
         if !(0..=19).contains(&self.login.hash_nice) {
             return Err(format!(

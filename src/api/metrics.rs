@@ -1,11 +1,15 @@
 //! Prometheus metrics of the issuer (`GET /metrics`). The bastion's own counters are
 //! registered into the same registry by `serve`.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -23,7 +27,17 @@ pub struct Metrics {
     pub login_failures: Family<ReasonLabel, Counter>,
     pub tokens_issued: Counter,
     pub signing_seconds: Histogram,
+    /// The audit log file's size, as of the last scrape.
+    pub audit_log_bytes: Gauge,
+    /// How fast it grew over the last few minutes of scrapes.
+    pub audit_log_growth: Gauge<f64, AtomicU64>,
+    /// Space left for unprivileged writers on the disk holding the audit log.
+    pub audit_disk_free_bytes: Gauge,
+    audit_samples: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// How far back the audit log's growth rate looks.
+pub const GROWTH_WINDOW: Duration = Duration::from_secs(300);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -67,7 +81,29 @@ impl Metrics {
             "Time to sign one user certificate",
             signing_seconds.clone(),
         );
+        let audit_log_bytes = Gauge::default();
+        let audit_log_growth = Gauge::<f64, AtomicU64>::default();
+        let audit_disk_free_bytes = Gauge::default();
+        registry.register(
+            "audit_log_bytes",
+            "Size of the audit log file",
+            audit_log_bytes.clone(),
+        );
+        registry.register(
+            "audit_log_growth_bytes_per_second",
+            "Growth of the audit log file over the last five minutes of scrapes",
+            audit_log_growth.clone(),
+        );
+        registry.register(
+            "audit_disk_free_bytes",
+            "Space left on the disk holding the audit log",
+            audit_disk_free_bytes.clone(),
+        );
         Metrics {
+            audit_log_bytes,
+            audit_log_growth,
+            audit_disk_free_bytes,
+            audit_samples: Mutex::new(VecDeque::new()),
             registry: Mutex::new(registry),
             certs_issued,
             cert_refusals,
@@ -101,6 +137,32 @@ impl Metrics {
             .inc();
     }
 
+    /// Notes the audit log's size at `now` (on each scrape) and updates its growth rate:
+    /// bytes per second since the oldest sample of the last [`GROWTH_WINDOW`].
+    pub fn observe_audit_log(&self, bytes: u64, now: Instant) {
+        self.audit_log_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let mut samples = self.audit_samples.lock().unwrap_or_else(|p| p.into_inner());
+        while samples.len() > 1
+            && samples
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > GROWTH_WINDOW)
+        {
+            samples.pop_front();
+        }
+        if samples.len() >= 256 {
+            samples.pop_front();
+        }
+        samples.push_back((now, bytes));
+        let rate = match samples.front() {
+            Some((t, b)) if now.saturating_duration_since(*t) >= Duration::from_secs(1) => {
+                bytes.saturating_sub(*b) as f64 / now.saturating_duration_since(*t).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.audit_log_growth.set(rate);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -114,6 +176,26 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_log_size_and_growth() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        m.observe_audit_log(1000, t0);
+        m.observe_audit_log(3000, t0 + Duration::from_secs(10));
+        let text = m.encode();
+        assert!(text.contains("drawbridge_audit_log_bytes 3000"), "{text}");
+        assert!(
+            text.contains("drawbridge_audit_log_growth_bytes_per_second 200.0"),
+            "{text}"
+        );
+        // Old samples leave the window.
+        m.observe_audit_log(3000, t0 + GROWTH_WINDOW + Duration::from_secs(20));
+        assert!(
+            m.encode()
+                .contains("drawbridge_audit_log_growth_bytes_per_second 0.0")
+        );
+    }
 
     #[test]
     fn encodes_counters_with_reasons() {

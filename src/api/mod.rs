@@ -3,6 +3,7 @@
 //! Invariant: callers are authenticated (a `FromRequestParts` extractor) before any body is
 //! read, so an anonymous request with a bad body gets 401, not 400 or 413.
 
+pub mod disk;
 pub mod error;
 pub mod metrics;
 pub mod repeats;
@@ -94,8 +95,8 @@ pub async fn write_repeats(state: Arc<AppState>, shutdown: tokio_util::sync::Can
                 .with("repeats", r.repeats)
                 .with("since", crate::util::rfc3339(r.since))
                 .with("window_secs", repeats::WINDOW.as_secs());
-            if let Some(user) = &r.key.user {
-                ev = ev.with("user", user);
+            if let Some(user) = &r.user {
+                ev = ev.with_peer("user", user);
             }
             if let Err(e) = state.audit.record(ev).await {
                 tracing::error!(error = %e, repeats = r.repeats, reason = r.key.reason,

@@ -4,10 +4,13 @@
 //! (`rate_limited`) is answered without looking at the credential, thousands of times a
 //! second if a client insists. Writing (and fsyncing) each of them would let any anonymous
 //! client grow the audit log at its request rate and take the CPU from issuance. So per
-//! (reason, client address, claimed user, method) the first refusal of each one-second
-//! window is recorded as usual (`login.failed`, before the answer), and the ones after it
-//! in the same window are counted and written as one `login.failed.repeated` record with
+//! (reason, client source, method) the first refusal of each one-second window is
+//! recorded as usual (`login.failed`, before the answer), and the ones after it in the
+//! same window are counted and written as one `login.failed.repeated` record with
 //! `repeats` when the window has ended (at most about two seconds later, and at shutdown).
+//! The claimed user name is not part of the key: a client that varies the name on every
+//! try still shares one window per source (an IPv4 address, or an IPv6 /64, which one
+//! host usually holds whole); the name claimed first in the window is in both records.
 //! Every refusal still reaches the client with its reason; the audit log gets each
 //! first one whole and the rest as a count. At most [`MAX_KEYS`] windows are open at once;
 //! past that, refusals are recorded one by one again (never dropped).
@@ -33,27 +36,26 @@ pub const MAX_KEYS: usize = 65_536;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RepeatKey {
     pub reason: &'static str,
+    /// The client's source: its IPv4 address, or its IPv6 /64.
     pub client: IpAddr,
-    pub user: Option<String>,
     pub method: &'static str,
 }
 
 impl RepeatKey {
-    /// The key of a refusal; the claimed user name is cut as the failure limiter cuts it
-    /// ([`crate::identity::user_key`]), so a window costs little whatever its length.
-    pub fn new(
-        reason: &'static str,
-        client: IpAddr,
-        user: Option<&str>,
-        method: &'static str,
-    ) -> Self {
+    /// The key of a refusal from `client` (counted per source, whatever name it claims).
+    pub fn new(reason: &'static str, client: IpAddr, method: &'static str) -> Self {
         Self {
             reason,
-            client,
-            user: user.map(|u| crate::identity::user_key(u).to_owned()),
+            client: source_of(client),
             method,
         }
     }
+}
+
+/// The source a client address is counted under: IPv4 (and IPv4-mapped IPv6) as is,
+/// other IPv6 addresses by their /64.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    crate::util::source_prefix(ip, 32, 64)
 }
 
 /// A window that ended with refusals that were counted, not recorded.
@@ -64,12 +66,26 @@ pub struct Repeated {
     pub since: SystemTime,
     /// Refusals after the first, in the window.
     pub repeats: u64,
+    /// The user name claimed by the window's first refusal, cut to 128 bytes.
+    pub user: Option<String>,
 }
 
 struct Window {
     opened: Instant,
     since: SystemTime,
     repeats: u64,
+    user: Option<String>,
+}
+
+impl Window {
+    fn new(now: Instant, user: Option<&str>) -> Window {
+        Window {
+            opened: now,
+            since: SystemTime::now(),
+            repeats: 0,
+            user: user.map(|u| crate::identity::user_key(u).to_owned()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -88,37 +104,27 @@ pub struct Repeats {
 impl Repeats {
     /// True when this refusal must be recorded now (the first of its window, or no room
     /// to count it); false when it was counted and will be written as a repeat.
-    pub fn record_now(&self, key: RepeatKey, now: Instant) -> bool {
+    /// `user` is the name the refused request claimed, if any.
+    pub fn record_now(&self, key: RepeatKey, user: Option<&str>, now: Instant) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = inner.open.get_mut(&key) {
             if now.saturating_duration_since(w.opened) < WINDOW {
                 w.repeats += 1;
                 return false;
             }
-            let (since, repeats) = (w.since, w.repeats);
-            *w = Window {
-                opened: now,
-                since: SystemTime::now(),
-                repeats: 0,
-            };
-            if repeats > 0 {
+            let old = std::mem::replace(w, Window::new(now, user));
+            if old.repeats > 0 {
                 inner.ended.push(Repeated {
                     key,
-                    since,
-                    repeats,
+                    since: old.since,
+                    repeats: old.repeats,
+                    user: old.user,
                 });
             }
             return true;
         }
         if inner.open.len() < MAX_KEYS {
-            inner.open.insert(
-                key,
-                Window {
-                    opened: now,
-                    since: SystemTime::now(),
-                    repeats: 0,
-                },
-            );
+            inner.open.insert(key, Window::new(now, user));
         }
         true
     }
@@ -128,7 +134,7 @@ impl Repeats {
     pub fn take_ended(&self, now: Instant, all: bool) -> Vec<Repeated> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = std::mem::take(&mut inner.ended);
-        inner.open.retain(|key, w| {
+        inner.open.retain(|key, w: &mut Window| {
             if !all && now.saturating_duration_since(w.opened) < WINDOW {
                 return true;
             }
@@ -137,6 +143,7 @@ impl Repeats {
                     key: key.clone(),
                     since: w.since,
                     repeats: w.repeats,
+                    user: w.user.take(),
                 });
             }
             false
@@ -156,46 +163,42 @@ mod tests {
     use super::*;
 
     fn key(client: &str) -> RepeatKey {
-        RepeatKey::new("busy", client.parse().unwrap(), Some("alice"), "password")
+        RepeatKey::new("busy", client.parse().unwrap(), "password")
     }
 
     #[test]
-    fn a_long_claimed_name_is_kept_cut_and_shares_its_window() {
-        // 127 ASCII bytes then a 3-byte character across the 128-byte cut.
-        let base = format!("{}\u{20ac}", "a".repeat(127));
-        let one = format!("{base}{}", "x".repeat(16 * 1024));
-        let two = format!("{base}{}", "y".repeat(16 * 1024));
-        let client = "192.0.2.7".parse().unwrap();
-        let k1 = RepeatKey::new("busy", client, Some(&one), "password");
-        let kept = k1.user.clone().unwrap();
-        assert_eq!(kept, "a".repeat(127), "cut on the character boundary");
+    fn varied_names_and_addresses_of_one_64_share_a_window() {
         let r = Repeats::default();
         let now = Instant::now();
-        assert!(r.record_now(k1, now));
-        // Same first 128 bytes: the same window, counted rather than a new 16 KiB key.
-        assert!(!r.record_now(RepeatKey::new("busy", client, Some(&two), "password"), now));
-        assert_eq!(r.open_windows(), 1);
-        let short = RepeatKey::new("busy", client, Some("alice"), "password");
-        assert_eq!(short.user.as_deref(), Some("alice"));
+        assert!(r.record_now(key("2001:db8:1:2::1"), Some("alice"), now));
+        assert!(!r.record_now(key("2001:db8:1:2:ffff::9"), Some("bob"), now));
+        assert!(r.record_now(key("2001:db8:1:3::1"), Some("alice"), now));
+        assert!(r.record_now(key("192.0.2.7"), Some("alice"), now));
+        assert!(!r.record_now(key("::ffff:192.0.2.7"), Some("alice"), now));
+        assert_eq!(r.open_windows(), 3);
     }
 
     #[test]
     fn the_first_of_each_window_is_recorded_the_rest_counted() {
         let r = Repeats::default();
         let t0 = Instant::now();
-        assert!(r.record_now(key("192.0.2.1"), t0));
+        assert!(r.record_now(key("192.0.2.1"), Some("alice"), t0));
         for i in 0..9 {
-            assert!(!r.record_now(key("192.0.2.1"), t0 + Duration::from_millis(i * 100)));
+            assert!(!r.record_now(
+                key("192.0.2.1"),
+                Some("alice"),
+                t0 + Duration::from_millis(i * 100)
+            ));
         }
         // Another address has its own window.
-        assert!(r.record_now(key("192.0.2.2"), t0));
+        assert!(r.record_now(key("192.0.2.2"), Some("alice"), t0));
         assert!(
             r.take_ended(t0 + Duration::from_millis(500), false)
                 .is_empty()
         );
         // A refusal after the window opens a new one; the old count is kept for the flusher.
-        assert!(r.record_now(key("192.0.2.1"), t0 + WINDOW));
-        assert!(!r.record_now(key("192.0.2.1"), t0 + WINDOW));
+        assert!(r.record_now(key("192.0.2.1"), Some("alice"), t0 + WINDOW));
+        assert!(!r.record_now(key("192.0.2.1"), Some("alice"), t0 + WINDOW));
         let ended = r.take_ended(t0 + WINDOW, false);
         assert_eq!(ended.len(), 1, "{ended:?}");
         assert_eq!(ended[0].repeats, 9);
@@ -219,12 +222,12 @@ mod tests {
                 client: ip,
                 ..key("192.0.2.1")
             };
-            assert!(r.record_now(k, t0));
+            assert!(r.record_now(k, Some("alice"), t0));
         }
         assert_eq!(r.open_windows(), MAX_KEYS);
         // A new key finds no room: recorded now, every time.
-        assert!(r.record_now(key("192.0.2.9"), t0));
-        assert!(r.record_now(key("192.0.2.9"), t0));
+        assert!(r.record_now(key("192.0.2.9"), Some("alice"), t0));
+        assert!(r.record_now(key("192.0.2.9"), Some("alice"), t0));
         assert_eq!(r.open_windows(), MAX_KEYS);
     }
 }

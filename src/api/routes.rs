@@ -85,6 +85,10 @@ fn client_ip(parts: &Parts) -> IpAddr {
         .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
+/// Longest `Authorization` header read. A password login or an ID token is far shorter;
+/// a longer one is refused (431) before it is decoded, hashed or recorded.
+pub const MAX_AUTHORIZATION_BYTES: usize = 16 * 1024;
+
 /// Credentials as sent, before they are checked.
 enum Credentials {
     Basic {
@@ -103,6 +107,16 @@ fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, A
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized("unauthenticated", how));
     };
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "authorization_too_large",
+            format!(
+                "the Authorization header is {} bytes; at most {MAX_AUTHORIZATION_BYTES} are accepted",
+                value.len()
+            ),
+        ));
+    }
     let value = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
@@ -183,8 +197,11 @@ async fn authenticate(
             // Refusals made without looking at the credential: the first of each second
             // is recorded, the rest counted (see `repeats`).
             if matches!(e, AuthError::Busy | AuthError::RateLimited { .. }) {
-                let key = RepeatKey::new(e.code(), client, claimed.as_deref(), method);
-                if !state.repeats.record_now(key, Instant::now()) {
+                let key = RepeatKey::new(e.code(), client, method);
+                if !state
+                    .repeats
+                    .record_now(key, claimed.as_deref(), Instant::now())
+                {
                     tokio::time::sleep(super::repeats::REPEAT_DELAY).await;
                     return Err(auth_error(&e));
                 }
@@ -195,7 +212,7 @@ async fn authenticate(
                 .with("detail", e.audit_reason())
                 .with("method", method);
             if let Some(user) = &claimed {
-                ev = ev.with("user", user);
+                ev = ev.with_peer("user", user);
             }
             if state.audit.record(ev).await.is_err() {
                 return Err(ApiError::audit_unavailable());
@@ -545,7 +562,11 @@ async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
     // While unhealthy this tries one write (at most once a second), so health returns when
     // the disk does even if nothing else is sent our way.
     if state.audit.probe().await {
-        text("ok\n".into())
+        let mut body = "ok\n".to_string();
+        if let Some(warning) = super::disk::audit_disk_warning(&state.config.audit_path()) {
+            body.push_str(&format!("warning: {warning}\n"));
+        }
+        text(body)
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -557,6 +578,15 @@ async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let audit = state.config.audit_path();
+    let size = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
+    state.metrics.observe_audit_log(size, Instant::now());
+    if let Some(free) = super::disk::free_space(&audit) {
+        state
+            .metrics
+            .audit_disk_free_bytes
+            .set(i64::try_from(free.available).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -86,6 +86,21 @@ impl Event {
         self.fields.insert(key.to_string(), v);
         self
     }
+
+    /// Adds a string a peer chose (claimed user name, key id, host name, ...), bounded:
+    /// `key` holds it escaped and cut to 256 bytes ([`crate::util::shown`]); when cut,
+    /// `<key>_len` and `<key>_sha256` hold its full length and SHA-256
+    /// ([`crate::util::peer_text`]). So a record stays small whatever the peer sent.
+    pub fn with_peer(self, key: &str, value: &str) -> Event {
+        let t = crate::util::peer_text(value);
+        let ev = self.with(key, crate::util::shown(value));
+        match t.cut {
+            Some((len, sha)) => ev
+                .with(&format!("{key}_len"), len)
+                .with(&format!("{key}_sha256"), sha),
+            None => ev,
+        }
+    }
 }
 
 /// Queued events at most; past that `record` fails at once (the disk cannot keep up).

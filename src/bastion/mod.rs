@@ -36,10 +36,14 @@
 //!   Forward refusals carry the reason in the channel-open failure text (`ssh` prints it).
 //!   Session requests (shell, exec other than `whoami`/`hosts`, subsystem) are answered
 //!   with a message on stderr and exit status 1; pty, X11 and agent requests get a channel
-//!   failure; `env` is ignored. Every refusal except `env` and the pre-auth cap is audited.
-//! - **Pre-auth cap (F1).** Connections over `max_unauthenticated` (or per source over
-//!   `max_unauthenticated_per_source`) are closed at accept with no banner and no audit
-//!   record (a flood must not drive the log), counted in `connections_dropped`.
+//!   failure; `env` is ignored. Every refusal except `env` and the pre-auth cap is audited
+//!   (authentication refusals past a per-source budget as counts, see [`refusal_budget`]).
+//! - **Pre-auth places (F1).** A connection that gets no place among the unauthenticated
+//!   ones ([`preauth`]: caps, fair shares per source prefix, random early drop, penalties)
+//!   is closed at accept with no banner and no audit record (a flood must not drive the
+//!   log), counted in `connections_dropped`. When the table is full, a connection from a
+//!   source below its share displaces the oldest unauthenticated connection of the
+//!   biggest holder.
 //! - **Login grace (F2)** runs from accept to successful authentication, banner exchange
 //!   included; the socket is cut from outside russh, so a stalled peer cannot hold it.
 //! - **Idle timeout (F3)** is russh's `inactivity_timeout` (no keepalives, so an idle
@@ -81,6 +85,8 @@
 
 mod forward;
 pub mod lib_refusals;
+pub mod preauth;
+pub mod refusal_budget;
 mod server;
 pub mod targets;
 pub mod verify;

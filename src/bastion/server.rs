@@ -24,6 +24,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::lib_refusals::{self, LibRefusal};
+use super::preauth;
+use super::refusal_budget::{self, Budget};
 use super::targets;
 use super::verify::{CertIdentity, TrustedCas, verify_certificate};
 use super::{BastionKeysInput, BastionMetrics};
@@ -34,7 +36,6 @@ use crate::util::escape;
 
 /// Refusal codes used here besides [`super::Refusal::code`].
 pub(super) mod code {
-    pub const PRE_AUTH_CAP: &str = "pre-auth-cap";
     pub const NO_CERTIFICATE: &str = "no-certificate";
     pub const WEAK_ALGORITHM: &str = "weak-algorithm";
     pub const TOO_MANY_CONNECTIONS: &str = "too-many-connections";
@@ -67,32 +68,20 @@ pub(super) struct Shared {
     /// Turns true when open forwards must be cut (shutdown grace is over).
     pub cut: watch::Receiver<bool>,
     users: Mutex<HashMap<String, usize>>,
-    unauth: Mutex<Unauth>,
+    unauth: Arc<preauth::Table>,
+    /// Refusal records per source (see `refusal_budget`).
+    refusals: Budget,
     next_conn: AtomicU64,
 }
 
-#[derive(Default)]
-struct Unauth {
-    total: usize,
-    per_source: HashMap<IpAddr, usize>,
-}
-
-/// One place among the unauthenticated connections; given back on drop.
+/// One place among the unauthenticated connections ([`preauth`]); given back on drop.
 pub(super) struct UnauthSlot {
     shared: Arc<Shared>,
-    ip: IpAddr,
+    slot: preauth::Slot,
 }
 
 impl Drop for UnauthSlot {
     fn drop(&mut self) {
-        let mut u = self.shared.unauth.lock().unwrap_or_else(|e| e.into_inner());
-        u.total = u.total.saturating_sub(1);
-        if let Some(n) = u.per_source.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                u.per_source.remove(&self.ip);
-            }
-        }
         BastionMetrics::dec(&self.shared.metrics.unauthenticated_active);
     }
 }
@@ -116,20 +105,14 @@ impl Drop for UserSlot {
 }
 
 impl Shared {
-    fn take_unauth_slot(self: &Arc<Self>, ip: IpAddr) -> Option<UnauthSlot> {
-        let mut u = self.unauth.lock().unwrap_or_else(|e| e.into_inner());
-        let here = u.per_source.get(&ip).copied().unwrap_or(0);
-        if u.total >= self.cfg.max_unauthenticated
-            || here >= self.cfg.max_unauthenticated_per_source
-        {
-            return None;
-        }
-        u.total += 1;
-        u.per_source.insert(ip, here + 1);
+    fn take_unauth_slot(self: &Arc<Self>, ip: IpAddr) -> Result<UnauthSlot, preauth::Refused> {
+        let slot = self
+            .unauth
+            .admit(ip, std::time::Instant::now(), preauth::roll())?;
         BastionMetrics::inc(&self.metrics.unauthenticated_active);
-        Some(UnauthSlot {
+        Ok(UnauthSlot {
             shared: self.clone(),
-            ip,
+            slot,
         })
     }
 
@@ -268,6 +251,7 @@ pub(super) async fn run(
     let (cut_tx, cut_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
     let grace = cfg.shutdown_grace;
+    let unauth = preauth::Table::new(preauth::Limits::from_config(&cfg));
     let shared = Arc::new(Shared {
         cfg,
         max_validity,
@@ -277,11 +261,13 @@ pub(super) async fn run(
         metrics: metrics.clone(),
         cut: cut_rx,
         users: Mutex::new(HashMap::new()),
-        unauth: Mutex::new(Unauth::default()),
+        unauth,
+        refusals: Budget::default(),
         next_conn: AtomicU64::new(1),
     });
     info!(listen = ?listener.local_addr().ok(), "bastion listening");
 
+    let flusher = tokio::spawn(flush_refusals_every_second(shared.clone()));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -289,14 +275,18 @@ pub(super) async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     BastionMetrics::inc(&metrics.connections_total);
-                    let Some(slot) = shared.take_unauth_slot(peer.ip()) else {
-                        // F1: over the pre-auth caps, drop at once; no audit record (that
-                        // would let a flood drive the log), a metric instead.
-                        BastionMetrics::inc(&metrics.connections_dropped);
-                        metrics.refused(code::PRE_AUTH_CAP);
-                        debug!(%peer, "pre-auth cap reached; connection dropped");
-                        drop(socket);
-                        continue;
+                    let slot = match shared.take_unauth_slot(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refused) => {
+                            // F1: no place among the pre-auth connections (see `preauth`):
+                            // drop at once; no audit record (that would let a flood drive
+                            // the log), a metric instead.
+                            BastionMetrics::inc(&metrics.connections_dropped);
+                            metrics.refused(refused.code());
+                            debug!(%peer, reason = refused.code(), "no pre-auth place; connection dropped");
+                            drop(socket);
+                            continue;
+                        }
                     };
                     conns.spawn(serve_connection(
                         shared.clone(),
@@ -328,7 +318,7 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             _ = &mut deadline => break,
-            next = conns.join_next() => if next.is_none() { return Ok(()) },
+            next = conns.join_next() => if next.is_none() { break },
         }
     }
     let _ = cut_tx.send(true);
@@ -337,7 +327,30 @@ pub(super) async fn run(
     })
     .await;
     conns.abort_all();
+    flusher.abort();
+    flush_refusals(&shared).await;
     Ok(())
+}
+
+/// Writes the refusals counted rather than recorded ([`refusal_budget`]): one
+/// `ssh.auth.failed.repeated` record per source and reason.
+async fn flush_refusals(shared: &Shared) {
+    for c in shared.refusals.take_counted() {
+        let ev = Event::new("ssh.auth.failed.repeated")
+            .with("source", c.source.to_string())
+            .with("reason", c.reason)
+            .with("repeats", c.repeats)
+            .with("since", crate::util::rfc3339(c.since));
+        let _ = shared.record(ev).await;
+    }
+}
+
+async fn flush_refusals_every_second(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(refusal_budget::FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        flush_refusals(&shared).await;
+    }
 }
 
 /// A socket that can be cut from outside: once [`Kill::kill`] runs, every read and write
@@ -441,6 +454,8 @@ async fn serve_connection(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (auth_tx, mut auth_rx) = watch::channel::<Option<SystemTime>>(None);
     let forwards = Arc::new(AtomicUsize::new(0));
+    // Cancelled when a connection from a source below its share takes this place.
+    let evicted = slot.slot.eviction();
     let handler = Connection {
         shared: shared.clone(),
         peer,
@@ -456,12 +471,18 @@ async fn serve_connection(
         lib_refusals: Vec::new(),
     };
 
-    let session = match tokio::time::timeout_at(
-        grace_deadline,
-        russh::server::run_stream(config, stream, handler),
-    )
-    .await
-    {
+    let started = tokio::select! {
+        r = tokio::time::timeout_at(
+            grace_deadline,
+            russh::server::run_stream(config, stream, handler),
+        ) => r,
+        _ = evicted.cancelled() => {
+            metrics.refused(preauth::EVICTED);
+            debug!(%peer, "pre-auth place given to a fairer source; connection closed");
+            return;
+        }
+    };
+    let session = match started {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "SSH setup failed");
@@ -500,6 +521,10 @@ async fn serve_connection(
             _ = tokio::time::sleep_until(grace_deadline), if !authenticated => {
                 BastionMetrics::inc(&metrics.login_grace_expired);
                 break "login grace time exceeded";
+            }
+            _ = evicted.cancelled(), if !authenticated => {
+                metrics.refused(preauth::EVICTED);
+                break "pre-auth place given to a fairer source";
             }
             changed = auth_rx.changed(), if !authenticated => {
                 if changed.is_err() { return; }
@@ -571,7 +596,7 @@ impl Drop for Connection {
         }
         let events: Vec<Event> = std::mem::take(&mut self.lib_refusals)
             .into_iter()
-            .map(|r| self.lib_refusal_event(r, None))
+            .filter_map(|r| self.lib_refusal_event(r, None))
             .collect();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             warn!(peer = %self.peer, "certificate refusals lost: no runtime to audit them");
@@ -604,16 +629,7 @@ fn reject() -> Auth {
 }
 
 fn shown_user(user: &str) -> String {
-    let mut s = escape(user);
-    if s.len() > 256 {
-        let mut cut = 256;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    crate::util::shown(user)
 }
 
 impl Connection {
@@ -629,9 +645,20 @@ impl Connection {
     /// metrics. russh logs nothing about the certificate, so the record has no key id,
     /// serial or window; `key` is the key the client authenticated with next on this
     /// connection, if any (the OpenSSH client retries with the certificate's own key).
-    fn lib_refusal_event(&self, refusal: LibRefusal, key: Option<&ssh_key::PublicKey>) -> Event {
+    /// `None` when the source's refusals are being counted rather than recorded.
+    fn lib_refusal_event(
+        &self,
+        refusal: LibRefusal,
+        key: Option<&ssh_key::PublicKey>,
+    ) -> Option<Event> {
         let code = refusal.code();
         self.shared.metrics.refused(code);
+        if let Some(u) = &self.unauth {
+            u.slot.auth_refused();
+        }
+        if !self.record_refusal_now(code) {
+            return None;
+        }
         info!(peer = %self.peer, user = %self.ssh_user, code, "SSH certificate refused by russh");
         let mut e = self
             .event("ssh.auth.failed")
@@ -644,15 +671,30 @@ impl Connection {
                 key.fingerprint(HashAlg::Sha256).to_string(),
             );
         }
-        e
+        Some(e)
+    }
+
+    /// Whether a refusal with `code` is recorded now, or counted for this source's next
+    /// `ssh.auth.failed.repeated` (see `refusal_budget`).
+    fn record_refusal_now(&self, code: &'static str) -> bool {
+        let source = self.shared.unauth.source(self.peer.ip());
+        let now = self
+            .shared
+            .refusals
+            .record_now(source, code, std::time::Instant::now());
+        if !now {
+            debug!(peer = %self.peer, code, "SSH refusal counted, not recorded");
+        }
+        now
     }
 
     /// Audits the pending russh refusals now (see [`Self::lib_refusal_event`]).
     async fn audit_lib_refusals(&mut self, key: Option<&ssh_key::PublicKey>) {
         self.collect_lib_refusals();
         for refusal in std::mem::take(&mut self.lib_refusals) {
-            let e = self.lib_refusal_event(refusal, key);
-            let _ = self.shared.record(e).await;
+            if let Some(e) = self.lib_refusal_event(refusal, key) {
+                let _ = self.shared.record(e).await;
+            }
         }
     }
 
@@ -695,7 +737,7 @@ impl Connection {
             .with("ssh_user", &self.ssh_user);
         if let Some(id) = &self.identity {
             e = e
-                .with("key_id", escape(&id.key_id))
+                .with_peer("key_id", &id.key_id)
                 .with("serial", id.serial)
                 .with("key_fingerprint", &id.key_fingerprint)
                 .with("ca_fingerprint", &id.ca_fingerprint);
@@ -705,6 +747,13 @@ impl Connection {
 
     async fn refuse_auth(&self, code: &'static str, message: &str, extra: Event) -> Auth {
         self.shared.metrics.refused(code);
+        if let Some(u) = &self.unauth {
+            // Counts towards the source's penalty if the connection never authenticates.
+            u.slot.auth_refused();
+        }
+        if !self.record_refusal_now(code) {
+            return reject();
+        }
         info!(peer = %self.peer, user = %self.ssh_user, code, "SSH authentication refused");
         let mut e = self.event("ssh.auth.failed");
         e.fields.extend(extra.fields);
@@ -902,7 +951,7 @@ impl Handler for Connection {
             Ok(id) => id,
             Err(refusal) => {
                 let extra = Event::new("")
-                    .with("key_id", escape(cert.key_id()))
+                    .with_peer("key_id", cert.key_id())
                     .with("serial", cert.serial())
                     .with(
                         "key_fingerprint",
@@ -922,7 +971,7 @@ impl Handler for Connection {
         };
         let Some(user_slot) = self.shared.take_user_slot(&id.key_id) else {
             let extra = Event::new("")
-                .with("key_id", escape(&id.key_id))
+                .with_peer("key_id", &id.key_id)
                 .with("serial", id.serial)
                 .with("key_fingerprint", &id.key_fingerprint);
             return Ok(self
@@ -946,13 +995,16 @@ impl Handler for Connection {
             self.shared.metrics.refused(code::AUDIT_UNAVAILABLE);
             return Ok(reject());
         }
-        info!(peer = %self.peer, key_id = %escape(&id.key_id), serial = id.serial, "SSH certificate accepted");
+        info!(peer = %self.peer, key_id = %crate::util::shown(&id.key_id), serial = id.serial, "SSH certificate accepted");
         self.user_slot = Some(user_slot);
         Ok(Auth::Accept)
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
         BastionMetrics::inc(&self.shared.metrics.auth_ok);
+        if let Some(u) = &self.unauth {
+            u.slot.authenticated();
+        }
         self.unauth = None;
         let valid_before = self.identity.as_ref().map(|id| id.valid_before);
         let _ = self.auth_tx.send(valid_before);
@@ -1123,7 +1175,7 @@ impl Handler for Connection {
         let fields = self
             .event("forward.refused")
             .with("kind", "remote")
-            .with("host", escape(address))
+            .with_peer("host", address)
             .with("port", *port);
         self.note_forward_refusal(code::REMOTE_FORWARD, fields)
             .await;
@@ -1138,7 +1190,7 @@ impl Handler for Connection {
         let fields = self
             .event("forward.refused")
             .with("kind", "streamlocal-remote")
-            .with("path", escape(socket_path));
+            .with_peer("path", socket_path);
         self.note_forward_refusal(code::STREAMLOCAL, fields).await;
         Ok(false)
     }
@@ -1153,7 +1205,7 @@ impl Handler for Connection {
         let fields = self
             .event("forward.refused")
             .with("kind", "streamlocal")
-            .with("path", escape(socket_path));
+            .with_peer("path", socket_path);
         self.note_forward_refusal(code::STREAMLOCAL, fields).await;
         reply
             .reject(ChannelOpenFailure::Other {
@@ -1187,7 +1239,7 @@ impl Handler for Connection {
             let _ = self
                 .shared
                 .record(
-                    base.with("host", escape(host_to_connect))
+                    base.with_peer("host", host_to_connect)
                         .with("port", port_to_connect)
                         .with("reason", code::TOO_MANY_CHANNELS),
                 )

@@ -178,7 +178,7 @@ impl std::fmt::Display for Refusal {
             Refusal::KeyType(what) => write!(
                 f,
                 "key type not accepted: {} (use ssh-ed25519, ecdsa, a security key, or RSA of at least {MIN_RSA_BITS} bits)",
-                crate::util::escape(what)
+                crate::util::shown(what)
             ),
             Refusal::NotYetValid => f.write_str("certificate is not valid yet"),
             Refusal::Expired => f.write_str("certificate has expired; get a new one"),
@@ -194,7 +194,7 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownCriticalOption(name) => write!(
                 f,
                 "certificate has an unknown critical option: {}",
-                crate::util::escape(name)
+                crate::util::shown(name)
             ),
             Refusal::BadSourceAddress => {
                 f.write_str("certificate has a malformed source-address option")

@@ -308,8 +308,9 @@ impl Authenticator {
 
     /// Checks a user name and password (`Authorization: Basic`).
     ///
-    /// Order: rate limit (no hashing when over), the bounded hashing pool (`Busy` when
-    /// full), then argon2id against the stored hash, or a dummy hash for an unknown user.
+    /// Order: rate limit, which counts this attempt at once (no hashing when over), the
+    /// bounded hashing pool (`Busy` when full; the attempt is given back), then argon2id
+    /// against the stored hash, or a dummy hash for an unknown user.
     pub async fn basic(
         &self,
         user: &str,
@@ -319,9 +320,11 @@ impl Authenticator {
         let now = SystemTime::now();
         // Bounded memory in the limiter whatever length the client sends.
         let limit_key = user_key(user);
-        if let Err(retry_after) = self.limiter.check(limit_key, client, now) {
-            return Err(AuthError::RateLimited { retry_after });
-        }
+        // Counted now, before hashing (see `limiter`), given back on success.
+        let attempt = match self.limiter.reserve(limit_key, client, now) {
+            Ok(a) => a,
+            Err(retry_after) => return Err(AuthError::RateLimited { retry_after }),
+        };
         let stored = if password::valid_user_name(user) {
             self.users.hash_of(user)
         } else {
@@ -329,16 +332,24 @@ impl Authenticator {
         };
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
-        let ok = self.pool.verify(password, hash).await?;
+        let ok = match self.pool.verify(password, hash).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if matches!(e, AuthError::Busy) {
+                    // Not tried: the client may try again without losing a guess.
+                    self.limiter.refund(&attempt);
+                }
+                return Err(e);
+            }
+        };
         if ok && known && !password.expose().is_empty() {
-            self.limiter.success(limit_key, client, SystemTime::now());
+            self.limiter.success(&attempt);
             Ok(Identity {
                 user: user.to_owned(),
                 groups: Vec::new(),
                 method: AuthMethod::Password,
             })
         } else {
-            self.limiter.failure(limit_key, client, SystemTime::now());
             Err(AuthError::InvalidCredentials)
         }
     }
@@ -384,14 +395,7 @@ pub(crate) const USER_KEY_BYTES: usize = 128;
 /// `user` cut to at most [`USER_KEY_BYTES`] bytes on a character boundary: the key of
 /// per-user state, so its memory stays bounded whatever the client sends.
 pub(crate) fn user_key(user: &str) -> &str {
-    if user.len() <= USER_KEY_BYTES {
-        return user;
-    }
-    let mut end = USER_KEY_BYTES;
-    while !user.is_char_boundary(end) {
-        end -= 1;
-    }
-    &user[..end]
+    crate::util::cut(user, USER_KEY_BYTES)
 }
 
 /// `<ca dir>/token_key`.
