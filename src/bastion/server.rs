@@ -66,6 +66,8 @@ pub(super) struct Shared {
     pub metrics: Arc<BastionMetrics>,
     /// Turns true when open forwards must be cut (shutdown grace is over).
     pub cut: watch::Receiver<bool>,
+    /// The open forwards, re-checked whenever the policy in force changes.
+    pub registry: Arc<dyn super::registry::ForwardRegistry>,
     users: Mutex<HashMap<String, usize>>,
     unauth: Mutex<Unauth>,
     next_conn: AtomicU64,
@@ -276,11 +278,23 @@ pub(super) async fn run(
         audit,
         metrics: metrics.clone(),
         cut: cut_rx,
+        registry: Arc::new(super::registry::MemoryRegistry::default()),
         users: Mutex::new(HashMap::new()),
         unauth: Mutex::new(Unauth::default()),
         next_conn: AtomicU64::new(1),
     });
     info!(listen = ?listener.local_addr().ok(), "bastion listening");
+    let (recheck_stop, recheck_stop_rx) = watch::channel(false);
+    let rechecks = tokio::spawn(super::registry::run_rechecks(
+        shared.registry.clone(),
+        shared.policy.clone(),
+        shared.audit.clone(),
+        recheck_stop_rx,
+    ));
+    let stop_rechecks = move || {
+        let _ = recheck_stop.send(true);
+        rechecks.abort();
+    };
 
     let mut conns = JoinSet::new();
     loop {
@@ -328,7 +342,10 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             _ = &mut deadline => break,
-            next = conns.join_next() => if next.is_none() { return Ok(()) },
+            next = conns.join_next() => if next.is_none() {
+                stop_rechecks();
+                return Ok(());
+            },
         }
     }
     let _ = cut_tx.send(true);
@@ -337,6 +354,7 @@ pub(super) async fn run(
     })
     .await;
     conns.abort_all();
+    stop_rechecks();
     Ok(())
 }
 
@@ -506,6 +524,17 @@ async fn serve_connection(
                 valid_before = *auth_rx.borrow_and_update();
             }
             _ = tokio::time::sleep_until(expiry.unwrap_or(grace_deadline)), if expiry.is_some() => {
+                let cut = super::registry::Cut {
+                    code: "certificate-expired",
+                    rule: format!(
+                        "ssh.disconnect_on_cert_expiry: the certificate expired at {}",
+                        valid_before.map(crate::util::rfc3339).unwrap_or_default()
+                    ),
+                    principal: None,
+                    policy_version: shared.policy.current().version.clone(),
+                };
+                super::registry::cut_connection(shared.registry.as_ref(), &shared.audit, conn, cut)
+                    .await;
                 break "certificate expired";
             }
             _ = shutdown_requested(&mut drain), if !draining => {
@@ -1200,6 +1229,7 @@ impl Handler for Connection {
         tokio::spawn(super::forward::run(super::forward::Request {
             shared: self.shared.clone(),
             identity,
+            conn: self.conn,
             base,
             host: host_to_connect.to_string(),
             port: port_to_connect,

@@ -8,6 +8,7 @@
 //! SKELETON: the public API below is the contract the issuer and the bastion code against.
 //! The policy work fills in the bodies; it may add to the API but not change these shapes.
 
+pub mod carried;
 pub mod cases;
 pub mod cmd;
 pub mod diff;
@@ -16,7 +17,8 @@ pub mod load;
 pub mod model;
 pub mod watch;
 
-pub use eval::{PolicyIndex, Reach};
+pub use carried::{Carried, Held, Lost};
+pub use eval::{PolicyIndex, Reach, Unresolved};
 pub use load::SourceFile;
 pub use model::*;
 
