@@ -330,6 +330,10 @@ fn t34_a_role_removed_from_a_group_refuses_the_whole_certificate() {
         "{rec}"
     );
 
+    // `hosts` says so too.
+    let out = c.run(&["bastion", "hosts"]);
+    assert!(out.stdout.contains(&lost_role("web-admin")), "{out:?}");
+
     // A new certificate with what she still holds works, as deploy only.
     let (c2, _) = w.client("alice2", "alice", &["web-deploy"], "-1m:+10m");
     let out = c2.run(&["web-1-deploy", "whoami"]);
@@ -648,11 +652,11 @@ fn t44_refusals_for_unreachable_hosts_hold_no_inventory_name_or_address() {
     // Inventory hosts and unknown ones read the same.
     assert_eq!(
         texts.iter().find(|(a, _)| a == "web-1:2200").unwrap().1,
-        "host \"web-1\" is not in the inventory or not granted to you (`ssh BASTION hosts` lists the hosts you may reach)"
+        "host \"web-1\" is not in the inventory or not granted to you (the bastion's `hosts` command lists the hosts you may reach)"
     );
     assert_eq!(
         texts.iter().find(|(a, _)| a == "nowhere:22").unwrap().1,
-        "host \"nowhere\" is not in the inventory or not granted to you (`ssh BASTION hosts` lists the hosts you may reach)"
+        "host \"nowhere\" is not in the inventory or not granted to you (the bastion's `hosts` command lists the hosts you may reach)"
     );
     // The address erin's db-1 shares: only db-1 is named.
     let shared = &texts.iter().find(|(a, _)| a == "127.0.0.1:22").unwrap().1;

@@ -823,13 +823,18 @@ impl Connection {
 
     fn hosts(&self, id: &CertIdentity) -> String {
         let policy = self.shared.policy.current();
-        let list = targets::reachable(
-            &policy,
-            &id.key_id,
-            &id.idp_groups,
-            &id.principals,
-            SystemTime::now(),
-        );
+        let now = SystemTime::now();
+        // A certificate is all or nothing: one that no longer stands reaches nothing.
+        let carried = crate::policy::Carried {
+            key_id: &id.key_id,
+            serial: id.serial,
+            principals: &id.principals,
+            idp_groups: &id.idp_groups,
+        };
+        if let Err(lost) = policy.still_holds(&carried, now, Some(id.age(now))) {
+            return format!("no hosts: {}\n", lost.message());
+        }
+        let list = targets::reachable(&policy, &id.key_id, &id.idp_groups, &id.principals, now);
         if list.is_empty() {
             return "no hosts: your certificate's principals grant none under the current policy\n"
                 .into();

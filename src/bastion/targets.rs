@@ -47,7 +47,7 @@ pub struct TargetRefusal {
 pub fn not_reachable(requested: &str) -> String {
     format!(
         "host \"{}\" is not in the inventory or not granted to you \
-         (`ssh BASTION hosts` lists the hosts you may reach)",
+         (the bastion's `hosts` command lists the hosts you may reach)",
         escape(requested)
     )
 }
