@@ -44,23 +44,40 @@ impl OsUser {
             N.fetch_add(1, Ordering::SeqCst)
         );
         let _ = Command::new("userdel").arg(&name).output();
-        let out = Command::new("useradd")
-            .args(["-M", "-d", "/nonexistent", "-s", "/bin/sh", "-p", "*"])
-            .arg(&name)
-            .output()
-            .expect("useradd");
-        assert!(
-            out.status.success(),
-            "useradd: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // useradd fails while another process holds the password file's lock (tests run
+        // in parallel): retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("useradd")
+                .args(["-M", "-d", "/nonexistent", "-s", "/bin/sh", "-p", "*"])
+                .arg(&name)
+                .output()
+                .expect("useradd");
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "useradd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         OsUser { name }
     }
 }
 
 impl Drop for OsUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("userdel")
+            .arg(&self.name)
+            .output()
+            .is_ok_and(|o| o.status.success() || o.status.code() == Some(6))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
