@@ -222,6 +222,7 @@ fn ts(r: &Value) -> SystemTime {
 struct HeldForward {
     child: Child,
     _stdin: ChildStdin,
+    stderr: Arc<std::sync::Mutex<String>>,
 }
 
 impl HeldForward {
@@ -230,10 +231,24 @@ impl HeldForward {
             .command(&["-W", "web-1:22", "bastion"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let mut out = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -251,6 +266,19 @@ impl HeldForward {
         HeldForward {
             child,
             _stdin: stdin,
+            stderr,
+        }
+    }
+
+    /// What the client printed on stderr so far (waits a little for the last of it).
+    fn stderr_with(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let s = self.stderr.lock().unwrap().clone();
+            if s.contains(text) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -488,6 +516,9 @@ fn t37_an_open_forward_is_cut_within_1s_of_a_group_removal_and_not_by_an_unrelat
         a.ended_within(Duration::from_secs(3)),
         "alice's forward still open"
     );
+    // The client is told why.
+    let said = a.stderr_with(&lost_role("web-admin"));
+    assert!(said.contains(&lost_role("web-admin")), "{said:?}");
     println!(
         "group removal: forward.cut {after:?} after policy.reloaded, client gone {:?} after SIGHUP",
         asked.elapsed()
@@ -535,6 +566,8 @@ fn t37_an_open_forward_is_cut_within_1s_of_a_revocation() {
         a.ended_within(Duration::from_secs(3)),
         "the forward is still open"
     );
+    let said = a.stderr_with("your certificate is revoked");
+    assert!(said.contains("your certificate is revoked"), "{said:?}");
     assert_eq!(cut["reason"], "revoked");
     assert_eq!(cut["policy_version"], reloaded["policy_version"]);
     let rule = cut["rule"].as_str().unwrap();
@@ -579,6 +612,8 @@ fn t37_a_temporary_grant_reaching_its_until_cuts_with_no_file_change() {
     assert!(ts(&cut) >= until, "cut before the grant's end: {cut}");
     assert!(f.ended_within(Duration::from_secs(3)));
     assert_eq!(cut["reason"], "role-lost");
+    let said = f.stderr_with(&lost_role("web-admin"));
+    assert!(said.contains(&lost_role("web-admin")), "{said:?}");
     assert_eq!(cut["lost_principal"], "web-admin");
     assert!(cut["rule"].as_str().unwrap().contains("ended at"), "{cut}");
     assert_eq!(

@@ -39,6 +39,8 @@ pub(super) struct Request {
     pub identity: Arc<CertIdentity>,
     /// The SSH connection's number.
     pub conn: u64,
+    /// Ends the SSH connection with a message (a cut of the certificate itself).
+    pub cert_cut: Arc<tokio::sync::watch::Sender<Option<String>>>,
     /// A `forward.refused` event with the connection's fields, to extend.
     pub base: Event,
     pub host: String,
@@ -162,6 +164,7 @@ pub(super) async fn run(req: Request) {
         shared,
         identity,
         conn,
+        cert_cut,
         base,
         host,
         port,
@@ -214,6 +217,7 @@ pub(super) async fn run(req: Request) {
     let (registration, mut cut_rx) = registry::register(
         &shared.registry,
         conn,
+        cert_cut,
         identity.clone(),
         &target.name,
         closed.clone(),
@@ -223,7 +227,7 @@ pub(super) async fn run(req: Request) {
         &registration.forward,
         SystemTime::now(),
     ) {
-        registry::cut_forward(&shared.audit, &registration.forward, cut).await;
+        registry::cut_forward(&shared.audit, registration.forward.clone(), cut).await;
     }
 
     // F5: dial with a deadline; the SSH connection stays up whatever happens here.
@@ -293,6 +297,7 @@ pub(super) async fn run(req: Request) {
     // Close our side of the channel (`into_stream` did it on drop); bounded, the session
     // may be gone already.
     let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+    let registration_cut = registration.forward.decided();
     drop(registration);
     forwards.fetch_sub(1, Ordering::SeqCst);
     BastionMetrics::dec(&metrics.forwards_active);
@@ -302,11 +307,9 @@ pub(super) async fn run(req: Request) {
         .with("bytes_target_to_client", down.load(Ordering::Relaxed))
         .with("duration_ms", started.elapsed().as_millis() as u64)
         .with("end", end);
-    let cut = cut_rx.borrow().clone();
-    if end == "cut"
-        && let Some(cut) = cut
-    {
-        closed = closed.with("rule", &cut.rule);
+    // A forward whose connection was ended for its cut (the reason goes first) is cut too.
+    if let Some(cut) = registration_cut {
+        closed = closed.with("end", "cut").with("rule", &cut.rule);
     }
     let _ = shared.record(closed).await;
 }

@@ -40,6 +40,8 @@ pub struct Cut {
     pub rule: String,
     /// The principal lost, if one was.
     pub principal: Option<String>,
+    /// For the holder: names nothing but their own certificate.
+    pub message: String,
     /// The policy version the decision was made under.
     pub policy_version: String,
 }
@@ -54,8 +56,35 @@ pub struct OpenForward {
     pub target: String,
     /// The fields of the forward's records (connection, key id, host, target, ...).
     pub fields: Event,
+    /// Ends the forward's SSH connection with a message: used when the certificate itself
+    /// no longer stands (revoked, a role lost), since every forward it could open would be
+    /// refused. The client shows the message.
+    connection: Arc<watch::Sender<Option<String>>>,
     claimed: AtomicBool,
+    /// The cut decided (and recorded), before the forward is told.
+    decided: std::sync::OnceLock<Arc<Cut>>,
     cut: watch::Sender<Option<Arc<Cut>>>,
+}
+
+impl OpenForward {
+    /// The cut decided for this forward, if any.
+    pub fn decided(&self) -> Option<Arc<Cut>> {
+        self.decided.get().cloned()
+    }
+
+    /// Ends the forward if a cut was decided for it; otherwise does nothing.
+    pub fn signal(&self) {
+        if let Some(c) = self.decided.get() {
+            self.cut.send_if_modified(|v| {
+                if v.is_none() {
+                    *v = Some(c.clone());
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for OpenForward {
@@ -116,6 +145,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub fn register(
     registry: &Arc<dyn ForwardRegistry>,
     conn: u64,
+    connection: Arc<watch::Sender<Option<String>>>,
     identity: Arc<CertIdentity>,
     target: &str,
     fields: Event,
@@ -127,7 +157,9 @@ pub fn register(
         identity,
         target: target.to_string(),
         fields,
+        connection,
         claimed: AtomicBool::new(false),
+        decided: std::sync::OnceLock::new(),
         cut: tx,
     });
     registry.insert(forward.clone());
@@ -149,11 +181,12 @@ pub fn check_one(policy: &Policy, f: &OpenForward, now: SystemTime) -> Option<Cu
         principals: &id.principals,
         idp_groups: &id.idp_groups,
     };
-    let cut = |code, rule, principal| {
+    let cut = |code, rule, principal, message| {
         Some(Cut {
             code,
             rule,
             principal,
+            message,
             policy_version: policy.version.clone(),
         })
     };
@@ -163,7 +196,12 @@ pub fn check_one(policy: &Policy, f: &OpenForward, now: SystemTime) -> Option<Cu
                 Lost::Revoked(_) => "revoked",
                 _ => "role-lost",
             };
-            cut(code, lost.rule(), lost.principal().map(str::to_string))
+            cut(
+                code,
+                lost.rule(),
+                lost.principal().map(str::to_string),
+                lost.message(),
+            )
         }
         Ok(held) => {
             let granted = policy.hosts.get(&f.target).is_some_and(|h| {
@@ -184,6 +222,7 @@ pub fn check_one(policy: &Policy, f: &OpenForward, now: SystemTime) -> Option<Cu
                         f.target
                     ),
                     None,
+                    format!("host {} is no longer granted to your certificate", f.target),
                 )
             }
         }
@@ -203,7 +242,12 @@ pub fn recheck(
 
 /// Cuts `f`: writes `forward.cut` (waiting at most [`CUT_RECORD_WAIT`]), then ends the
 /// forward. Only the first cut of a forward does anything.
-pub async fn cut_forward(audit: &Audit, f: &OpenForward, cut: Cut) {
+///
+/// When the certificate itself no longer stands (revoked, a role lost), the forward's SSH
+/// connection is ended first with the reason, so the client shows it, and the connection
+/// ends its forwards once the reason is sent ([`OpenForward::signal`]); the forward is
+/// ended here anyway after [`CUT_RECORD_WAIT`] should the connection not get to it.
+pub async fn cut_forward(audit: &Audit, f: Arc<OpenForward>, cut: Cut) {
     if f.claimed.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -222,7 +266,25 @@ pub async fn cut_forward(audit: &Audit, f: &OpenForward, cut: Cut) {
         Err(_) => warn!("forward.cut not recorded in time; cutting anyway"),
     }
     info!(key_id = %crate::util::escape(&f.identity.key_id), target = %f.target, code = cut.code, rule = %cut.rule, "forward cut");
-    f.cut.send_replace(Some(Arc::new(cut)));
+    let whole_certificate = matches!(cut.code, "revoked" | "role-lost");
+    let message = cut.message.clone();
+    let _ = f.decided.set(Arc::new(cut));
+    if !whole_certificate {
+        f.signal();
+        return;
+    }
+    f.connection.send_if_modified(|m| {
+        if m.is_none() {
+            *m = Some(message);
+            true
+        } else {
+            false
+        }
+    });
+    tokio::spawn(async move {
+        tokio::time::sleep(CUT_RECORD_WAIT).await;
+        f.signal();
+    });
 }
 
 /// Cuts every forward of connection `conn` for `cut` (its certificate expired).
@@ -230,7 +292,7 @@ pub async fn cut_connection(registry: &dyn ForwardRegistry, audit: &Audit, conn:
     let mut tasks = tokio::task::JoinSet::new();
     for f in registry.open().into_iter().filter(|f| f.conn == conn) {
         let (audit, cut) = (audit.clone(), cut.clone());
-        tasks.spawn(async move { cut_forward(&audit, &f, cut).await });
+        tasks.spawn(async move { cut_forward(&audit, f, cut).await });
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -250,7 +312,7 @@ pub async fn run_rechecks(
         let now = SystemTime::now();
         for (f, cut) in recheck(&policy, &registry.open(), now) {
             let audit = audit.clone();
-            tokio::spawn(async move { cut_forward(&audit, &f, cut).await });
+            tokio::spawn(async move { cut_forward(&audit, f, cut).await });
         }
         let next = policy.next_grant_end(now).map(|until| {
             tokio::time::Instant::now() + until.duration_since(now).unwrap_or(Duration::ZERO)
@@ -289,6 +351,10 @@ mod tests {
         })
     }
 
+    fn conn() -> Arc<watch::Sender<Option<String>>> {
+        Arc::new(watch::channel(None).0)
+    }
+
     fn policy(text: &str) -> Policy {
         Policy::from_toml("p.toml", text).unwrap()
     }
@@ -319,8 +385,8 @@ principals = ["web-deploy"]
         let reg: Arc<dyn ForwardRegistry> = Arc::new(MemoryRegistry::default());
         let both = identity("alice", &["web-admin", "web-deploy"]);
         let admin = identity("alice", &["web-admin"]);
-        let (r1, _rx1) = register(&reg, 1, both.clone(), "web-1", Event::new(""));
-        let (r2, _rx2) = register(&reg, 2, admin.clone(), "web-2", Event::new(""));
+        let (r1, _rx1) = register(&reg, 1, conn(), both.clone(), "web-1", Event::new(""));
+        let (r2, _rx2) = register(&reg, 2, conn(), admin.clone(), "web-2", Event::new(""));
         let now = UNIX_EPOCH + Duration::from_secs(1000);
         // An unrelated edit (a new host) cuts nothing.
         let p = policy(&format!("{BASE}[hosts.web-3]\naddress = \"10.0.0.3\"\n"));
@@ -404,6 +470,7 @@ principals = ["web-deploy"]
             keep.push(register(
                 &reg,
                 u,
+                conn(),
                 id,
                 &format!("h{}", u % 50),
                 Event::new(""),

@@ -459,7 +459,12 @@ async fn serve_connection(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (auth_tx, mut auth_rx) = watch::channel::<Option<SystemTime>>(None);
     let forwards = Arc::new(AtomicUsize::new(0));
+    // Set when the policy in force no longer lets this connection's certificate stand
+    // (revoked, a role lost): the connection ends with the reason, which the client shows.
+    let (cert_cut, mut cert_cut_rx) = watch::channel::<Option<String>>(None);
+    let cert_cut = Arc::new(cert_cut);
     let handler = Connection {
+        cert_cut: cert_cut.clone(),
         shared: shared.clone(),
         peer,
         conn,
@@ -496,7 +501,7 @@ async fn serve_connection(
 
     let mut valid_before: Option<SystemTime> = None;
     let mut draining = false;
-    let reason: &str = loop {
+    let reason: String = loop {
         let authenticated = valid_before.is_some();
         let expiry = valid_before
             .filter(|_| shared.cfg.disconnect_on_cert_expiry)
@@ -517,7 +522,7 @@ async fn serve_connection(
             }
             _ = tokio::time::sleep_until(grace_deadline), if !authenticated => {
                 BastionMetrics::inc(&metrics.login_grace_expired);
-                break "login grace time exceeded";
+                break "login grace time exceeded".to_string();
             }
             changed = auth_rx.changed(), if !authenticated => {
                 if changed.is_err() { return; }
@@ -531,37 +536,54 @@ async fn serve_connection(
                         valid_before.map(crate::util::rfc3339).unwrap_or_default()
                     ),
                     principal: None,
+                    message: "your certificate expired".to_string(),
                     policy_version: shared.policy.current().version.clone(),
                 };
                 super::registry::cut_connection(shared.registry.as_ref(), &shared.audit, conn, cut)
                     .await;
-                break "certificate expired";
+                break "certificate expired".to_string();
+            }
+            changed = cert_cut_rx.changed() => {
+                // `cert_cut` is alive until this function returns: never an error here.
+                if changed.is_ok()
+                    && let Some(message) = cert_cut_rx.borrow_and_update().clone()
+                {
+                    break message;
+                }
             }
             _ = shutdown_requested(&mut drain), if !draining => {
                 if !authenticated || forwards.load(Ordering::SeqCst) == 0 {
-                    break "bastion shutting down";
+                    break "bastion shutting down".to_string();
                 }
                 draining = true;
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {
                 if forwards.load(Ordering::SeqCst) == 0 || *shared.cut.borrow() {
-                    break "bastion shutting down";
+                    break "bastion shutting down".to_string();
                 }
             }
         }
     };
-    debug!(%peer, conn, reason, "closing connection");
+    debug!(%peer, conn, %reason, "closing connection");
     if valid_before.is_some() {
         // Tell an authenticated client why, then cut whatever happens.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             handle.disconnect(
                 russh::Disconnect::ByApplication,
-                reason.to_string(),
+                reason.clone(),
                 "en".into(),
             ),
         )
         .await;
+    }
+    // Forwards cut with their certificate end once the reason has gone to the client.
+    for f in shared.registry.open() {
+        if f.conn == conn {
+            f.signal();
+        }
+    }
+    if valid_before.is_some() {
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
     }
     kill.kill();
@@ -577,6 +599,8 @@ pub(super) struct Connection {
     user_slot: Option<UserSlot>,
     identity: Option<Arc<CertIdentity>>,
     auth_tx: watch::Sender<Option<SystemTime>>,
+    /// Ends the connection with a message (see `serve_connection`).
+    cert_cut: Arc<watch::Sender<Option<String>>>,
     /// Channels open on this connection (sessions and forwards), for the F4 cap.
     channels: Arc<AtomicUsize>,
     /// Forwards open on this connection (for graceful shutdown).
@@ -1235,6 +1259,7 @@ impl Handler for Connection {
             shared: self.shared.clone(),
             identity,
             conn: self.conn,
+            cert_cut: self.cert_cut.clone(),
             base,
             host: host_to_connect.to_string(),
             port: port_to_connect,
