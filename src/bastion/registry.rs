@@ -425,7 +425,8 @@ principals = ["web-deploy"]
     }
 
     /// The cost of one re-check: 1,000 open forwards under a 10,000-host policy.
-    /// `cargo test --release --lib bastion::registry -- --ignored --nocapture`
+    /// `cargo test --config 'profile.dev.package.drawbridge.opt-level=3' --lib
+    /// bastion::registry -- --ignored --nocapture` (1.2–1.4 ms on the 2-core test machine).
     #[test]
     #[ignore]
     fn recheck_cost_1000_forwards_10000_hosts() {
