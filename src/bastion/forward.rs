@@ -188,7 +188,11 @@ pub(super) async fn run(req: Request) {
         Err(r) => return refuse(&shared, &base, reply, r, Event::new("")).await,
     };
     let target = allowed.target;
-    let first = &allowed.grants[0];
+    let Some(first) = allowed.grants.first() else {
+        // `authorize` never allows without a granting principal; refuse if it ever did.
+        let r = prohibited("denied", super::targets::not_reachable(&host));
+        return refuse(&shared, &base, reply, r, Event::new("")).await;
+    };
     let decided = Event::new("")
         .with("target", &target.name)
         .with("address", format!("{}:{}", target.address, target.port))

@@ -258,7 +258,7 @@ pub async fn cut_forward(audit: &Audit, f: Arc<OpenForward>, cut: Cut) {
         .with("rule", &cut.rule)
         .with("policy_version", &cut.policy_version);
     if let Some(p) = &cut.principal {
-        event = event.with("lost_principal", p);
+        event = event.with("lost_principal", crate::util::escape(p));
     }
     match tokio::time::timeout(CUT_RECORD_WAIT, audit.record(event)).await {
         Ok(Ok(())) => {}
