@@ -24,7 +24,7 @@ use tracing::{debug, info};
 use super::BastionMetrics;
 use super::registry;
 use super::server::{ChannelSlot, Shared};
-use super::targets::resolve_for;
+use super::targets::{malformed, resolve_for};
 use super::verify::CertIdentity;
 use crate::audit::Event;
 use crate::policy::{Carried, Held, Host, Policy, Via};
@@ -88,7 +88,8 @@ pub struct Allowed<'p> {
 /// The decision for one `direct-tcpip` request. Pure: the policy and the time are
 /// parameters.
 ///
-/// A certificate is all or nothing: the key id must still hold, under `policy`, every
+/// A request malformed in itself (port, empty host, control characters) is refused first.
+/// Then a certificate is all or nothing: the key id must still hold, under `policy`, every
 /// principal in the certificate, each within its `max_ttl` (the certificate's age), and
 /// the certificate must not be revoked or expired ([`Policy::still_holds`]). Then the
 /// host must be one at least one of those principals grants; what a refusal says about
@@ -100,6 +101,9 @@ pub fn authorize<'p>(
     port: u32,
     now: SystemTime,
 ) -> Result<Allowed<'p>, ForwardRefusal> {
+    if let Some(t) = malformed(host, port) {
+        return Err(prohibited(t.code, t.message));
+    }
     let carried = Carried {
         key_id: &id.key_id,
         serial: id.serial,
@@ -630,6 +634,9 @@ serial = 666
             ("a spelling hint for a reachable host",
              cert("carol", &["web-admin"], &[], 1, t0), "WEB-1", 22, t0 + 10,
              Refuse("unknown-host", "write \"web-1\"")),
+            ("control characters are refused first, whatever the certificate",
+             cert("alice", &["web-deploy", "web-admin"], &[], 1, t0), "web-1\n", 22, t0 + 10,
+             Refuse("unknown-host", "control characters in the host name")),
             ("no spelling hint for an unreachable host",
              cert("carol", &["web-admin"], &[], 1, t0), "DB-1", 22, t0 + 10,
              Refuse("unknown-host", "=host \"DB-1\" is not in the inventory or not granted to you (the bastion's `hosts` command lists the hosts you may reach)")),

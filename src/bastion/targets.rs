@@ -52,6 +52,29 @@ pub fn not_reachable(requested: &str) -> String {
     )
 }
 
+/// A request refused for its form alone, whatever the inventory and the caller: a port
+/// that is not a TCP port, an empty host name, control characters. Checked first; the
+/// text names nothing but the request.
+pub fn malformed(host: &str, port: u32) -> Option<TargetRefusal> {
+    let message = if u16::try_from(port).is_err() {
+        format!("port {port} is not a TCP port")
+    } else if host.is_empty() {
+        "empty host name refused".to_string()
+    } else if host.chars().any(|c| c.is_control()) {
+        format!(
+            "host \"{}\" refused: control characters in the host name",
+            escape(host)
+        )
+    } else {
+        return None;
+    };
+    Some(TargetRefusal {
+        code: "unknown-host",
+        message,
+        detail: None,
+    })
+}
+
 /// [`resolve_target`] for one caller: `may_reach` says whether the caller may reach an
 /// inventory host, and decides what the refusal may say.
 pub fn resolve_for<'p>(
