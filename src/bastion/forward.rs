@@ -238,6 +238,11 @@ pub(super) async fn run(req: Request) {
         registry::cut_forward(&shared.audit, registration.forward.clone(), cut).await;
     }
 
+    // Cut already (the policy changed since the decision): never dial.
+    if let Some(cut) = registration.forward.decided() {
+        return end_cut_unopened(&shared, closed, reply, &cut, started).await;
+    }
+
     // F5: dial with a deadline; the SSH connection stays up whatever happens here.
     let dial = TcpStream::connect((target.address.as_str(), target.port));
     let failed = |code: &'static str, message: String| ForwardRefusal {
@@ -268,15 +273,10 @@ pub(super) async fn run(req: Request) {
         }
     };
     let _ = stream.set_nodelay(true);
-    let cut_early = cut_rx.borrow().clone();
-    if let Some(cut) = cut_early {
-        let r = prohibited(
-            "cut",
-            format!("forward to {} cut: the policy changed", target.name),
-        );
+    // Cut while dialing: the client never gets the channel.
+    if let Some(cut) = registration.forward.decided() {
         drop(stream);
-        let closed = closed.with("rule", &cut.rule);
-        return end_unopened(&shared, closed, reply, r, started).await;
+        return end_cut_unopened(&shared, closed, reply, &cut, started).await;
     }
 
     reply.accept().await;
@@ -320,6 +320,19 @@ pub(super) async fn run(req: Request) {
         closed = closed.with("end", "cut").with("rule", &cut.rule);
     }
     let _ = shared.record(closed).await;
+}
+
+/// Ends a forward cut before its channel was accepted.
+async fn end_cut_unopened(
+    shared: &Shared,
+    closed: Event,
+    reply: ChannelOpenHandle,
+    cut: &registry::Cut,
+    started: Instant,
+) {
+    let r = prohibited("cut", cut.message.clone());
+    let closed = closed.with("rule", &cut.rule);
+    end_unopened(shared, closed, reply, r, started).await
 }
 
 /// Ends a forward recorded as opened that never reached the client: `forward.closed`
