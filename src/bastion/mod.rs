@@ -8,6 +8,7 @@
 //! | [`targets`] | inventory lookup for a `direct-tcpip` request, and the hosts a cert may reach (`hosts`) |
 //! | `server` | the accept loop (pre-auth caps, login grace), the russh `Handler` (auth, sessions, refusals) |
 //! | `forward` | per-request authorization under the policy loaded now, dialing, byte pumping |
+//! | [`registry`] | the open forwards, and the live re-check that cuts those the policy in force no longer allows |
 //!
 //! # Invariants
 //!
@@ -25,12 +26,20 @@
 //! - **Target port.** A request for an inventory host on port 22 or on the host's own port
 //!   is dialed at the inventory address and port: `ssh -J bastion web-1` sends port 22
 //!   whatever web-1's real port is. Any other port is refused.
-//! - **Per-forward decision.** Each `direct-tcpip` takes the policy in force at that moment:
-//!   the host must resolve (exact name or exact address), the certificate must not be
-//!   revoked or expired *now*, one of its principals must grant the host to its key id
-//!   (groups from `groups@drawbridge` count as extra groups), and the certificate's age
-//!   (now − valid_after − 60 s) must be within that principal's `max_ttl`; when the first
-//!   granting principal is too short-lived another granting one in the certificate may do.
+//! - **Per-forward decision.** Each `direct-tcpip` takes the policy in force at that moment.
+//!   A certificate is all or nothing (the target's sshd honours every principal in it and
+//!   the bastion cannot see the login): it must not be revoked or expired *now*, its key id
+//!   must still hold **every** principal it carries (groups from `idp-groups@drawbridge`
+//!   count as extra groups), each within its `max_ttl` against the certificate's age
+//!   (now − valid_after − 60 s), and one of them must grant the host, which must resolve
+//!   (exact name or exact address). A refusal names the role lost; it names no host the
+//!   caller may not reach.
+//! - **Live cut-off.** Open forwards are in a [`registry`]; every change of the policy in
+//!   force (a reload, a temporary grant's `until`) re-checks them with the same rule,
+//!   without the age, and cuts those no longer allowed (`forward.cut`, then
+//!   `forward.closed` with `end = "cut"`). With `disconnect_on_cert_expiry`, a connection's
+//!   forwards are cut (`forward.cut`, reason `certificate-expired`) and the connection
+//!   closed at the certificate's `valid_before`.
 //! - **Refusal messages.** Authentication refusals cannot carry text in SSH; the client sees
 //!   `Permission denied (publickey)` and the reason goes to the audit log and metrics.
 //!   Forward refusals carry the reason in the channel-open failure text (`ssh` prints it).
@@ -87,6 +96,7 @@ mod forward;
 pub mod lib_refusals;
 pub mod preauth;
 pub mod refusal_budget;
+pub mod registry;
 mod server;
 pub mod targets;
 pub mod verify;

@@ -67,6 +67,8 @@ pub(super) struct Shared {
     pub metrics: Arc<BastionMetrics>,
     /// Turns true when open forwards must be cut (shutdown grace is over).
     pub cut: watch::Receiver<bool>,
+    /// The open forwards, re-checked whenever the policy in force changes.
+    pub registry: Arc<dyn super::registry::ForwardRegistry>,
     users: Mutex<HashMap<String, usize>>,
     unauth: Arc<preauth::Table>,
     /// Refusal records per source (see `refusal_budget`).
@@ -260,12 +262,24 @@ pub(super) async fn run(
         audit,
         metrics: metrics.clone(),
         cut: cut_rx,
+        registry: Arc::new(super::registry::MemoryRegistry::default()),
         users: Mutex::new(HashMap::new()),
         unauth,
         refusals: Budget::default(),
         next_conn: AtomicU64::new(1),
     });
     info!(listen = ?listener.local_addr().ok(), "bastion listening");
+    let (recheck_stop, recheck_stop_rx) = watch::channel(false);
+    let rechecks = tokio::spawn(super::registry::run_rechecks(
+        shared.registry.clone(),
+        shared.policy.clone(),
+        shared.audit.clone(),
+        recheck_stop_rx,
+    ));
+    let stop_rechecks = move || {
+        let _ = recheck_stop.send(true);
+        rechecks.abort();
+    };
 
     let flusher = tokio::spawn(flush_refusals_every_second(shared.clone()));
     let mut conns = JoinSet::new();
@@ -327,6 +341,7 @@ pub(super) async fn run(
     })
     .await;
     conns.abort_all();
+    stop_rechecks();
     flusher.abort();
     flush_refusals(&shared).await;
     Ok(())
@@ -456,7 +471,12 @@ async fn serve_connection(
     let forwards = Arc::new(AtomicUsize::new(0));
     // Cancelled when a connection from a source below its share takes this place.
     let evicted = slot.slot.eviction();
+    // Set when the policy in force no longer lets this connection's certificate stand
+    // (revoked, a role lost): the connection ends with the reason, which the client shows.
+    let (cert_cut, mut cert_cut_rx) = watch::channel::<Option<String>>(None);
+    let cert_cut = Arc::new(cert_cut);
     let handler = Connection {
+        cert_cut: cert_cut.clone(),
         shared: shared.clone(),
         peer,
         conn,
@@ -499,7 +519,7 @@ async fn serve_connection(
 
     let mut valid_before: Option<SystemTime> = None;
     let mut draining = false;
-    let reason: &str = loop {
+    let reason: String = loop {
         let authenticated = valid_before.is_some();
         let expiry = valid_before
             .filter(|_| shared.cfg.disconnect_on_cert_expiry)
@@ -520,44 +540,72 @@ async fn serve_connection(
             }
             _ = tokio::time::sleep_until(grace_deadline), if !authenticated => {
                 BastionMetrics::inc(&metrics.login_grace_expired);
-                break "login grace time exceeded";
+                break "login grace time exceeded".to_string();
             }
             _ = evicted.cancelled(), if !authenticated => {
                 metrics.refused(preauth::EVICTED);
-                break "pre-auth place given to a fairer source";
+                break "pre-auth place given to a fairer source".to_string();
             }
             changed = auth_rx.changed(), if !authenticated => {
                 if changed.is_err() { return; }
                 valid_before = *auth_rx.borrow_and_update();
             }
             _ = tokio::time::sleep_until(expiry.unwrap_or(grace_deadline)), if expiry.is_some() => {
-                break "certificate expired";
+                let cut = super::registry::Cut {
+                    code: "certificate-expired",
+                    rule: format!(
+                        "ssh.disconnect_on_cert_expiry: the certificate expired at {}",
+                        valid_before.map(crate::util::rfc3339).unwrap_or_default()
+                    ),
+                    principal: None,
+                    message: "your certificate expired".to_string(),
+                    policy_version: shared.policy.current().version.clone(),
+                };
+                super::registry::cut_connection(shared.registry.as_ref(), &shared.audit, conn, cut)
+                    .await;
+                break "certificate expired".to_string();
+            }
+            changed = cert_cut_rx.changed() => {
+                // `cert_cut` is alive until this function returns: never an error here.
+                if changed.is_ok()
+                    && let Some(message) = cert_cut_rx.borrow_and_update().clone()
+                {
+                    break message;
+                }
             }
             _ = shutdown_requested(&mut drain), if !draining => {
                 if !authenticated || forwards.load(Ordering::SeqCst) == 0 {
-                    break "bastion shutting down";
+                    break "bastion shutting down".to_string();
                 }
                 draining = true;
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {
                 if forwards.load(Ordering::SeqCst) == 0 || *shared.cut.borrow() {
-                    break "bastion shutting down";
+                    break "bastion shutting down".to_string();
                 }
             }
         }
     };
-    debug!(%peer, conn, reason, "closing connection");
+    debug!(%peer, conn, %reason, "closing connection");
     if valid_before.is_some() {
         // Tell an authenticated client why, then cut whatever happens.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             handle.disconnect(
                 russh::Disconnect::ByApplication,
-                reason.to_string(),
+                reason.clone(),
                 "en".into(),
             ),
         )
         .await;
+    }
+    // Forwards cut with their certificate end once the reason has gone to the client.
+    for f in shared.registry.open() {
+        if f.conn == conn {
+            f.signal();
+        }
+    }
+    if valid_before.is_some() {
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
     }
     kill.kill();
@@ -573,6 +621,8 @@ pub(super) struct Connection {
     user_slot: Option<UserSlot>,
     identity: Option<Arc<CertIdentity>>,
     auth_tx: watch::Sender<Option<SystemTime>>,
+    /// Ends the connection with a message (see `serve_connection`).
+    cert_cut: Arc<watch::Sender<Option<String>>>,
     /// Channels open on this connection (sessions and forwards), for the F4 cap.
     channels: Arc<AtomicUsize>,
     /// Forwards open on this connection (for graceful shutdown).
@@ -847,13 +897,19 @@ impl Connection {
 
     fn hosts(&self, id: &CertIdentity) -> String {
         let policy = self.shared.policy.current();
-        let list = targets::reachable(
-            &policy,
-            &id.key_id,
-            &id.idp_groups,
-            &id.principals,
-            SystemTime::now(),
-        );
+        let now = SystemTime::now();
+        // A certificate is all or nothing: one that no longer stands reaches nothing.
+        let carried = crate::policy::Carried {
+            key_id: &id.key_id,
+            serial: id.serial,
+            key_fingerprint: &id.key_fingerprint,
+            principals: &id.principals,
+            idp_groups: &id.idp_groups,
+        };
+        if let Err(lost) = policy.still_holds(&carried, now, Some(id.age(now))) {
+            return format!("no hosts: {}\n", lost.message());
+        }
+        let list = targets::reachable(&policy, &id.key_id, &id.idp_groups, &id.principals, now);
         if list.is_empty() {
             return "no hosts: your certificate's principals grant none under the current policy\n"
                 .into();
@@ -1256,6 +1312,8 @@ impl Handler for Connection {
         tokio::spawn(super::forward::run(super::forward::Request {
             shared: self.shared.clone(),
             identity,
+            conn: self.conn,
+            cert_cut: self.cert_cut.clone(),
             base,
             host: host_to_connect.to_string(),
             port: port_to_connect,

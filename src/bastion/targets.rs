@@ -9,10 +9,17 @@
 //! DNS, no numeric IPv4 variants: anything else is "not in the inventory". The port must be
 //! the host's port, or 22 (what `ssh -J bastion web-1` sends when the client does not know
 //! the host's port), and the bastion always dials the inventory address and port.
+//!
+//! Refusals reveal nothing about hosts the caller may not reach: [`resolve_for`] decides
+//! whether the caller may reach the host before it chooses the text. A host outside the
+//! inventory and an inventory host the caller has no grant for get the same words; the
+//! address a host shares with others, the port of a host, and spelling hints are told
+//! only about hosts the caller may reach. The audit record keeps the whole truth.
 
 use std::time::SystemTime;
 
-use crate::policy::{Decision, Host, Policy, Query};
+use crate::policy::{Decision, Host, Policy, Query, Unresolved, eval::wrong_port};
+use crate::util::escape;
 
 /// The inventory entry a `direct-tcpip` request names, or why none does
 /// ([`Policy::resolve_target`], with the SSH wire's 32-bit port checked first).
@@ -21,6 +28,121 @@ pub fn resolve_target<'p>(policy: &'p Policy, host: &str, port: u32) -> Result<&
         return Err(format!("port {port} is not a TCP port"));
     };
     policy.resolve_target(host, port)
+}
+
+/// Why a request names no host the caller may reach: what they are told, and what the
+/// audit log keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRefusal {
+    /// `unknown-host` (nothing in the inventory answers the request) or `denied` (an
+    /// inventory host the caller may not reach).
+    pub code: &'static str,
+    /// For the caller: names no host they may not reach.
+    pub message: String,
+    /// For the audit log: the inventory host concerned, when there is one.
+    pub detail: Option<String>,
+}
+
+/// The words for a host the caller may not reach, whether it is in the inventory or not.
+pub fn not_reachable(requested: &str) -> String {
+    format!(
+        "host \"{}\" is not in the inventory or not granted to you \
+         (the bastion's `hosts` command lists the hosts you may reach)",
+        escape(requested)
+    )
+}
+
+/// A request refused for its form alone, whatever the inventory and the caller: a port
+/// that is not a TCP port, an empty host name, control characters. Checked first; the
+/// text names nothing but the request.
+pub fn malformed(host: &str, port: u32) -> Option<TargetRefusal> {
+    let message = if u16::try_from(port).is_err() {
+        format!("port {port} is not a TCP port")
+    } else if host.is_empty() {
+        "empty host name refused".to_string()
+    } else if host.chars().any(|c| c.is_control()) {
+        format!(
+            "host \"{}\" refused: control characters in the host name",
+            escape(host)
+        )
+    } else {
+        return None;
+    };
+    Some(TargetRefusal {
+        code: "unknown-host",
+        message,
+        detail: None,
+    })
+}
+
+/// [`resolve_target`] for one caller: `may_reach` says whether the caller may reach an
+/// inventory host, and decides what the refusal may say.
+pub fn resolve_for<'p>(
+    policy: &'p Policy,
+    host: &str,
+    port: u32,
+    may_reach: &dyn Fn(&Host) -> bool,
+) -> Result<&'p Host, TargetRefusal> {
+    let Ok(port) = u16::try_from(port) else {
+        return Err(TargetRefusal {
+            code: "unknown-host",
+            message: format!("port {port} is not a TCP port"),
+            detail: None,
+        });
+    };
+    let denied = |h: &Host| TargetRefusal {
+        code: "denied",
+        message: not_reachable(host),
+        detail: Some(format!(
+            "inventory host {}: no principal of the certificate grants it",
+            h.name
+        )),
+    };
+    match policy.locate(host, port) {
+        Ok(h) if may_reach(h) => Ok(h),
+        Ok(h) => Err(denied(h)),
+        Err(Unresolved::WrongPort(h)) if may_reach(h) => Err(TargetRefusal {
+            code: "unknown-host",
+            message: wrong_port(h, port),
+            detail: None,
+        }),
+        Err(Unresolved::WrongPort(h)) => Err(denied(h)),
+        Err(Unresolved::SharedAddress(candidates)) => {
+            let all: Vec<&str> = candidates.iter().map(|h| h.name.as_str()).collect();
+            let yours: Vec<&str> = candidates
+                .iter()
+                .filter(|h| may_reach(h))
+                .map(|h| h.name.as_str())
+                .collect();
+            let detail = Some(format!(
+                "address shared by the inventory hosts {}",
+                all.join(", ")
+            ));
+            if yours.is_empty() {
+                return Err(TargetRefusal {
+                    code: "denied",
+                    message: not_reachable(host),
+                    detail,
+                });
+            }
+            Err(TargetRefusal {
+                code: "unknown-host",
+                message: format!(
+                    "address \"{}\" is not forwarded by address; connect by host name: {}",
+                    escape(host),
+                    yours.join(", ")
+                ),
+                detail,
+            })
+        }
+        Err(Unresolved::NotFound) => Err(TargetRefusal {
+            code: "unknown-host",
+            message: policy
+                .spelling_hint(host, may_reach)
+                .unwrap_or_else(|| not_reachable(host)),
+            detail: None,
+        }),
+    }
 }
 
 /// One host a certificate may reach now, with the logins its principals allow there.
@@ -146,6 +268,62 @@ mod tests {
         assert_eq!(resolve_target(&p, "127.0.0.1", 2202).unwrap().name, "b");
         assert!(resolve_target(&p, "127.0.0.1", 22).is_err());
         assert_eq!(resolve_target(&p, "a", 22).unwrap().name, "a");
+    }
+
+    /// Refusals for hosts the caller may not reach hold no inventory name, address or
+    /// port, and read the same as for a host outside the inventory.
+    #[test]
+    fn refusals_reveal_nothing_beyond_the_callers_reach() {
+        let p = policy();
+        let only_a = |h: &Host| h.name == "a";
+        let nobody = |_: &Host| false;
+        let unknown = resolve_for(&p, "nowhere", 22, &nobody).unwrap_err();
+        for (req, port, reach) in [
+            ("web-1", 22u32, &nobody as &dyn Fn(&Host) -> bool),
+            ("db-1", 2223, &nobody),
+            ("10.20.0.11", 22, &nobody),
+            ("127.0.0.1", 22, &nobody),
+            ("127.0.0.1", 2202, &only_a),
+            ("WEB-1", 22, &only_a),
+            ("web-1.", 22, &only_a),
+            ("10.20.0.11.", 22, &only_a),
+            ("DB-1", 22, &nobody),
+        ] {
+            let e = resolve_for(&p, req, port, reach).unwrap_err();
+            let m = &e.message;
+            for secret in [
+                "web-1",
+                "db-1",
+                "10.20.0.11",
+                "10.20.0.12",
+                "2222",
+                "shared",
+                "\"b\"",
+            ] {
+                if !req.contains(secret) {
+                    assert!(!m.contains(secret), "{req}:{port}: {m:?} names {secret}");
+                }
+            }
+            assert_eq!(*m, not_reachable(req), "{req}:{port}");
+            let _ = &unknown;
+        }
+        assert_eq!(unknown.message, not_reachable("nowhere"));
+        // For a host the caller may reach: the port, the hint, the name to use.
+        let all = |_: &Host| true;
+        let e = resolve_for(&p, "db-1", 2223, &all).unwrap_err();
+        assert!(e.message.contains("inventory port 2222"), "{e:?}");
+        let e = resolve_for(&p, "WEB-1", 22, &all).unwrap_err();
+        assert!(e.message.contains("write \"web-1\""), "{e:?}");
+        let e = resolve_for(&p, "127.0.0.1", 22, &only_a).unwrap_err();
+        assert!(e.message.ends_with("connect by host name: a"), "{e:?}");
+        assert!(
+            e.detail.as_deref().is_some_and(|d| d.contains("a, b")),
+            "{e:?}"
+        );
+        assert_eq!(
+            resolve_for(&p, "127.0.0.1", 2201, &only_a).unwrap().name,
+            "a"
+        );
     }
 
     #[test]

@@ -465,15 +465,35 @@ impl Policy {
         ))
     }
 
-    /// Resolves the host of a `direct-tcpip` request to an inventory host (THREATS row 16).
+    /// Resolves the host of a `direct-tcpip` request to an inventory host.
     ///
     /// Accepted: exactly an inventory host name, or exactly the address string of an
     /// inventory host; and a port that is that host's port, or 22 (what `ssh -J` sends when
     /// no port is given). The caller dials `host.address:host.port`, never the request.
     /// Everything else is refused: case variants, trailing dots, numeric IPv4 forms
     /// (decimal, octal, hex), IPv4-mapped IPv6, names or addresses outside the inventory.
+    ///
+    /// The messages describe the inventory: for a person who may not reach every host,
+    /// use [`Policy::locate`] and word the refusal from what they may reach.
     pub fn resolve_target(&self, requested_host: &str, port: u16) -> Result<&Host, String> {
         let shown = escape(requested_host);
+        match self.locate(requested_host, port) {
+            Ok(h) => Ok(h),
+            Err(Unresolved::SharedAddress(candidates)) => {
+                let list: Vec<&str> = candidates.iter().map(|h| h.name.as_str()).collect();
+                Err(format!(
+                    "address \"{shown}\" is shared by the inventory hosts {}; connect by host name",
+                    list.join(", ")
+                ))
+            }
+            Err(Unresolved::WrongPort(host)) => Err(wrong_port(host, port)),
+            Err(Unresolved::NotFound) => Err(self.refusal(requested_host, &|_| true)),
+        }
+    }
+
+    /// [`Policy::resolve_target`] with the reason as data, so the caller can choose what
+    /// to tell whom.
+    pub fn locate(&self, requested_host: &str, port: u16) -> Result<&Host, Unresolved<'_>> {
         let host = match self.hosts.get(requested_host) {
             Some(h) => h,
             None => match self.index().by_address.get(requested_host) {
@@ -488,57 +508,56 @@ impl Policy {
                     match (candidates.as_slice(), exact.as_slice()) {
                         ([only], _) => *only,
                         (_, [only]) => *only,
-                        _ => {
-                            let list: Vec<&str> =
-                                candidates.iter().map(|h| h.name.as_str()).collect();
-                            return Err(format!(
-                                "address \"{shown}\" is shared by the inventory hosts {}; connect by host name",
-                                list.join(", ")
-                            ));
-                        }
+                        _ => return Err(Unresolved::SharedAddress(candidates)),
                     }
                 }
-                None => return Err(self.refusal(requested_host)),
+                None => return Err(Unresolved::NotFound),
             },
         };
         if port != host.port && port != 22 {
-            return Err(format!(
-                "port {port} refused for host {}: only its inventory port {} (or 22) is forwarded",
-                host.name, host.port
-            ));
+            return Err(Unresolved::WrongPort(host));
         }
         Ok(host)
     }
 
-    fn refusal(&self, requested: &str) -> String {
+    /// Why `requested` names no inventory host, with a spelling hint only when the hint
+    /// names a host `may_reach` accepts; `None` when there is nothing to say beyond "not
+    /// found" (the caller words that).
+    pub fn spelling_hint(
+        &self,
+        requested: &str,
+        may_reach: &dyn Fn(&Host) -> bool,
+    ) -> Option<String> {
         let shown = escape(requested);
-        let not_inventory = format!("host \"{shown}\" is not in the inventory");
         if requested.is_empty() {
-            return "empty host name refused".to_string();
+            return Some("empty host name refused".to_string());
         }
         if requested.chars().any(|c| c.is_control()) {
-            return format!("host \"{shown}\" refused: control characters in the host name");
+            return Some(format!(
+                "host \"{shown}\" refused: control characters in the host name"
+            ));
         }
         let trimmed = requested.trim_end_matches('.');
-        if trimmed != requested && self.exact_known(trimmed) {
-            return format!(
+        if trimmed != requested && self.known_and_reachable(trimmed, may_reach) {
+            return Some(format!(
                 "host \"{shown}\" refused: write it exactly as in the inventory, \"{}\" (no trailing dot)",
                 escape(trimmed)
-            );
+            ));
         }
         let lower = requested.to_ascii_lowercase();
         if let Some(h) = self.hosts.values().find(|h| {
-            h.name.to_ascii_lowercase() == lower || h.address.to_ascii_lowercase() == lower
+            may_reach(h)
+                && (h.name.to_ascii_lowercase() == lower || h.address.to_ascii_lowercase() == lower)
         }) {
             let exact = if h.name.to_ascii_lowercase() == lower {
                 &h.name
             } else {
                 &h.address
             };
-            return format!(
+            return Some(format!(
                 "host \"{shown}\" refused: names are compared exactly (case included); write \"{}\"",
                 escape(exact)
-            );
+            ));
         }
         let unbracketed = requested.trim_start_matches('[').trim_end_matches(']');
         if let Some(v4) = unbracketed
@@ -546,27 +565,59 @@ impl Policy {
             .ok()
             .and_then(|a| a.to_ipv4_mapped())
         {
-            return format!(
+            return Some(format!(
                 "host \"{shown}\" refused: IPv4-mapped IPv6 addresses are not accepted (only an inventory host's exact address, e.g. {v4} if it is listed)"
-            );
+            ));
         }
         if requested.parse::<IpAddr>().is_err()
-            && !requested.is_empty()
             && requested
                 .split('.')
                 .next_back()
                 .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_digit()))
         {
-            return format!(
+            return Some(format!(
                 "host \"{shown}\" refused: numeric forms other than an inventory host's exact address are not accepted"
-            );
+            ));
         }
-        not_inventory
+        None
     }
 
-    fn exact_known(&self, s: &str) -> bool {
-        self.hosts.contains_key(s) || self.index().by_address.contains_key(s)
+    fn known_and_reachable(&self, s: &str, may_reach: &dyn Fn(&Host) -> bool) -> bool {
+        if let Some(h) = self.hosts.get(s) {
+            return may_reach(h);
+        }
+        self.index().by_address.get(s).is_some_and(|names| {
+            names
+                .iter()
+                .filter_map(|n| self.hosts.get(n))
+                .any(may_reach)
+        })
     }
+
+    fn refusal(&self, requested: &str, may_reach: &dyn Fn(&Host) -> bool) -> String {
+        self.spelling_hint(requested, may_reach)
+            .unwrap_or_else(|| format!("host \"{}\" is not in the inventory", escape(requested)))
+    }
+}
+
+/// Why a `direct-tcpip` request names no inventory host (see [`Policy::locate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved<'p> {
+    /// Neither an inventory name nor an inventory address.
+    NotFound,
+    /// An address several inventory hosts share, none of them on the requested port.
+    SharedAddress(Vec<&'p Host>),
+    /// An inventory host, asked for on a port other than its own or 22.
+    WrongPort(&'p Host),
+}
+
+/// The refusal of a port other than the host's own or 22 (names the host's port: only
+/// for people who may reach it).
+pub fn wrong_port(host: &Host, port: u16) -> String {
+    format!(
+        "port {port} refused for host {}: only its inventory port {} (or 22) is forwarded",
+        host.name, host.port
+    )
 }
 
 fn held_names(grants: &[GrantRef<'_>]) -> String {

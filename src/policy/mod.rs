@@ -8,6 +8,7 @@
 //! SKELETON: the public API below is the contract the issuer and the bastion code against.
 //! The policy work fills in the bodies; it may add to the API but not change these shapes.
 
+pub mod carried;
 pub mod cases;
 pub mod cmd;
 pub mod diff;
@@ -17,7 +18,8 @@ pub mod load;
 pub mod model;
 pub mod watch;
 
-pub use eval::{PolicyIndex, Reach};
+pub use carried::{Carried, Held, Lost};
+pub use eval::{PolicyIndex, Reach, Unresolved};
 pub use load::SourceFile;
 pub use model::*;
 
@@ -152,13 +154,6 @@ impl Policy {
     /// and the login (any login when `q.login` is `None`) decides.
     pub fn decide(&self, q: &Query<'_>) -> Decision {
         self.decide_impl(q)
-    }
-
-    /// Whether a certificate is revoked by serial or key id; the matching entry.
-    pub fn revoked(&self, serial: u64, key_id: &str) -> Option<&Revoked> {
-        self.revoked
-            .iter()
-            .find(|r| r.serial == Some(serial) || r.key_id.as_deref() == Some(key_id))
     }
 }
 

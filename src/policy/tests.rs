@@ -148,9 +148,9 @@ fn good_policy_loads() {
         "policies/principals.toml:7:13"
     );
     assert!(p.version.starts_with("sha256:"), "{}", p.version);
-    assert!(p.revoked(1234567890123, "x").is_some());
-    assert!(p.revoked(1, "mallory").is_some());
-    assert!(p.revoked(1, "alice").is_none());
+    assert!(p.revocation(Some(1234567890123), "x", "").is_some());
+    assert!(p.revocation(Some(1), "mallory", "").is_some());
+    assert!(p.revocation(Some(1), "alice", "").is_none());
 }
 
 #[test]

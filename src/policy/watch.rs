@@ -34,6 +34,8 @@ pub enum ReloadOutcome {
 pub struct PolicyStore {
     dir: PathBuf,
     current: ArcSwap<Policy>,
+    /// Tells subscribers each policy put in force (the bastion re-checks open forwards).
+    applied: tokio::sync::watch::Sender<Arc<Policy>>,
     /// What the files looked like when last read.
     state: Mutex<WatchState>,
 }
@@ -88,9 +90,11 @@ impl PolicyStore {
         let files = read_dir_files(dir)?;
         let mut policy = Policy::from_files(&files)?;
         policy.version = version_of(dir, &files);
+        let policy = Arc::new(policy);
         Ok(Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
-            current: ArcSwap::from_pointee(policy),
+            current: ArcSwap::new(policy.clone()),
+            applied: tokio::sync::watch::Sender::new(policy),
             state: Mutex::new(WatchState {
                 content: content_hash(&files),
                 fingerprint: Some(fp),
@@ -100,9 +104,11 @@ impl PolicyStore {
 
     /// A store holding a policy built in memory (tests, benchmarks).
     pub fn from_policy(dir: &Path, policy: Policy) -> Arc<PolicyStore> {
+        let policy = Arc::new(policy);
         Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
-            current: ArcSwap::from_pointee(policy),
+            current: ArcSwap::new(policy.clone()),
+            applied: tokio::sync::watch::Sender::new(policy),
             state: Mutex::new(WatchState::default()),
         })
     }
@@ -110,6 +116,11 @@ impl PolicyStore {
     /// The policy in force now. Cheap; take it once per decision.
     pub fn current(&self) -> Arc<Policy> {
         self.current.load_full()
+    }
+
+    /// Sees every policy put in force from now on (the value is the policy in force).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Policy>> {
+        self.applied.subscribe()
     }
 
     pub fn dir(&self) -> &Path {
@@ -145,7 +156,9 @@ impl PolicyStore {
         match Policy::from_files(&files) {
             Ok(mut policy) => {
                 policy.version = version.clone();
-                self.current.store(Arc::new(policy));
+                let policy = Arc::new(policy);
+                self.current.store(policy.clone());
+                self.applied.send_replace(policy);
                 state.content = content;
                 ReloadOutcome::Applied {
                     old_version: kept_version,
