@@ -177,8 +177,7 @@ async fn wait_for_stop(shutdown: &CancellationToken, policy: &Arc<PolicyStore>, 
             _ = tokio::signal::ctrl_c() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the policy");
-                let outcome = policy.reload();
-                record_reload(audit, outcome).await;
+                reload_recorded(policy.clone(), audit.clone()).await;
             }
         }
     }
@@ -201,44 +200,102 @@ fn watch_token(token: &CancellationToken) -> tokio::sync::watch::Receiver<bool> 
 
 fn spawn_policy_watch(policy: Arc<PolicyStore>, audit: Audit, shutdown: CancellationToken) {
     let handle = tokio::runtime::Handle::current();
-    let watcher = policy.spawn_watcher(POLICY_POLL, move |outcome| {
-        let audit = audit.clone();
-        handle.spawn(record_reload_owned(audit, outcome));
-    });
+    let watcher = policy.spawn_watcher_with(
+        POLICY_POLL,
+        move |outcome| commit_reload(&handle, &audit, outcome),
+        log_reload,
+    );
     tokio::spawn(async move {
         shutdown.cancelled().await;
         watcher.abort();
     });
 }
 
-async fn record_reload_owned(audit: Audit, outcome: ReloadOutcome) {
-    record_reload(&audit, outcome).await
+/// Reloads the policy now (SIGHUP): the outcome's record (`policy.reloaded`,
+/// `policy.rejected`) is on disk before a new policy decides anything, and a reload
+/// whose record cannot be written is refused (the old policy stays).
+pub async fn reload_recorded(policy: Arc<PolicyStore>, audit: Audit) -> ReloadOutcome {
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        policy.reload_with(|o| commit_reload(&handle, &audit, o))
+    });
+    match task.await {
+        Ok(outcome) => {
+            log_reload(outcome.clone());
+            outcome
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy reload task failed; the policy in force stays");
+            ReloadOutcome::Unchanged
+        }
+    }
 }
 
-async fn record_reload(audit: &Audit, outcome: ReloadOutcome) {
-    let event = match outcome {
-        ReloadOutcome::Unchanged => return,
+/// Runs on the reload's blocking thread, before the outcome takes effect: writes its
+/// record and waits until it is on disk.
+fn commit_reload(
+    handle: &tokio::runtime::Handle,
+    audit: &Audit,
+    outcome: &ReloadOutcome,
+) -> Result<(), String> {
+    let Some(event) = reload_event(outcome) else {
+        return Ok(());
+    };
+    handle.block_on(audit.record(event)).map_err(|e| {
+        tracing::error!(error = %e, "could not audit a policy reload");
+        e.to_string()
+    })
+}
+
+fn reload_event(outcome: &ReloadOutcome) -> Option<Event> {
+    match outcome {
+        ReloadOutcome::Unchanged | ReloadOutcome::Refused { .. } => None,
         ReloadOutcome::Applied {
             old_version,
             new_version,
-        } => {
-            tracing::info!(%old_version, %new_version, "policy reloaded");
+        } => Some(
             Event::new("policy.reloaded")
                 .with("old_version", old_version)
-                .with("policy_version", new_version)
+                .with("policy_version", new_version),
+        ),
+        ReloadOutcome::Rejected {
+            kept_version,
+            errors,
+        } => {
+            let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            Some(
+                Event::new("policy.rejected")
+                    .with("policy_version", kept_version)
+                    .with("errors", list),
+            )
         }
+    }
+}
+
+fn log_reload(outcome: ReloadOutcome) {
+    match outcome {
+        ReloadOutcome::Unchanged => {}
+        ReloadOutcome::Applied {
+            old_version,
+            new_version,
+        } => tracing::info!(%old_version, %new_version, "policy reloaded"),
         ReloadOutcome::Rejected {
             kept_version,
             errors,
         } => {
             let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
             tracing::error!(kept = %kept_version, errors = %list.join("; "), "policy change rejected; keeping the last good policy");
-            Event::new("policy.rejected")
-                .with("policy_version", kept_version)
-                .with("errors", list)
         }
-    };
-    if let Err(e) = audit.record(event).await {
-        tracing::error!(error = %e, "could not audit a policy reload");
+        ReloadOutcome::Refused {
+            kept_version,
+            new_version,
+            reason,
+        } => tracing::error!(
+            kept = %kept_version,
+            refused = %new_version,
+            %reason,
+            "policy change not applied: its policy.reloaded record could not be written; \
+             keeping the policy in force (retried at the next poll)"
+        ),
     }
 }
