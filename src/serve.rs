@@ -1,8 +1,10 @@
 //! `drawbridge serve`: wires policy, keys, identity, audit, the API and the bastion.
 //!
 //! Start order: keys (created on first start), policy (an invalid policy at start is
-//! fatal: there is no last good one to keep), audit log (a `service.started` record must
-//! be written, or nothing starts), then the listeners. SIGHUP reloads the policy at once;
+//! fatal: there is no last good one to keep), the audit checkpoint key (created on first
+//! start), audit log (a `service.started` record and a signed checkpoint must be written,
+//! or nothing starts), then the listeners. A checkpoint is written every minute while
+//! records are written, and at stop after `service.stopped`. SIGHUP reloads the policy at once;
 //! the watcher also reloads on file changes. SIGTERM or Ctrl-C: stop accepting, let open
 //! forwards and requests finish for `ssh.shutdown_grace`, write `service.stopped`, exit 0.
 
@@ -14,13 +16,15 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, CheckpointKey, Checkpointer, Event};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::policy::watch::{PolicyStore, ReloadOutcome};
 
 /// How often the policy folder is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
+/// How often the audit log's head is signed (when records were written since).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,6 +62,8 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let checkpoint_key = CheckpointKey::load_or_create(&ca_dir)
+        .with_context(|| format!("preparing the audit checkpoint key in {}", ca_dir.display()))?;
     let audit = Audit::open(&config.audit_path(), &config.audit.replica)
         .with_context(|| format!("opening the audit log {}", config.audit_path().display()))?;
     audit
@@ -70,8 +76,15 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .context("the audit log cannot be written; nothing starts without it")?;
+    let checkpoints = Checkpointer::new(audit.clone(), checkpoint_key, &config.audit_path())
+        .context("opening the audit checkpoints file")?;
+    checkpoints
+        .write()
+        .await
+        .context("the first audit checkpoint cannot be written; nothing starts without it")?;
 
     let shutdown = CancellationToken::new();
+    spawn_checkpoints(checkpoints.clone(), shutdown.clone());
     spawn_policy_watch(policy.clone(), audit.clone(), shutdown.clone());
 
     let metrics = Arc::new(crate::api::metrics::Metrics::new());
@@ -153,7 +166,31 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::error!(error = %e, "could not write service.stopped");
         return Ok(ExitCode::from(1));
     }
+    if let Err(e) = checkpoints.write().await {
+        tracing::error!(error = %e, "could not write the last audit checkpoint");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs the log's head every [`CHECKPOINT_EVERY`] (skipped while nothing was written)
+/// until `shutdown`. A failed checkpoint is logged; the next tick tries again.
+fn spawn_checkpoints(checkpoints: Checkpointer, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    if let Err(e) = checkpoints.write_if_new().await {
+                        tracing::error!(error = %e, "could not write an audit checkpoint");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Blocks until SIGTERM or Ctrl-C; SIGHUP reloads the policy meanwhile.

@@ -4,6 +4,8 @@
 //! `audit search` answers questions without jq.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+mod dmz;
 mod harness;
 
 use std::path::Path;
@@ -11,9 +13,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drawbridge::audit::record::{canonical, record_hash};
 use drawbridge::audit::{Audit, MemorySink};
 use drawbridge::policy::watch::{PolicyStore, ReloadOutcome};
 use harness::{Drawbridge, POLICY_HOSTS, POLICY_PEOPLE, POLICY_PRINCIPALS, wait_until};
+use serde_json::Value;
 
 /// Grants the user `mallory` the `dba` principal: what an override must never slip in.
 const OVERRIDE: &str = r#"
@@ -267,4 +271,265 @@ fn reload_commit_runs_before_the_swap() {
     );
     assert_eq!(in_force.as_deref(), Some(old.as_str()));
     assert_ne!(store.current().version, old);
+}
+
+// ---------------------------------------------------------------------------------------
+// Signed checkpoints (THREATS 45)
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// `lines` with record `edit_seq` changed and every hash from there on recomputed: a
+/// consistent re-chaining that plain `audit verify` cannot tell from the original.
+fn rechained(lines: &[String], edit_seq: usize) -> Vec<String> {
+    let mut prev = String::new();
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let Value::Object(mut rec) = serde_json::from_str(line).unwrap() else {
+                panic!("not a record")
+            };
+            if i + 1 < edit_seq {
+                prev = rec["hash"].as_str().unwrap().to_string();
+                return line.clone();
+            }
+            if i + 1 == edit_seq {
+                rec.insert("user".into(), Value::from("nobody"));
+            }
+            rec.insert("prev".into(), Value::from(prev.clone()));
+            rec.remove("hash");
+            let hash = record_hash(&rec);
+            rec.insert("hash".into(), Value::from(hash.clone()));
+            prev = hash;
+            canonical(&Value::Object(rec))
+        })
+        .collect()
+}
+
+/// `audit verify --checkpoints` on a real run's log: passes on the original; fails on a
+/// copy with its last 3 records cut (naming them) and on a consistently re-chained copy,
+/// both of which plain `audit verify` passes; fails on a forged checkpoint.
+#[test]
+fn checkpoints_catch_a_cut_tail_and_a_rechained_log() {
+    let mut d = Drawbridge::start("");
+    d.add_user("alice", "correct horse battery staple");
+    for pw in ["correct horse battery staple", "wrong", "wrong again"] {
+        let r = d.curl("/v1/login", &["-u", &format!("alice:{pw}"), "-X", "POST"]);
+        assert!(r.status == 200 || r.status == 401, "{}", r.text());
+    }
+    assert_eq!(d.stop(), 0, "{}", d.server_log());
+    let log = d.audit_path();
+    let cps = harness_path(&log, ".checkpoints");
+    let key = d.path().join("ca/audit_key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the checkpoint key is private");
+    }
+    let records = lines_of(&log);
+    let n = records.len();
+    let checkpoints = lines_of(&cps);
+    assert_eq!(checkpoints.len(), 2, "one at start, one at stop");
+    let last: Value = serde_json::from_str(&records[n - 1]).unwrap();
+    assert_eq!(last["event"], "audit.checkpoint");
+    assert_eq!(last["checkpoint"]["seq"], (n - 1) as u64);
+    assert_eq!(
+        serde_json::from_str::<Value>(&checkpoints[1]).unwrap(),
+        last["checkpoint"],
+        "the file holds the same signed checkpoint as the log"
+    );
+
+    let verify = |file: &Path, extra: &[&str]| {
+        let f = file.to_str().unwrap();
+        let mut args = vec!["audit", "verify", f];
+        args.extend_from_slice(extra);
+        d.cli(&args, None)
+    };
+    let (code, out, err) = verify(&log, &["--checkpoints"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 signed checkpoints"), "{out}");
+
+    // The last 3 records cut.
+    let cut = d.path().join("cut.log");
+    write_lines(&cut, &records[..n - 3]);
+    std::fs::copy(&cps, harness_path(&cut, ".checkpoints")).unwrap();
+    let (code, out, _) = verify(&cut, &[]);
+    assert_eq!(code, 0, "the chain alone cannot see a cut tail: {out}");
+    let (code, out, err) = verify(&cut, &["--checkpoints"]);
+    assert_eq!(code, 1, "a cut tail must fail: {out}{err}");
+    let expect = format!(
+        "records {}–{} are missing after seq {}, where the log ends",
+        n - 2,
+        n,
+        n - 3
+    );
+    assert!(err.contains(&expect), "{err}");
+
+    // Re-chained after an edit of record 3.
+    let re = d.path().join("rechained.log");
+    write_lines(&re, &rechained(&records, 3));
+    std::fs::copy(&cps, harness_path(&re, ".checkpoints")).unwrap();
+    let (code, out, _) = verify(&re, &[]);
+    assert_eq!(code, 0, "the chain alone cannot see a re-chaining: {out}");
+    let (code, out, err) = verify(&re, &["--checkpoints"]);
+    assert_eq!(code, 1, "a re-chained log must fail: {out}{err}");
+    assert!(err.contains("the log was rewritten"), "{err}");
+
+    // The checkpoints kept elsewhere: --checkpoints-file and --key.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("cps");
+    let pubkey = elsewhere.path().join("audit_key.pub");
+    std::fs::copy(&cps, &copy).unwrap();
+    std::fs::copy(d.path().join("ca/audit_key.pub"), &pubkey).unwrap();
+    let (code, out, err) = verify(
+        &log,
+        &[
+            "--checkpoints-file",
+            copy.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A checkpoint edited to match a cut log does not verify.
+    let mut forged: Value = serde_json::from_str(&checkpoints[1]).unwrap();
+    forged["seq"] = Value::from((n - 4) as u64);
+    let text = format!("{}\n{}\n", checkpoints[0], canonical(&forged));
+    std::fs::write(&copy, text).unwrap();
+    let (code, _, err) = verify(&cut, &["--checkpoints-file", copy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(":2: the signature does not verify"), "{err}");
+}
+
+fn harness_path(p: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
+}
+
+/// A checkpoint key that group or others may read is refused at start, like every other
+/// private key file.
+#[test]
+fn a_loose_checkpoint_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Drawbridge::start("");
+    assert_eq!(d.stop(), 0);
+    let key = d.path().join("ca/audit_key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = d.cli(&["serve"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("audit_key is readable by group or others (mode 0644)"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// audit search
+
+/// "Who reached web-1?" on the log of a real run: the binary as bastion, a real sshd as
+/// web-1, the OpenSSH client.
+#[test]
+fn audit_search_answers_who_reached_web_1() {
+    let Some(mut b) = dmz::start() else { return };
+    let alice = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 1, &[]);
+    let out = b.client("alice", &alice).run(&["web-1", "true"]);
+    assert!(out.success(), "{out:?}");
+    // bob holds no principal for web-1: refused, and not someone who reached it.
+    let bob = b.user("bob", "bob", &["dba"], "-1m:+5m", 2, &[]);
+    let out = b.client("bob", &bob).run(&["web-1", "true"]);
+    assert!(!out.success(), "{out:?}");
+    assert_eq!(b.d.stop(), 0);
+    let log = b.audit_path();
+    let log = log.to_str().unwrap();
+
+    let (code, out, err) = harness::run(
+        &[
+            "audit",
+            "search",
+            log,
+            "--host",
+            "web-1",
+            "--event",
+            "forward.opened",
+        ],
+        b.d.path(),
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("TIME"), "{out}");
+    assert_eq!(rows.len(), 2, "one forward to web-1: {out}");
+    assert!(
+        rows[1].contains("forward.opened") && rows[1].contains("alice"),
+        "{out}"
+    );
+    assert!(
+        rows[1].contains("web-admin"),
+        "the deciding principal: {out}"
+    );
+    assert!(err.contains("1 of "), "{err}");
+
+    let (code, out, err) = harness::run(
+        &[
+            "audit", "search", log, "--host", "web-1", "--event", "forward", "--json",
+        ],
+        b.d.path(),
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let recs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let who: std::collections::BTreeSet<(&str, &str)> = recs
+        .iter()
+        .map(|r| (r["event"].as_str().unwrap(), r["key_id"].as_str().unwrap()))
+        .collect();
+    assert!(who.contains(&("forward.opened", "alice")), "{out}");
+    assert!(who.contains(&("forward.closed", "alice")), "{out}");
+    assert!(
+        !who.iter()
+            .any(|(e, u)| *u == "bob" && *e == "forward.opened"),
+        "{out}"
+    );
+    // The same question by user, bounded in time.
+    let (code, out, _) = harness::run(
+        &[
+            "audit", "search", log, "--user", "bob", "--since", "1h", "--json",
+        ],
+        b.d.path(),
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(
+        !out.is_empty() && !out.contains("\"forward.opened\""),
+        "{out}"
+    );
+    let (_, out, _) = harness::run(
+        &[
+            "audit",
+            "search",
+            log,
+            "--user",
+            "alice",
+            "--until",
+            "2000-01-01",
+            "--json",
+        ],
+        b.d.path(),
+        None,
+    );
+    assert!(out.is_empty(), "{out}");
 }
