@@ -197,9 +197,39 @@ fn ignored_toml_is_a_rejected_reload_last_good_kept_and_audited() {
         "{rec}"
     );
     assert!(d.events("policy.reloaded").is_empty());
+
+    // Tracking the file makes it policy (the watcher sees the Git index change): the
+    // version is the commit plus the hash of what is loaded; committing it, the commit.
+    git(d.path(), &["add", "-f", "policies/local-override.toml"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !d
+            .events("policy.reloaded")
+            .is_empty()),
+        "git add did not reload: {}",
+        d.server_log()
+    );
+    let staged = d.events("policy.reloaded")[0]["policy_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(staged.starts_with(&format!("{commit}+sha256:")), "{staged}");
+    git(d.path(), &["commit", "-q", "-m", "override"]);
+    let committed = head(d.path());
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .events("policy.reloaded")
+            .len()
+            == 2),
+        "git commit did not reload: {}",
+        d.server_log()
+    );
+    assert_eq!(
+        d.events("policy.reloaded")[1]["policy_version"],
+        committed.as_str()
+    );
     assert_eq!(d.stop(), 0);
     let stopped = d.events("service.stopped");
-    assert_eq!(stopped[0]["policy_version"], commit.as_str());
+    assert_eq!(stopped[0]["policy_version"], committed.as_str());
 }
 
 fn temp_policy(dir: &Path, people: &str) {

@@ -231,3 +231,109 @@ pub fn verify_reader_anchored(
         in_log,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::audit::{Audit, CheckpointKey, Event};
+    use std::sync::Arc;
+
+    fn key(dir: &Path) -> (Arc<CheckpointKey>, PublicKey) {
+        let k = CheckpointKey::load_or_create(dir).unwrap();
+        let public = k.public_key().clone();
+        (Arc::new(k), public)
+    }
+
+    /// The writer signs the head it appends after, however many records race with it:
+    /// the checkpoint's record is always the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_record_follows_the_head_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, public) = key(&dir.path().join("ca"));
+        let log = dir.path().join("audit.log");
+        let audit = Audit::open(&log, "r1").unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let a = audit.clone();
+            tasks.push(tokio::spawn(async move {
+                a.record(Event::new("test.event").with("i", i))
+                    .await
+                    .unwrap();
+            }));
+        }
+        let mut cps = Vec::new();
+        for _ in 0..4 {
+            cps.push(audit.checkpoint(Arc::clone(&k)).await.unwrap());
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let last = audit.checkpoint(Arc::clone(&k)).await.unwrap();
+        cps.push(last.clone());
+        drop(audit);
+        let s = verify_reader_anchored(
+            BufReader::new(std::fs::File::open(&log).unwrap()),
+            &cps,
+            std::slice::from_ref(&public),
+        )
+        .unwrap();
+        assert_eq!(s.in_log, 5);
+        assert_eq!(s.records, last.seq + 1);
+        assert_eq!(s.unanchored(), 0);
+    }
+
+    /// Cutting only the final checkpoint record is named too.
+    #[tokio::test]
+    async fn cutting_the_last_checkpoint_record_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, public) = key(&dir.path().join("ca"));
+        let log = dir.path().join("audit.log");
+        let audit = Audit::open(&log, "r1").unwrap();
+        audit.record(Event::new("test.event")).await.unwrap();
+        let cp = audit.checkpoint(k).await.unwrap();
+        drop(audit);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let first = text.lines().next().unwrap().to_string() + "\n";
+        let e = verify_reader_anchored(first.as_bytes(), &[cp], &[public]).unwrap_err();
+        assert_eq!(
+            e.to_string().split(':').next().unwrap(),
+            "record 2 is missing after seq 1, where the log ends"
+        );
+    }
+
+    #[test]
+    fn the_key_is_private_and_a_lone_public_half_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        let (_, first) = key(&ca);
+        let mode = std::fs::metadata(ca.join(checkpoint::KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (_, again) = key(&ca);
+        assert_eq!(first, again, "loaded, not made again");
+        std::fs::remove_file(ca.join(checkpoint::KEY_FILE)).unwrap();
+        let e = CheckpointKey::load_or_create(&ca).unwrap_err().to_string();
+        assert!(e.contains("is missing but"), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_signed_by_another_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, _) = key(&dir.path().join("a"));
+        let (_, other) = key(&dir.path().join("b"));
+        let cp = k
+            .sign("r1", 3, record::GENESIS, "2026-01-01T00:00:00.000Z")
+            .unwrap();
+        let e = cp.verify(&[other]).unwrap_err();
+        assert!(e.starts_with("signed by SHA256:"), "{e}");
+        let mut edited = cp.clone();
+        edited.seq = 2;
+        let e = edited.verify(&[k.public_key().clone()]).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+    }
+}

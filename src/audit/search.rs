@@ -57,13 +57,14 @@ impl Filter {
         Ok(humantime::format_rfc3339_millis(t).to_string())
     }
 
-    /// Whether the raw line can match: every string asked for appears in it, as JSON
-    /// writes it. Cheap, and false for most lines of a large log.
-    fn may_match(&self, line: &str) -> bool {
+    /// The strings a line must contain to match: each one asked for, as JSON writes it.
+    /// Checking them on the raw line is cheap, and false for most lines of a large log.
+    fn needles(&self) -> Vec<String> {
         [&self.user, &self.host, &self.event]
             .into_iter()
             .flatten()
-            .all(|needle| line.contains(json_inner(needle).as_str()))
+            .map(|s| json_inner(s))
+            .collect()
     }
 
     fn matches(&self, rec: &Map<String, Value>) -> bool {
@@ -130,6 +131,7 @@ pub fn search(
     out: &mut impl Write,
 ) -> io::Result<Stats> {
     let mut stats = Stats::default();
+    let needles = filter.needles();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     if format == Format::Table {
         writeln!(
@@ -158,7 +160,7 @@ pub fn search(
             stats.skipped += 1;
             continue;
         };
-        if !filter.may_match(line) {
+        if !needles.iter().all(|n| line.contains(n.as_str())) {
             continue;
         }
         let Ok(Value::Object(rec)) = serde_json::from_str::<Value>(line) else {

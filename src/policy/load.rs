@@ -242,6 +242,20 @@ pub(crate) fn git(dir: &Path) -> Command {
     c
 }
 
+/// The Git index file of the work tree holding `dir` (`None` outside Git).
+pub fn git_index_path(dir: &Path) -> Option<PathBuf> {
+    let o = git(dir)
+        .args(["rev-parse", "--path-format=absolute", "--git-path", "index"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    let path = String::from_utf8(o.stdout).ok()?.trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
 /// What Git says about the policy files.
 enum GitState {
     /// `dir` is not in a Git work tree (or `git` is not installed).

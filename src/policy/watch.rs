@@ -2,7 +2,8 @@
 //!
 //! A reload compares the files' content (a hash over paths and bytes) and the version,
 //! not only the version: in a Git folder an uncommitted edit must reload too. The watcher
-//! polls a cheap fingerprint (paths, sizes, modification times) and reloads only when it
+//! polls a cheap fingerprint (paths, sizes, modification times, and in a Git work tree
+//! the Git index, which `git add`, `commit` and `checkout` rewrite) and reloads only when it
 //! changes; the reload itself runs on a blocking thread (it reads files and runs `git`).
 //!
 //! # Order
@@ -19,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::load::{content_hash, policy_paths, read_folder};
+use super::load::{content_hash, git_index_path, policy_paths, read_folder};
 use super::{LoadErrors, Policy};
 
 /// What a reload did, for the caller to log and audit.
@@ -48,6 +49,9 @@ pub enum ReloadOutcome {
 
 pub struct PolicyStore {
     dir: PathBuf,
+    /// The Git index of the work tree holding `dir`, if any: part of the fingerprint,
+    /// since tracking a file or committing changes the version without touching the files.
+    git_index: Option<PathBuf>,
     current: ArcSwap<Policy>,
     /// What the files looked like when last read.
     state: Mutex<WatchState>,
@@ -80,15 +84,32 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
         .collect()
 }
 
+/// [`fingerprint`] plus the size and modification time of `git_index`, when given.
+fn fingerprint_with(dir: &Path, git_index: Option<&Path>) -> Fingerprint {
+    let mut fp = fingerprint(dir);
+    if let Some(index) = git_index {
+        let meta = std::fs::metadata(index).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        fp.push((
+            index.to_path_buf(),
+            len,
+            meta.and_then(|m| m.modified().ok()),
+        ));
+    }
+    fp
+}
+
 impl PolicyStore {
     /// Loads `dir`; an invalid policy at start is an error (nothing to fall back to).
     pub fn open(dir: &Path) -> Result<Arc<PolicyStore>, LoadErrors> {
-        let fp = fingerprint(dir);
+        let git_index = git_index_path(dir);
+        let fp = fingerprint_with(dir, git_index.as_deref());
         let folder = read_folder(dir)?;
         let mut policy = Policy::from_files(&folder.files)?;
         policy.version = folder.version;
         Ok(Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
+            git_index,
             current: ArcSwap::from_pointee(policy),
             state: Mutex::new(WatchState {
                 content: content_hash(&folder.files),
@@ -101,6 +122,7 @@ impl PolicyStore {
     pub fn from_policy(dir: &Path, policy: Policy) -> Arc<PolicyStore> {
         Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
+            git_index: None,
             current: ArcSwap::from_pointee(policy),
             state: Mutex::new(WatchState::default()),
         })
@@ -137,7 +159,7 @@ impl PolicyStore {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        state.fingerprint = Some(fingerprint(&self.dir));
+        state.fingerprint = Some(fingerprint_with(&self.dir, self.git_index.as_deref()));
         let kept_version = self.current.load().version.clone();
         let folder = match read_folder(&self.dir) {
             Ok(f) => f,
@@ -190,7 +212,7 @@ impl PolicyStore {
 
     /// Whether the folder's fingerprint differs from the one at the last read.
     fn changed(&self) -> bool {
-        let fp = fingerprint(&self.dir);
+        let fp = fingerprint_with(&self.dir, self.git_index.as_deref());
         match self.state.lock() {
             Ok(s) => s.fingerprint.as_ref() != Some(&fp),
             Err(_) => true,
