@@ -232,6 +232,8 @@ pub fn content_hash(files: &[SourceFile]) -> String {
 /// A `git` command run in `dir`, ignoring any `GIT_DIR` of the caller's environment.
 pub(crate) fn git(dir: &Path) -> Command {
     let mut c = Command::new("git");
+    // No hook of the repository runs because drawbridge looked at it.
+    c.arg("-c").arg("core.fsmonitor=false");
     c.arg("-C").arg(dir);
     for var in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX"] {
         c.env_remove(var);
