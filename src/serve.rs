@@ -4,9 +4,10 @@
 //! fatal: there is no last good one to keep), the audit checkpoint key (created on first
 //! start), audit log (a `service.started` record and a signed checkpoint must be written,
 //! or nothing starts), then the listeners. A checkpoint is written every minute while
-//! records are written, and at stop after `service.stopped`. SIGHUP reloads the policy at once;
-//! the watcher also reloads on file changes. SIGTERM or Ctrl-C: stop accepting, let open
-//! forwards and requests finish for `ssh.shutdown_grace`, write `service.stopped`, exit 0.
+//! records are written. SIGHUP reloads the policy at once; the watcher also reloads on
+//! file changes; either way the new policy decides nothing before its record is on disk.
+//! SIGTERM or Ctrl-C: stop accepting, let open forwards and requests finish for
+//! `ssh.shutdown_grace`, write `service.stopped` and a last checkpoint, exit 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;

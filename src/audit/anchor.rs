@@ -303,6 +303,25 @@ mod tests {
         );
     }
 
+    /// The minute timer's rule: a checkpoint only when something but the last
+    /// checkpoint's own record was written since; each lands in the file too.
+    #[tokio::test]
+    async fn an_idle_log_gets_no_new_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = CheckpointKey::load_or_create(&dir.path().join("ca")).unwrap();
+        let public = k.public_key().clone();
+        let log = dir.path().join("audit.log");
+        let audit = Audit::open(&log, "r1").unwrap();
+        let cps = crate::audit::Checkpointer::new(audit.clone(), k, &log).unwrap();
+        assert!(cps.write_if_new().await.unwrap().is_some(), "the first one");
+        assert!(cps.write_if_new().await.unwrap().is_none(), "idle");
+        audit.record(Event::new("test.event")).await.unwrap();
+        let cp = cps.write_if_new().await.unwrap().unwrap();
+        assert_eq!(cp.seq, 2, "signs the test record");
+        let s = verify_anchored(&log, &checkpoint::checkpoints_path(&log), &[public]).unwrap();
+        assert_eq!((s.checkpoints, s.in_log, s.records), (2, 2, 3));
+    }
+
     #[test]
     fn the_key_is_private_and_a_lone_public_half_is_refused() {
         use std::os::unix::fs::PermissionsExt;
