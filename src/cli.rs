@@ -136,8 +136,44 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit 1 naming the first bad record.
-    Verify { file: PathBuf },
+    /// Check the hash chain; exit 1 naming the first bad record. With --checkpoints, also
+    /// the signed checkpoints that anchor the log's end (a cut tail, a re-chained file).
+    Verify {
+        file: PathBuf,
+        /// Also check the signed checkpoints in FILE.checkpoints.
+        #[arg(long)]
+        checkpoints: bool,
+        /// Read the checkpoints from PATH instead (a copy kept off the host); implies
+        /// --checkpoints.
+        #[arg(long, value_name = "PATH")]
+        checkpoints_file: Option<PathBuf>,
+        /// Public key (OpenSSH line) the checkpoints must be signed with; repeatable
+        /// (default: audit_key.pub in paths.ca of the config).
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+    },
+    /// Print the records that match, as a table (or JSON lines with --json).
+    Search {
+        file: PathBuf,
+        /// The user (`user`, or a certificate's `key_id`).
+        #[arg(long)]
+        user: Option<String>,
+        /// The host (`host` asked for, or the inventory `target`).
+        #[arg(long)]
+        host: Option<String>,
+        /// The event kind, or a family (`forward` matches forward.opened, ...).
+        #[arg(long)]
+        event: Option<String>,
+        /// From this time on: RFC 3339, a date (2026-11-25) or a duration ago (7d).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Before this time (same forms as --since).
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        /// JSON lines (the records as logged) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point for `main`.

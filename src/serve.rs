@@ -1,10 +1,13 @@
 //! `drawbridge serve`: wires policy, keys, identity, audit, the API and the bastion.
 //!
 //! Start order: keys (created on first start), policy (an invalid policy at start is
-//! fatal: there is no last good one to keep), audit log (a `service.started` record must
-//! be written, or nothing starts), then the listeners. SIGHUP reloads the policy at once;
-//! the watcher also reloads on file changes. SIGTERM or Ctrl-C: stop accepting, let open
-//! forwards and requests finish for `ssh.shutdown_grace`, write `service.stopped`, exit 0.
+//! fatal: there is no last good one to keep), the audit checkpoint key (created on first
+//! start), audit log (a `service.started` record and a signed checkpoint must be written,
+//! or nothing starts), then the listeners. A checkpoint is written every minute while
+//! records are written. SIGHUP reloads the policy at once; the watcher also reloads on
+//! file changes; either way the new policy decides nothing before its record is on disk.
+//! SIGTERM or Ctrl-C: stop accepting, let open forwards and requests finish for
+//! `ssh.shutdown_grace`, write `service.stopped` and a last checkpoint, exit 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,13 +17,15 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, CheckpointKey, Checkpointer, Event};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::policy::watch::{PolicyStore, ReloadOutcome};
 
 /// How often the policy folder is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
+/// How often the audit log's head is signed (when records were written since).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,6 +63,8 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let checkpoint_key = CheckpointKey::load_or_create(&ca_dir)
+        .with_context(|| format!("preparing the audit checkpoint key in {}", ca_dir.display()))?;
     let audit = Audit::open(&config.audit_path(), &config.audit.replica)
         .with_context(|| format!("opening the audit log {}", config.audit_path().display()))?;
     audit
@@ -70,8 +77,15 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .context("the audit log cannot be written; nothing starts without it")?;
+    let checkpoints = Checkpointer::new(audit.clone(), checkpoint_key, &config.audit_path())
+        .context("opening the audit checkpoints file")?;
+    checkpoints
+        .write()
+        .await
+        .context("the first audit checkpoint cannot be written; nothing starts without it")?;
 
     let shutdown = CancellationToken::new();
+    spawn_checkpoints(checkpoints.clone(), shutdown.clone());
     spawn_policy_watch(policy.clone(), audit.clone(), shutdown.clone());
 
     let metrics = Arc::new(crate::api::metrics::Metrics::new());
@@ -153,7 +167,31 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::error!(error = %e, "could not write service.stopped");
         return Ok(ExitCode::from(1));
     }
+    if let Err(e) = checkpoints.write().await {
+        tracing::error!(error = %e, "could not write the last audit checkpoint");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs the log's head every [`CHECKPOINT_EVERY`] (skipped while nothing was written)
+/// until `shutdown`. A failed checkpoint is logged; the next tick tries again.
+fn spawn_checkpoints(checkpoints: Checkpointer, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    if let Err(e) = checkpoints.write_if_new().await {
+                        tracing::error!(error = %e, "could not write an audit checkpoint");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Blocks until SIGTERM or Ctrl-C; SIGHUP reloads the policy meanwhile.
@@ -177,8 +215,7 @@ async fn wait_for_stop(shutdown: &CancellationToken, policy: &Arc<PolicyStore>, 
             _ = tokio::signal::ctrl_c() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the policy");
-                let outcome = policy.reload();
-                record_reload(audit, outcome).await;
+                reload_recorded(policy.clone(), audit.clone()).await;
             }
         }
     }
@@ -201,44 +238,102 @@ fn watch_token(token: &CancellationToken) -> tokio::sync::watch::Receiver<bool> 
 
 fn spawn_policy_watch(policy: Arc<PolicyStore>, audit: Audit, shutdown: CancellationToken) {
     let handle = tokio::runtime::Handle::current();
-    let watcher = policy.spawn_watcher(POLICY_POLL, move |outcome| {
-        let audit = audit.clone();
-        handle.spawn(record_reload_owned(audit, outcome));
-    });
+    let watcher = policy.spawn_watcher_with(
+        POLICY_POLL,
+        move |outcome| commit_reload(&handle, &audit, outcome),
+        log_reload,
+    );
     tokio::spawn(async move {
         shutdown.cancelled().await;
         watcher.abort();
     });
 }
 
-async fn record_reload_owned(audit: Audit, outcome: ReloadOutcome) {
-    record_reload(&audit, outcome).await
+/// Reloads the policy now (SIGHUP): the outcome's record (`policy.reloaded`,
+/// `policy.rejected`) is on disk before a new policy decides anything, and a reload
+/// whose record cannot be written is refused (the old policy stays).
+pub async fn reload_recorded(policy: Arc<PolicyStore>, audit: Audit) -> ReloadOutcome {
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        policy.reload_with(|o| commit_reload(&handle, &audit, o))
+    });
+    match task.await {
+        Ok(outcome) => {
+            log_reload(outcome.clone());
+            outcome
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy reload task failed; the policy in force stays");
+            ReloadOutcome::Unchanged
+        }
+    }
 }
 
-async fn record_reload(audit: &Audit, outcome: ReloadOutcome) {
-    let event = match outcome {
-        ReloadOutcome::Unchanged => return,
+/// Runs on the reload's blocking thread, before the outcome takes effect: writes its
+/// record and waits until it is on disk.
+fn commit_reload(
+    handle: &tokio::runtime::Handle,
+    audit: &Audit,
+    outcome: &ReloadOutcome,
+) -> Result<(), String> {
+    let Some(event) = reload_event(outcome) else {
+        return Ok(());
+    };
+    handle.block_on(audit.record(event)).map_err(|e| {
+        tracing::error!(error = %e, "could not audit a policy reload");
+        e.to_string()
+    })
+}
+
+fn reload_event(outcome: &ReloadOutcome) -> Option<Event> {
+    match outcome {
+        ReloadOutcome::Unchanged | ReloadOutcome::Refused { .. } => None,
         ReloadOutcome::Applied {
             old_version,
             new_version,
-        } => {
-            tracing::info!(%old_version, %new_version, "policy reloaded");
+        } => Some(
             Event::new("policy.reloaded")
                 .with("old_version", old_version)
-                .with("policy_version", new_version)
+                .with("policy_version", new_version),
+        ),
+        ReloadOutcome::Rejected {
+            kept_version,
+            errors,
+        } => {
+            let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            Some(
+                Event::new("policy.rejected")
+                    .with("policy_version", kept_version)
+                    .with("errors", list),
+            )
         }
+    }
+}
+
+fn log_reload(outcome: ReloadOutcome) {
+    match outcome {
+        ReloadOutcome::Unchanged => {}
+        ReloadOutcome::Applied {
+            old_version,
+            new_version,
+        } => tracing::info!(%old_version, %new_version, "policy reloaded"),
         ReloadOutcome::Rejected {
             kept_version,
             errors,
         } => {
             let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
             tracing::error!(kept = %kept_version, errors = %list.join("; "), "policy change rejected; keeping the last good policy");
-            Event::new("policy.rejected")
-                .with("policy_version", kept_version)
-                .with("errors", list)
         }
-    };
-    if let Err(e) = audit.record(event).await {
-        tracing::error!(error = %e, "could not audit a policy reload");
+        ReloadOutcome::Refused {
+            kept_version,
+            new_version,
+            reason,
+        } => tracing::error!(
+            kept = %kept_version,
+            refused = %new_version,
+            %reason,
+            "policy change not applied: its policy.reloaded record could not be written; \
+             keeping the policy in force (retried at the next poll)"
+        ),
     }
 }

@@ -237,7 +237,9 @@ fn f09_sigterm_exits_0_and_the_chain_verifies() {
     assert_eq!(code, 0, "{out}");
     let records = d.audit();
     assert_eq!(records.first().unwrap()["event"], "service.started");
-    assert_eq!(records.last().unwrap()["event"], "service.stopped");
+    // The stop's signed checkpoint comes last, right after service.stopped.
+    assert_eq!(records[records.len() - 2]["event"], "service.stopped");
+    assert_eq!(records.last().unwrap()["event"], "audit.checkpoint");
     // A restart continues the same chain.
     d.restart();
     assert_eq!(d.curl("/healthz", &[]).status, 200);
@@ -245,7 +247,8 @@ fn f09_sigterm_exits_0_and_the_chain_verifies() {
     let (code, out) = d.verify_audit();
     assert_eq!(code, 0, "{out}");
     assert_eq!(d.events("service.started").len(), 2);
-    assert_eq!(d.audit().last().unwrap()["event"], "service.stopped");
+    let records = d.audit();
+    assert_eq!(records[records.len() - 2]["event"], "service.stopped");
 }
 
 #[test]

@@ -341,12 +341,12 @@ fn diff_between_two_commits() {
     // Version is the commit when the folder is in a Git work tree.
     let o = drawbridge(root, &["policy", "check", "policies"]);
     assert!(!stdout(&o).contains("sha256:"), "{}", stdout(&o));
-    assert!(!stdout(&o).contains("+dirty"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("+sha256:"), "{}", stdout(&o));
 
     let people = PEOPLE.replace("members    = [\"bob\"]", "members    = [\"carol\"]");
     std::fs::write(root.join("policies/people.toml"), people).unwrap();
     let o = drawbridge(root, &["policy", "check", "policies"]);
-    assert!(stdout(&o).contains("+dirty"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("+sha256:"), "{}", stdout(&o));
     git(root, &["commit", "-q", "-am", "two"]);
 
     let o = drawbridge(root, &["policy", "diff", "HEAD~1", "HEAD", "policies"]);

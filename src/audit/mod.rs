@@ -36,10 +36,15 @@
 //!
 //! `record` must run inside a tokio runtime with its timer enabled (it bounds the wait).
 //!
-//! The record format and the verification rule are in [`record`].
+//! The record format and the verification rule are in [`record`]; signed checkpoints,
+//! which anchor the end of the log, in [`checkpoint`] (writing) and [`anchor`] (checking);
+//! `audit search` in [`search`].
 
+pub mod anchor;
+pub mod checkpoint;
 pub mod cmd;
 pub mod record;
+pub mod search;
 pub mod sink;
 
 use std::path::Path;
@@ -52,6 +57,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
+pub use checkpoint::{Checkpoint, CheckpointKey, Checkpointer};
 pub use record::{GENESIS, VerifyFailure, VerifySummary, verify};
 pub use sink::{AuditSink, FileSink, MemorySink, Recovery};
 
@@ -114,7 +120,10 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 struct Request {
     event: Event,
-    ack: oneshot::Sender<Result<(), AuditError>>,
+    /// A checkpoint: the writer signs the head it appends this record after, and the
+    /// record carries the signed checkpoint.
+    sign: Option<Arc<CheckpointKey>>,
+    ack: oneshot::Sender<Result<Option<Checkpoint>, AuditError>>,
 }
 
 struct Shared {
@@ -223,8 +232,31 @@ impl Audit {
     /// Appends `event` and returns once it is durably on disk (fsync, batched across
     /// concurrent callers). An error means nothing may proceed on its behalf.
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
+        self.submit(event, None).await.map(|_| ())
+    }
+
+    /// Writes an `audit.checkpoint` record carrying `key`'s signature over the chain's
+    /// head just before it (so the record's `prev` is the signed hash), and returns the
+    /// checkpoint once the record is on disk. See [`checkpoint`].
+    pub async fn checkpoint(&self, key: Arc<CheckpointKey>) -> Result<Checkpoint, AuditError> {
+        match self
+            .submit(Event::new(checkpoint::EVENT), Some(key))
+            .await?
+        {
+            Some(cp) => Ok(cp),
+            None => Err(AuditError::Unavailable(
+                "the checkpoint was not signed".into(),
+            )),
+        }
+    }
+
+    async fn submit(
+        &self,
+        event: Event,
+        sign: Option<Arc<CheckpointKey>>,
+    ) -> Result<Option<Checkpoint>, AuditError> {
         let (ack, done) = oneshot::channel();
-        match self.tx.try_send(Request { event, ack }) {
+        match self.tx.try_send(Request { event, sign, ack }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.shared.healthy.store(false, Ordering::SeqCst);
@@ -309,6 +341,7 @@ fn writer(mut sink: Box<dyn AuditSink>, rx: Receiver<Request>, shared: Arc<Share
         .unwrap_or_else(|_| (0, GENESIS.to_string()));
     let mut batch: Vec<Request> = Vec::with_capacity(256);
     let mut lines: Vec<String> = Vec::with_capacity(256);
+    let mut results: Vec<Result<Option<Checkpoint>, AuditError>> = Vec::with_capacity(256);
     while let Ok(first) = rx.recv() {
         batch.clear();
         batch.push(first);
@@ -326,38 +359,63 @@ fn writer(mut sink: Box<dyn AuditSink>, rx: Receiver<Request>, shared: Arc<Share
         }
         let ts = now_ts();
         lines.clear();
+        results.clear();
         let (mut seq, mut prev) = (head.0, head.1.clone());
         for r in &batch {
+            let mut fields = std::borrow::Cow::Borrowed(&r.event.fields);
+            let mut signed = None;
+            if let Some(key) = &r.sign {
+                // Signs the head this record follows: `seq` and `prev` here.
+                match key.sign(&shared.replica, seq, &prev, &ts) {
+                    Ok(cp) => {
+                        let mut f = r.event.fields.clone();
+                        f.insert(
+                            "checkpoint".into(),
+                            serde_json::to_value(&cp).unwrap_or(Value::Null),
+                        );
+                        fields = std::borrow::Cow::Owned(f);
+                        signed = Some(cp);
+                    }
+                    Err(e) => {
+                        results.push(Err(AuditError::Unavailable(e)));
+                        continue;
+                    }
+                }
+            }
             seq = seq.saturating_add(1);
-            let (line, hash) = record::build_line(
-                seq,
-                &ts,
-                &shared.replica,
-                &r.event.kind,
-                &r.event.fields,
-                &prev,
-            );
+            let (line, hash) =
+                record::build_line(seq, &ts, &shared.replica, &r.event.kind, &fields, &prev);
             lines.push(line);
             prev = hash;
+            results.push(Ok(signed));
         }
-        let result = sink.append(&lines);
-        let answer = match result {
+        let result = if lines.is_empty() {
+            Ok(())
+        } else {
+            sink.append(&lines)
+        };
+        let failure = match result {
             Ok(()) => {
                 head = (seq, prev);
                 if let Ok(mut h) = shared.head.lock() {
                     *h = head.clone();
                 }
                 shared.healthy.store(true, Ordering::SeqCst);
-                Ok(())
+                None
             }
             Err(e) => {
                 shared.healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, records = batch.len(), "audit write failed");
-                Err(AuditError::Unavailable(e.to_string()))
+                Some(AuditError::Unavailable(e.to_string()))
             }
         };
-        for r in batch.drain(..) {
-            let _ = r.ack.send(answer.clone());
+        for (r, own) in batch.drain(..).zip(results.drain(..)) {
+            let answer = match (&failure, own) {
+                (_, Err(e)) => Err(e),
+                (Some(e), Ok(_)) => Err(e.clone()),
+                (None, Ok(cp)) => Ok(cp),
+            };
+            let _ = r.ack.send(answer);
         }
     }
 }

@@ -27,9 +27,10 @@
 //! record's `hash` and `seq` is one more than the previous `seq` (a mismatch means records
 //! were deleted or reordered).
 //!
-//! Deleting records **from the end** of a file leaves a valid, shorter chain: this cannot
-//! be detected from the file alone. Keep the last hash somewhere else (the service logs it,
-//! [`super::Audit::head`] returns it, a monitoring system can store it) and compare.
+//! Deleting records **from the end** of a file leaves a valid, shorter chain, and an edit
+//! followed by recomputing every later hash leaves a valid chain too: neither can be
+//! detected from the file alone. The service's signed checkpoints, kept beside the log and
+//! shipped elsewhere, catch both ([`super::checkpoint`], [`super::anchor`]).
 //!
 //! Because JSON escapes control characters, a field holding a newline, ESC or NUL can
 //! never split a record or reach a terminal raw (THREATS 22).
@@ -154,6 +155,11 @@ pub struct Parsed {
 
 /// Parses one line (without its `\n`) and checks its own hash. Does not check `prev`.
 pub fn parse_line(line: &[u8]) -> Result<Parsed, String> {
+    parse_record(line).map(|(parsed, _)| parsed)
+}
+
+/// [`parse_line`], also returning the whole record.
+pub fn parse_record(line: &[u8]) -> Result<(Parsed, Map<String, Value>), String> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_string())?;
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not a JSON record: {e}"))?;
     let Value::Object(map) = value else {
@@ -176,7 +182,7 @@ pub fn parse_line(line: &[u8]) -> Result<Parsed, String> {
             "hash mismatch: the record was edited (stored {hash}, computed {computed})"
         ));
     }
-    Ok(Parsed { seq, prev, hash })
+    Ok((Parsed { seq, prev, hash }, map))
 }
 
 fn hex_field(map: &Map<String, Value>, key: &str) -> Result<String, String> {
@@ -226,7 +232,16 @@ pub fn verify(path: &Path) -> Result<VerifySummary, VerifyFailure> {
 }
 
 /// [`verify`] over any reader.
-pub fn verify_reader(mut reader: impl BufRead) -> Result<VerifySummary, VerifyFailure> {
+pub fn verify_reader(reader: impl BufRead) -> Result<VerifySummary, VerifyFailure> {
+    verify_reader_with(reader, |_, _| Ok(()))
+}
+
+/// [`verify_reader`], also showing each record that passed the chain checks to `visit`
+/// (in order); an `Err` from `visit` is reported as that record's failure.
+pub fn verify_reader_with(
+    mut reader: impl BufRead,
+    mut visit: impl FnMut(&Parsed, &Map<String, Value>) -> Result<(), String>,
+) -> Result<VerifySummary, VerifyFailure> {
     let mut line_no: u64 = 0;
     let mut last_hash = GENESIS.to_string();
     let mut last_seq: u64 = 0;
@@ -250,7 +265,7 @@ pub fn verify_reader(mut reader: impl BufRead) -> Result<VerifySummary, VerifyFa
             ));
         }
         buf.pop();
-        let rec = parse_line(&buf).map_err(bad)?;
+        let (rec, map) = parse_record(&buf).map_err(bad)?;
         if rec.prev != last_hash {
             let after = if line_no == 1 {
                 "the start of the file".to_string()
@@ -269,6 +284,7 @@ pub fn verify_reader(mut reader: impl BufRead) -> Result<VerifySummary, VerifyFa
                 last_seq.wrapping_add(1)
             )));
         }
+        visit(&rec, &map).map_err(bad)?;
         last_seq = rec.seq;
         last_hash = rec.hash;
     }

@@ -118,12 +118,13 @@ impl Policy {
     /// Reads and validates every `*.toml` under `dir` except `dir/tests/`.
     ///
     /// Every error is reported (see [`LoadErrors`]), each naming `dir.join(file)`, line
-    /// and column. The version is the folder's Git commit when it is in a Git work tree,
-    /// else a hash of the files ([`load::version_of`]).
+    /// and column. The version names the loaded bytes: the folder's Git commit (plus a
+    /// hash of the files when they differ from it) in a Git work tree, where a file Git
+    /// does not track is an error; else a hash of the files ([`load::version_of`]).
     pub fn load(dir: &Path) -> Result<Policy, LoadErrors> {
-        let files = load::read_dir_files(dir)?;
-        let mut policy = Policy::from_files(&files)?;
-        policy.version = load::version_of(dir, &files);
+        let folder = load::read_folder(dir)?;
+        let mut policy = Policy::from_files(&folder.files)?;
+        policy.version = folder.version;
         Ok(policy)
     }
 

@@ -23,8 +23,9 @@ impl std::fmt::Display for Origin {
 /// A loaded, validated policy folder.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    /// Git commit of the folder when it is a Git work tree (with `+dirty` when it has
-    /// uncommitted changes), else `sha256:<hash of the files>`.
+    /// Names the loaded bytes: the Git commit of the folder when it is a Git work tree
+    /// (`<commit>+sha256:<hash of the files>` when they differ from that commit), else
+    /// `sha256:<hash of the files>`.
     pub version: String,
     pub hosts: BTreeMap<String, Host>,
     pub principals: BTreeMap<String, Principal>,

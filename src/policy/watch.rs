@@ -2,8 +2,17 @@
 //!
 //! A reload compares the files' content (a hash over paths and bytes) and the version,
 //! not only the version: in a Git folder an uncommitted edit must reload too. The watcher
-//! polls a cheap fingerprint (paths, sizes, modification times) and reloads only when it
+//! polls a cheap fingerprint (paths, sizes, modification times, and in a Git work tree
+//! the Git index, which `git add`, `commit` and `checkout` rewrite) and reloads only when it
 //! changes; the reload itself runs on a blocking thread (it reads files and runs `git`).
+//!
+//! # Order
+//!
+//! A reload's outcome is handed to a `commit` callback (the service writes
+//! `policy.reloaded` / `policy.rejected` there, and waits for it to be on disk) *before*
+//! the new policy is swapped in: no decision is ever made under a policy whose record is
+//! not yet written. A `commit` that fails refuses the swap ([`ReloadOutcome::Refused`]):
+//! the old policy stays, and the watcher tries again at its next poll.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::load::{content_hash, read_dir_files, version_of};
+use super::load::{content_hash, git_index_path, policy_paths, read_folder};
 use super::{LoadErrors, Policy};
 
 /// What a reload did, for the caller to log and audit.
@@ -27,12 +36,22 @@ pub enum ReloadOutcome {
         kept_version: String,
         errors: LoadErrors,
     },
+    /// The files changed and load, but the change could not be recorded (`commit`
+    /// failed): the old policy stays in force.
+    Refused {
+        kept_version: String,
+        new_version: String,
+        reason: String,
+    },
     /// Nothing changed.
     Unchanged,
 }
 
 pub struct PolicyStore {
     dir: PathBuf,
+    /// The Git index of the work tree holding `dir`, if any: part of the fingerprint,
+    /// since tracking a file or committing changes the version without touching the files.
+    git_index: Option<PathBuf>,
     current: ArcSwap<Policy>,
     /// Tells subscribers each policy put in force (the bastion re-checks open forwards).
     applied: tokio::sync::watch::Sender<Arc<Policy>>,
@@ -52,51 +71,52 @@ struct WatchState {
 /// whenever a file is added, removed or written.
 pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-/// Takes the fingerprint of the `*.toml` files under `dir` (outside `dir/tests/`).
+/// Takes the fingerprint of the policy files under `dir`: the same files a load reads
+/// ([`policy_paths`]).
 pub fn fingerprint(dir: &Path) -> Fingerprint {
-    fn walk(root: &Path, dir: &Path, out: &mut Fingerprint) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                if !(dir == root && name == "tests") {
-                    walk(root, &path, out);
-                }
-            } else if name.ends_with(".toml") {
-                out.push((path, meta.len(), meta.modified().ok()));
-            }
-        }
+    let (paths, _) = policy_paths(dir);
+    paths
+        .into_iter()
+        .map(|(_, path)| {
+            let meta = std::fs::metadata(&path).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (path, len, modified)
+        })
+        .collect()
+}
+
+/// [`fingerprint`] plus the size and modification time of `git_index`, when given.
+fn fingerprint_with(dir: &Path, git_index: Option<&Path>) -> Fingerprint {
+    let mut fp = fingerprint(dir);
+    if let Some(index) = git_index {
+        let meta = std::fs::metadata(index).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        fp.push((
+            index.to_path_buf(),
+            len,
+            meta.and_then(|m| m.modified().ok()),
+        ));
     }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    fp
 }
 
 impl PolicyStore {
     /// Loads `dir`; an invalid policy at start is an error (nothing to fall back to).
     pub fn open(dir: &Path) -> Result<Arc<PolicyStore>, LoadErrors> {
-        let fp = fingerprint(dir);
-        let files = read_dir_files(dir)?;
-        let mut policy = Policy::from_files(&files)?;
-        policy.version = version_of(dir, &files);
+        let git_index = git_index_path(dir);
+        let fp = fingerprint_with(dir, git_index.as_deref());
+        let folder = read_folder(dir)?;
+        let mut policy = Policy::from_files(&folder.files)?;
+        policy.version = folder.version;
         let policy = Arc::new(policy);
         Ok(Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
+            git_index,
             current: ArcSwap::new(policy.clone()),
             applied: tokio::sync::watch::Sender::new(policy),
             state: Mutex::new(WatchState {
-                content: content_hash(&files),
+                content: content_hash(&folder.files),
                 fingerprint: Some(fp),
             }),
         }))
@@ -107,6 +127,7 @@ impl PolicyStore {
         let policy = Arc::new(policy);
         Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
+            git_index: None,
             current: ArcSwap::new(policy.clone()),
             applied: tokio::sync::watch::Sender::new(policy),
             state: Mutex::new(WatchState::default()),
@@ -127,54 +148,84 @@ impl PolicyStore {
         &self.dir
     }
 
+    /// Re-reads the folder now, with nothing to record ([`PolicyStore::reload_with`]).
+    pub fn reload(&self) -> ReloadOutcome {
+        self.reload_with(|_| Ok(()))
+    }
+
     /// Re-reads the folder now (SIGHUP, or the watcher saw a change).
     ///
     /// `Applied` when the files or the version differ from the policy in force and the new
     /// policy is valid; `Rejected` (the old policy stays) when they do not load;
     /// `Unchanged` otherwise. Reloads are serialised.
-    pub fn reload(&self) -> ReloadOutcome {
+    ///
+    /// `commit` sees `Applied` or `Rejected` before it takes effect: for `Applied` the new
+    /// policy is swapped in only after `commit` returned `Ok` (the record is on disk); an
+    /// `Err` keeps the old policy and turns the outcome into `Refused`.
+    pub fn reload_with(
+        &self,
+        commit: impl FnOnce(&ReloadOutcome) -> Result<(), String>,
+    ) -> ReloadOutcome {
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        state.fingerprint = Some(fingerprint(&self.dir));
+        state.fingerprint = Some(fingerprint_with(&self.dir, self.git_index.as_deref()));
         let kept_version = self.current.load().version.clone();
-        let files = match read_dir_files(&self.dir) {
+        let folder = match read_folder(&self.dir) {
             Ok(f) => f,
             Err(errors) => {
-                return ReloadOutcome::Rejected {
+                let outcome = ReloadOutcome::Rejected {
                     kept_version,
                     errors,
                 };
+                // Nothing changes either way: a failed record of a rejection is only
+                // reported by `commit` itself.
+                let _ = commit(&outcome);
+                return outcome;
             }
         };
-        let content = content_hash(&files);
-        let version = version_of(&self.dir, &files);
+        let content = content_hash(&folder.files);
+        let version = folder.version;
         if content == state.content && version == kept_version {
             return ReloadOutcome::Unchanged;
         }
-        match Policy::from_files(&files) {
+        match Policy::from_files(&folder.files) {
             Ok(mut policy) => {
                 policy.version = version.clone();
+                let outcome = ReloadOutcome::Applied {
+                    old_version: kept_version.clone(),
+                    new_version: version.clone(),
+                };
+                if let Err(reason) = commit(&outcome) {
+                    // Not applied: look again at the next poll even if the files stay.
+                    state.fingerprint = None;
+                    return ReloadOutcome::Refused {
+                        kept_version,
+                        new_version: version,
+                        reason,
+                    };
+                }
                 let policy = Arc::new(policy);
                 self.current.store(policy.clone());
                 self.applied.send_replace(policy);
                 state.content = content;
-                ReloadOutcome::Applied {
-                    old_version: kept_version,
-                    new_version: version,
-                }
+                outcome
             }
-            Err(errors) => ReloadOutcome::Rejected {
-                kept_version,
-                errors,
-            },
+            Err(errors) => {
+                let outcome = ReloadOutcome::Rejected {
+                    kept_version,
+                    errors,
+                };
+                let _ = commit(&outcome);
+                outcome
+            }
         }
     }
 
     /// Whether the folder's fingerprint differs from the one at the last read.
     fn changed(&self) -> bool {
-        let fp = fingerprint(&self.dir);
+        let fp = fingerprint_with(&self.dir, self.git_index.as_deref());
         match self.state.lock() {
             Ok(s) => s.fingerprint.as_ref() != Some(&fp),
             Err(_) => true,
@@ -182,13 +233,27 @@ impl PolicyStore {
     }
 
     /// Polls the folder every `interval` and reloads on change, calling `on_outcome`
-    /// for every outcome other than `Unchanged`.
+    /// for every outcome other than `Unchanged` (nothing to record before a swap).
     pub fn spawn_watcher(
         self: &Arc<Self>,
         interval: Duration,
         on_outcome: impl Fn(ReloadOutcome) + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_watcher_with(interval, |_| Ok(()), on_outcome)
+    }
+
+    /// Polls the folder every `interval` and reloads on change. `commit` runs on the
+    /// reload's blocking thread before the outcome takes effect
+    /// ([`PolicyStore::reload_with`]); `on_outcome` is called for every outcome other than
+    /// `Unchanged`, after it took effect (or did not).
+    pub fn spawn_watcher_with(
+        self: &Arc<Self>,
+        interval: Duration,
+        commit: impl Fn(&ReloadOutcome) -> Result<(), String> + Send + Sync + 'static,
+        on_outcome: impl Fn(ReloadOutcome) + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let store = Arc::clone(self);
+        let commit = Arc::new(commit);
         let on_outcome = Arc::new(on_outcome);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
@@ -197,13 +262,15 @@ impl PolicyStore {
             loop {
                 ticker.tick().await;
                 let s = Arc::clone(&store);
-                let outcome =
-                    tokio::task::spawn_blocking(
-                        move || {
-                            if s.changed() { Some(s.reload()) } else { None }
-                        },
-                    )
-                    .await;
+                let c = Arc::clone(&commit);
+                let outcome = tokio::task::spawn_blocking(move || {
+                    if s.changed() {
+                        Some(s.reload_with(|o| c(o)))
+                    } else {
+                        None
+                    }
+                })
+                .await;
                 match outcome {
                     Ok(Some(ReloadOutcome::Unchanged)) | Ok(None) => {}
                     Ok(Some(o)) => on_outcome(o),
