@@ -1216,16 +1216,25 @@ impl Encrypted {
                             Ok(Verifier::verify(&pubkey, &buf, &sig).is_ok())
                         })? {
                             debug!("signature verified");
+                            let sk = SkSignatureInfo::of(&algorithm, &sig);
                             let auth = match pk_or_cert {
                                 PublicKeyOrCertificate::PublicKey { ref key, .. } => {
                                     let key = VerifiedPublicKey {
                                         public_key: key,
                                         algorithm: &algorithm,
+                                        sk,
                                     };
                                     handler.auth_publickey(user, key).await?
                                 }
                                 PublicKeyOrCertificate::Certificate(ref cert) => {
-                                    handler.auth_openssh_certificate(user, cert).await?
+                                    let signed = VerifiedPublicKey {
+                                        public_key: &pubkey,
+                                        algorithm: &algorithm,
+                                        sk,
+                                    };
+                                    handler
+                                        .auth_openssh_certificate_signed(user, cert, signed)
+                                        .await?
                                 }
                             };
 

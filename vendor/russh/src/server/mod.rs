@@ -226,7 +226,7 @@ pub struct PublicKeyOffer<'a> {
 }
 
 /// A public key whose ownership has been verified, passed to
-/// [`Handler::auth_publickey`].
+/// [`Handler::auth_publickey`] and [`Handler::auth_openssh_certificate_signed`].
 ///
 /// Only russh creates values of this type, after verifying the signature
 /// of the request.
@@ -239,6 +239,54 @@ pub struct VerifiedPublicKey<'a> {
     /// algorithm named in the request (`ssh-rsa`, `rsa-sha2-256`,
     /// `ssh-ed25519`, ...).
     pub algorithm: &'a ssh_key::Algorithm,
+    /// For a security key (`sk-ssh-ed25519`, `sk-ecdsa-sha2-nistp256`):
+    /// the authenticator's flags and counter, as signed. `None` for other
+    /// keys.
+    pub sk: Option<SkSignatureInfo>,
+}
+
+/// What a verified security-key signature says about how it was made: the
+/// flags byte and counter that the authenticator signed (OpenSSH
+/// `PROTOCOL.u2f`).
+///
+/// OpenSSH's sshd refuses a signature without [`Self::USER_PRESENT`] unless
+/// the key or certificate has the `no-touch-required` option, and one without
+/// [`Self::USER_VERIFIED`] when it has `verify-required`. Russh does not
+/// decide this: the handler does.
+///
+/// Only russh creates values of this type, after verifying the signature.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkSignatureInfo {
+    /// The authenticator's flags byte.
+    pub flags: u8,
+    /// The authenticator's signature counter.
+    pub counter: u32,
+}
+
+impl SkSignatureInfo {
+    /// Flag: the user touched the authenticator (user presence).
+    pub const USER_PRESENT: u8 = 0x01;
+    /// Flag: the authenticator verified the user (PIN or biometrics).
+    pub const USER_VERIFIED: u8 = 0x04;
+
+    /// The flags and counter of a security-key signature: its last 5 bytes,
+    /// as ssh-key keeps them. `None` for other algorithms.
+    pub(crate) fn of(algorithm: &ssh_key::Algorithm, sig: &ssh_key::Signature) -> Option<Self> {
+        if !matches!(
+            algorithm,
+            ssh_key::Algorithm::SkEd25519 | ssh_key::Algorithm::SkEcdsaSha2NistP256
+        ) {
+            return None;
+        }
+        let bytes = sig.as_bytes();
+        let tail = bytes.get(bytes.len().checked_sub(5)?..)?;
+        let (flags, counter) = tail.split_first()?;
+        Some(SkSignatureInfo {
+            flags: *flags,
+            counter: u32::from_be_bytes(counter.try_into().ok()?),
+        })
+    }
 }
 
 /// Server handler. Each client will have their own handler.
@@ -327,7 +375,9 @@ pub trait Handler: Sized {
 
     /// Check authentication using an OpenSSH certificate. This method
     /// is called after the signature has been verified and key
-    /// ownership has been confirmed.
+    /// ownership has been confirmed. It does not see the signature: to
+    /// check a security key's flags, implement
+    /// [`Handler::auth_openssh_certificate_signed`] instead.
     ///
     /// Russh makes sure rejection takes a constant [`Config::auth_rejection_time`],
     /// except if this method takes more than that.
@@ -338,6 +388,27 @@ pub trait Handler: Sized {
         certificate: &Certificate,
     ) -> impl Future<Output = Result<Auth, Self::Error>> + Send {
         async { Ok(Auth::reject()) }
+    }
+
+    /// Check authentication using an OpenSSH certificate, with the
+    /// verified signature: its algorithm and, for a security key, the
+    /// authenticator's flags ([`VerifiedPublicKey::sk`]). This method is
+    /// called after the signature has been verified and key ownership has
+    /// been confirmed; `signature.public_key` is the certificate's key.
+    ///
+    /// A server that accepts security keys should refuse a signature without
+    /// [`SkSignatureInfo::USER_PRESENT`] unless the certificate has the
+    /// `no-touch-required` extension, as OpenSSH's sshd does.
+    ///
+    /// The default calls [`Handler::auth_openssh_certificate`].
+    #[allow(unused_variables)]
+    fn auth_openssh_certificate_signed(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+        signature: VerifiedPublicKey<'_>,
+    ) -> impl Future<Output = Result<Auth, Self::Error>> + Send {
+        self.auth_openssh_certificate(user, certificate)
     }
 
     /// Check authentication using the "keyboard-interactive"
@@ -1310,4 +1381,28 @@ async fn reply<H: Handler + Send>(
 
     // Handle key exchange/re-exchange.
     session.server_read_encrypted(handler, pkt).await
+}
+
+#[cfg(test)]
+mod sk_signature_info_tests {
+    #![allow(clippy::unwrap_used)]
+    use ssh_key::{Algorithm, Signature};
+
+    use super::SkSignatureInfo;
+
+    #[test]
+    fn flags_and_counter_are_the_last_five_bytes_of_a_security_key_signature() {
+        let mut data = vec![0x11; 64];
+        data.extend_from_slice(&[0x05, 0, 0, 1, 2]);
+        let sig = Signature::new(Algorithm::SkEd25519, data).unwrap();
+        let sk = SkSignatureInfo::of(&Algorithm::SkEd25519, &sig).unwrap();
+        assert_eq!(sk.flags, SkSignatureInfo::USER_PRESENT | SkSignatureInfo::USER_VERIFIED);
+        assert_eq!(sk.counter, 258);
+    }
+
+    #[test]
+    fn other_algorithms_have_no_security_key_info() {
+        let sig = Signature::new(Algorithm::Ed25519, vec![0x11; 64]).unwrap();
+        assert_eq!(SkSignatureInfo::of(&Algorithm::Ed25519, &sig), None);
+    }
 }
