@@ -568,7 +568,6 @@ fn sk_login(
 }
 
 #[test]
-#[ignore = "russh does not give the handler the signature's flags: needs the russh change in docs/decisions.md (Security keys: user presence)"]
 fn a_security_key_signature_without_user_presence_is_refused_as_sshd_does() {
     if !common::need_sshd() {
         return;

@@ -27,7 +27,9 @@ use super::lib_refusals::{self, LibRefusal};
 use super::preauth;
 use super::refusal_budget::{self, Budget};
 use super::targets;
-use super::verify::{CertIdentity, TrustedCas, verify_certificate};
+use super::verify::{
+    CertIdentity, TrustedCas, check_security_key_flags, security_key_flags, verify_certificate,
+};
 use super::{BastionKeysInput, BastionMetrics};
 use crate::audit::{Audit, Event};
 use crate::config::SshConfig;
@@ -936,7 +938,7 @@ impl Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Cannot tell a certificate from a bare key here (CRATE-NOTES): accept both, decide
-        // in auth_publickey / auth_openssh_certificate. Only weak algorithms stop here.
+        // in auth_publickey / auth_openssh_certificate_signed. Only weak algorithms stop here.
         self.ssh_user = shown_user(user);
         self.collect_lib_refusals();
         if matches!(
@@ -986,15 +988,20 @@ impl Handler for Connection {
             .await)
     }
 
-    async fn auth_openssh_certificate(
+    // Only this method authenticates certificates: it sees the signature, so a security
+    // key's flags are checked. The signature-less `auth_openssh_certificate` keeps russh's
+    // default, which refuses.
+    async fn auth_openssh_certificate_signed(
         &mut self,
         user: &str,
         cert: &Certificate,
+        signature: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.ssh_user = shown_user(user);
         self.audit_lib_refusals(None).await;
         let policy = self.shared.policy.current();
         let now = SystemTime::now();
+        let sk_flags = security_key_flags(cert, signature.sk.map(|sk| sk.flags));
         let verdict = verify_certificate(
             cert,
             &self.shared.trusted,
@@ -1002,11 +1009,17 @@ impl Handler for Connection {
             self.peer.ip(),
             now,
             self.shared.max_validity,
-        );
+        )
+        .and_then(|id| match sk_flags {
+            // As sshd: the touch (and user verification if required), once the
+            // certificate itself is good.
+            Some(flags) => check_security_key_flags(cert, flags).map(|()| id),
+            None => Ok(id),
+        });
         let id = match verdict {
             Ok(id) => id,
             Err(refusal) => {
-                let extra = Event::new("")
+                let mut extra = Event::new("")
                     .with_peer("key_id", cert.key_id())
                     .with("serial", cert.serial())
                     .with(
@@ -1020,6 +1033,9 @@ impl Handler for Connection {
                             .to_string(),
                     )
                     .with("policy_version", &policy.version);
+                if let Some(flags) = sk_flags {
+                    extra = extra.with("sk_flags", flags);
+                }
                 return Ok(self
                     .refuse_auth(refusal.code(), &refusal.to_string(), extra)
                     .await);

@@ -1,7 +1,7 @@
 //! The certificate check: one pure function from a certificate, the trusted user CAs, the
 //! policy, the peer address and the time to an identity or a refusal.
 //!
-//! russh, before it calls `Handler::auth_openssh_certificate`, checks only that the client
+//! russh, before it calls `Handler::auth_openssh_certificate_signed`, checks only that the client
 //! holds the key, that the certificate's signature matches the key *embedded in it*, and
 //! the time window (skipped for `valid_before = u64::MAX`). ssh-key's
 //! `Certificate::validate` adds the CA fingerprint but not the type, principals or
@@ -374,9 +374,8 @@ pub const SK_USER_VERIFIED: u8 = 0x04;
 /// signature that authenticated `cert`: the touch (user presence) unless the certificate
 /// has `no-touch-required`, and user verification when it has `verify-required`.
 ///
-/// russh verifies the signature (the flags are signed) but tells its handler neither the
-/// signature nor the flags, so the bastion cannot call this yet: docs/decisions.md,
-/// "Security keys: user presence", has the russh change that passes them.
+/// The flags are part of the signed data; our russh fork (`vendor/russh`) passes them to
+/// the handler, which calls this once the certificate itself is accepted.
 pub fn check_security_key_flags(cert: &Certificate, flags: u8) -> Result<(), Refusal> {
     let ext = cert.extensions();
     if flags & SK_USER_PRESENT == 0 && !ext.contains_key("no-touch-required") {
@@ -386,6 +385,17 @@ pub fn check_security_key_flags(cert: &Certificate, flags: u8) -> Result<(), Ref
         return Err(Refusal::SkNoUserVerification);
     }
     Ok(())
+}
+
+/// The flags to check for the signature that proved `cert`'s key: for a security key
+/// (`sk-*`), the flags russh read from the signature, or 0 (no touch, no verification)
+/// when it could not read them, so that such a signature is refused unless the certificate
+/// waives both; `None` for other keys, whose signatures carry no flags.
+pub fn security_key_flags(cert: &Certificate, read: Option<u8>) -> Option<u8> {
+    match cert.public_key() {
+        KeyData::SkEd25519(_) | KeyData::SkEcdsaSha2NistP256(_) => Some(read.unwrap_or(0)),
+        _ => read,
+    }
 }
 
 fn check_key_type(key: &KeyData) -> Result<(), Refusal> {
@@ -910,6 +920,23 @@ mod tests {
         assert_eq!(
             check_security_key_flags(&verify, SK_USER_PRESENT | SK_USER_VERIFIED),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_security_key_without_readable_flags_counts_as_untouched() {
+        let (ca, user) = (key(), key());
+        let plain = sign(&ca, &user, Spec::default());
+        assert_eq!(security_key_flags(&plain, None), None);
+        let ed25519 = *user.public_key().key_data().ed25519().unwrap();
+        let sk = KeyData::SkEd25519(ssh_key::public::SkEd25519::new(ed25519, "ssh:"));
+        let mut b = Builder::new([7u8; 16], sk, NOW - 60, NOW + 300).unwrap();
+        b.valid_principal("web-deploy").unwrap();
+        let sk_cert = b.sign(&ca).unwrap();
+        assert_eq!(security_key_flags(&sk_cert, None), Some(0));
+        assert_eq!(
+            security_key_flags(&sk_cert, Some(SK_USER_PRESENT)),
+            Some(SK_USER_PRESENT)
         );
     }
 
