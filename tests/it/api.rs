@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::drawbridge::{Drawbridge, PW, post_json, post_key, user_key};
-use crate::support::process::{COMMAND_TIMEOUT, run_ok, run_with_timeout, wait_until};
+use crate::support::process::{COMMAND_TIMEOUT, KillOnDrop, run_ok, run_with_timeout, wait_until};
 use crate::support::ssh::{cert_info, keygen, keygen_with};
 use base64::Engine;
 
@@ -420,13 +420,15 @@ fn readme_default_run_and_curl_line() {
         panic!("the default ports 8443 and 2222 are taken; stop what uses them to run this test");
     }
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let mut child = std::process::Command::new(crate::support::drawbridge::BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let serve = KillOnDrop(
+        std::process::Command::new(crate::support::drawbridge::BIN)
+            .arg("serve")
+            .current_dir(dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     wait_until(
         Duration::from_secs(30),
         || std::net::TcpStream::connect("127.0.0.1:8443").is_ok(),
@@ -461,8 +463,7 @@ fn readme_default_run_and_curl_line() {
             .current_dir(dir.path()),
         COMMAND_TIMEOUT,
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serve);
     assert!(out.success(), "curl: {}", out.stderr);
     let cert = std::fs::read_to_string(format!("{}-cert.pub", key.display())).unwrap();
     assert!(cert_info(dir.path(), &cert).contains("Key ID: \"alice\""));

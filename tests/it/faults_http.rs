@@ -182,7 +182,7 @@ fn f08_sighup_applies_a_valid_policy_and_keeps_the_last_good_on_an_invalid_one()
     wait_until(
         Duration::from_secs(5),
         || !d.events("policy.rejected").is_empty(),
-        || "condition not met".to_string(),
+        || format!("no policy.rejected record: {}", d.server_log()),
     );
     assert_eq!(post_key(&d, &["-u", &basic("alice")], &key).status, 200);
     assert_eq!(post_key(&d, &["-u", &basic("bob")], &key).status, 200);
@@ -197,7 +197,7 @@ fn f08_sighup_applies_a_valid_policy_and_keeps_the_last_good_on_an_invalid_one()
     wait_until(
         Duration::from_secs(5),
         || !d.events("policy.reloaded").is_empty(),
-        || "condition not met".to_string(),
+        || format!("no policy.reloaded record: {}", d.server_log()),
     );
     let r = post_key(&d, &["-u", &basic("alice")], &key);
     assert_eq!(r.status, 403, "{}", r.text());
@@ -386,7 +386,7 @@ fn f10_a_flood_of_429s_is_recorded_once_a_second_with_a_count() {
                 .iter()
                 .any(|r| r["user"] == "bob" && r["reason"] == "rate_limited")
         },
-        || "condition not met".to_string(),
+        || "bob's rate-limited login is not on record".to_string(),
     );
 
     // Refusals still counted when the service stops are written before it exits.

@@ -1070,7 +1070,7 @@ fn t32_invalid_policy_reload_refused_last_good_kept() {
     wait_until(
         Duration::from_secs(10),
         || !d.events("policy.reloaded").is_empty(),
-        || "condition not met".to_string(),
+        || format!("no policy.reloaded record: {}", d.server_log()),
     );
     let r = post_key(&d, &["-u", &auth], &key, "");
     assert_eq!(r.status, 403, "{}", r.text());

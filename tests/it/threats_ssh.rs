@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::support::dmz::{self, Bastion, assert_permission_denied};
 use crate::support::net::Sink;
-use crate::support::process::{run_ok, wait_for_port, wait_until};
+use crate::support::process::{KillOnDrop, run_ok, wait_for_port, wait_until};
 use crate::support::rawssh::{self, Raw};
 use crate::support::rawssh_session::{self, Session};
 use crate::support::ssh::{Ca, Key, fingerprint, refused};
@@ -1184,19 +1184,21 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
     session_refused("x11");
     // Agent forwarding, from a real (empty) agent.
     let sock = b.t.join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = KillOnDrop(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(
         Duration::from_secs(5),
         || sock.exists(),
-        || "condition not met".to_string(),
+        || "ssh-agent made no socket".to_string(),
     );
     let out = c.run(&[
         "-o",
@@ -1206,8 +1208,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
         "bastion",
         "whoami",
     ]);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert!(out.success(), "{out:?}");
     session_refused("agent");
     // A subsystem.

@@ -62,6 +62,17 @@ pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration
     wait_with_timeout(child, timeout)
 }
 
+/// A child process killed (and reaped) when this is dropped, also when the test fails
+/// before it got to stop it.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a command that must succeed within [`COMMAND_TIMEOUT`]; fails the test with its
 /// output otherwise.
 #[track_caller]
