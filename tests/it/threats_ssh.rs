@@ -49,6 +49,7 @@ fn unkeyed(b: &Bastion, reason: &str) -> usize {
 
 /// The certificate refusal for `fp` with `reason`, then the OpenSSH client's fallback to
 /// the bare key on the same connection, refused as `no-certificate`.
+#[track_caller]
 fn refused_then_fallback(b: &Bastion, reason: &str, fp: &str) -> Value {
     let rec = b.auth_failed(reason, fp);
     let fallback = b.auth_failed("no-certificate", fp);
@@ -160,6 +161,7 @@ const REFUSED_CERTS: &[RefusedCert] = &[
 /// client: ssh says `Permission denied`, the audit record has the reason, serial, key id
 /// and message, and the fallback to the bare key is refused on the same connection.
 /// Returns the keys, by name, for a test that goes on with them.
+#[track_caller]
 fn refuse_certs(b: &Bastion, row: u8) -> Vec<(&'static str, Key)> {
     let rows: Vec<&RefusedCert> = REFUSED_CERTS.iter().filter(|c| c.row == row).collect();
     assert!(!rows.is_empty(), "no certificate rows for row {row}");

@@ -254,6 +254,7 @@ impl Bastion {
 }
 
 /// What the OpenSSH client prints when authentication is refused.
+#[track_caller]
 pub fn assert_permission_denied(out: &Output) {
     refused(out);
     assert!(

@@ -316,6 +316,7 @@ pub fn fingerprint(key: &Key) -> String {
 }
 
 /// Asserts an ssh run was refused (not timed out).
+#[track_caller]
 pub fn refused(out: &Output) {
     assert!(
         !out.success() && !out.timed_out,
