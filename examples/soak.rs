@@ -16,6 +16,10 @@
 //! same run on the same schedule.
 //!
 //! This is an example so it is not shipped: `cargo build --release --example soak`.
+#![allow(
+    clippy::expect_used,
+    reason = "a load tool run by hand, never by a peer: a step that fails ends the run"
+)]
 
 use std::future::Future;
 use std::net::SocketAddr;

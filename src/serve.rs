@@ -37,7 +37,7 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(config);
+    let mut config = Arc::new(config);
     let run_api = !args.bastion_only;
     let run_bastion = !args.api_only;
     let ca_dir = config.ca_dir();
@@ -105,7 +105,11 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let bastion_metrics = crate::bastion::BastionMetrics::new();
         metrics.register_bastion(bastion_metrics.clone());
         tracing::info!(listen = %config.ssh.listen, "bastion listening");
-        println!("drawbridge: SSH bastion on {}", listener.local_addr()?);
+        let bound = listener.local_addr()?;
+        println!("drawbridge: SSH bastion on {bound}");
+        // What the API advertises (the ssh_config's Port) is the port bound, also when
+        // ssh.listen asked for any free one (port 0).
+        Arc::make_mut(&mut config).ssh.listen = bound;
         let cfg = config.ssh.clone();
         // The issuer backdates valid_after by 60 s: a certificate spans max_ttl + 60 s.
         let max = config.certs.max_ttl + crate::issuer::plan::CLOCK_SKEW;

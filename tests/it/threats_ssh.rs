@@ -1,8 +1,8 @@
 //! THREATS.md, "Inputs that must be refused (SSH side)": one test per row (1–22), named
-//! after it, against the real binary (`tests/dmz`) with a real OpenSSH `sshd` as the DMZ
+//! after it, against the real binary (`support::dmz`) with a real OpenSSH `sshd` as the DMZ
 //! host. Each drives the OpenSSH client where it can make the input, the russh client
-//! (`common::wire`) or the `ssh-key` crate where it cannot, and the raw protocol client
-//! (`common::rawssh`) for hand-made packets; each asserts the refusal, what the user is
+//! (`support::wire`) or the `ssh-key` crate where it cannot, and the raw protocol client
+//! (`support::rawssh`) for hand-made packets; each asserts the refusal, what the user is
 //! shown (ssh's stderr, a channel-open failure's text, a disconnect) and the audit record
 //! with its `reason`.
 //!
@@ -10,22 +10,19 @@
 //! (publickey)` and the reason is in the audit log (src/bastion/mod.rs, "Refusal
 //! messages"). Pre-authentication protocol garbage (rows 19–21) is not audited by design
 //! (a flood must not drive the log); those tests assert that nothing was recorded.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod dmz;
-mod harness;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::rawssh::{self, Raw};
-use common::rawssh_session::{self, Session};
-use common::wire::{self, bounded};
-use common::{Ca, Key, fingerprint, refused, run_ok};
-use dmz::{Bastion, assert_permission_denied};
+use crate::support::dmz::{self, Bastion, assert_permission_denied};
+use crate::support::net::Sink;
+use crate::support::process::{KillOnDrop, run_ok, wait_for_port, wait_until};
+use crate::support::rawssh::{self, Raw};
+use crate::support::rawssh_session::{self, Session};
+use crate::support::ssh::{Ca, Key, fingerprint, refused};
+use crate::support::wire::{self, bounded};
 use serde_json::Value;
 use ssh_key::certificate::{Builder, CertType};
 
@@ -52,6 +49,7 @@ fn unkeyed(b: &Bastion, reason: &str) -> usize {
 
 /// The certificate refusal for `fp` with `reason`, then the OpenSSH client's fallback to
 /// the bare key on the same connection, refused as `no-certificate`.
+#[track_caller]
 fn refused_then_fallback(b: &Bastion, reason: &str, fp: &str) -> Value {
     let rec = b.auth_failed(reason, fp);
     let fallback = b.auth_failed("no-certificate", fp);
@@ -61,6 +59,137 @@ fn refused_then_fallback(b: &Bastion, reason: &str, fp: &str) -> Value {
         "{fp} got in"
     );
     rec
+}
+
+/// A certificate `ssh-keygen -s` makes from the bastion's own user CA (principal
+/// web-admin) that the bastion must refuse, as the OpenSSH client offers it.
+struct RefusedCert {
+    /// The threat row it belongs to.
+    row: u8,
+    name: &'static str,
+    key_id: &'static str,
+    /// `ssh-keygen -V`.
+    validity: &'static str,
+    serial: u64,
+    /// `ssh-keygen -O` values.
+    options: &'static [&'static str],
+    reason: &'static str,
+    /// What the refusal says (the whole message, or the part that does not vary).
+    message: &'static str,
+}
+
+/// The certificate rows that share one shape: made by `ssh-keygen`, offered by `ssh`,
+/// refused with a reason, then the client's fallback to the bare key refused too.
+const REFUSED_CERTS: &[RefusedCert] = &[
+    RefusedCert {
+        row: 6,
+        name: "forever",
+        key_id: "alice",
+        validity: "-1m:forever",
+        serial: 63,
+        options: &[],
+        reason: "no-expiry",
+        message: "certificate never expires; refused",
+    },
+    RefusedCert {
+        row: 6,
+        name: "long",
+        key_id: "alice",
+        // Longer than the global maximum (certs.max_ttl = 1h, plus the 60 s backdating).
+        validity: "-1m:+2h",
+        serial: 64,
+        options: &[],
+        reason: "validity-too-long",
+        message: "longer than the maximum 3660 s",
+    },
+    RefusedCert {
+        row: 7,
+        name: "forced",
+        key_id: "alice",
+        validity: "-1m:+5m",
+        serial: 71,
+        options: &["force-command=/bin/true"],
+        reason: "force-command",
+        message: "certificate has force-command; the bastion runs no commands",
+    },
+    RefusedCert {
+        row: 7,
+        name: "odd",
+        key_id: "alice",
+        validity: "-1m:+5m",
+        serial: 72,
+        options: &["critical:frobnicate@example.com=yes"],
+        reason: "unknown-critical-option",
+        message: "certificate has an unknown critical option: frobnicate@example.com",
+    },
+    RefusedCert {
+        row: 8,
+        name: "far",
+        key_id: "alice",
+        // A network the connection does not come from.
+        validity: "-1m:+5m",
+        serial: 81,
+        options: &["source-address=192.0.2.0/24"],
+        reason: "source-address-mismatch",
+        message: "connection does not come from the certificate's source-address",
+    },
+    RefusedCert {
+        row: 11,
+        name: "lost",
+        key_id: "alice",
+        validity: "-1m:+5m",
+        // Revoked by serial in the test policy.
+        serial: 666,
+        options: &[],
+        reason: "revoked",
+        message: "certificate is revoked",
+    },
+    RefusedCert {
+        row: 11,
+        name: "stolen",
+        // Revoked by key id in the test policy.
+        key_id: "stolen",
+        validity: "-1m:+5m",
+        serial: 1102,
+        options: &[],
+        reason: "revoked",
+        message: "certificate is revoked",
+    },
+];
+
+/// Offers every certificate of threat row `row` in [`REFUSED_CERTS`] through the OpenSSH
+/// client: ssh says `Permission denied`, the audit record has the reason, serial, key id
+/// and message, and the fallback to the bare key is refused on the same connection.
+/// Returns the keys, by name, for a test that goes on with them.
+#[track_caller]
+fn refuse_certs(b: &Bastion, row: u8) -> Vec<(&'static str, Key)> {
+    let rows: Vec<&RefusedCert> = REFUSED_CERTS.iter().filter(|c| c.row == row).collect();
+    assert!(!rows.is_empty(), "no certificate rows for row {row}");
+    rows.into_iter()
+        .map(|c| {
+            let key = b.user(
+                c.name,
+                c.key_id,
+                &["web-admin"],
+                c.validity,
+                c.serial,
+                c.options,
+            );
+            let out = b.client(c.name, &key).run(&["bastion", "whoami"]);
+            assert_permission_denied(&out);
+            let rec = refused_then_fallback(b, c.reason, &fingerprint(&key));
+            assert_eq!(rec["serial"], c.serial, "{}: {rec}", c.name);
+            assert_eq!(rec["key_id"], c.key_id, "{}: {rec}", c.name);
+            assert!(
+                rec["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(c.message)),
+                "{}: {rec}",
+                c.name
+            );
+            (c.name, key)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -293,25 +422,9 @@ fn t06_expired_not_yet_valid_forever_and_too_long_refused() {
             1
         );
     }
-    // Forever (valid_before = u64::MAX, which russh does not check): ssh-keygen makes it.
-    let forever = b.user("forever", "alice", &["web-admin"], "-1m:forever", 63, &[]);
-    let out = b.client("forever", &forever).run(&["bastion", "whoami"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "no-expiry", &fingerprint(&forever));
-    assert_eq!(rec["serial"], 63);
-    assert_eq!(rec["message"], "certificate never expires; refused");
-    // Longer than the global maximum (certs.max_ttl = 1h, plus the 60 s backdating).
-    let long = b.user("long", "alice", &["web-admin"], "-1m:+2h", 64, &[]);
-    let out = b.client("long", &long).run(&["bastion", "whoami"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "validity-too-long", &fingerprint(&long));
-    assert_eq!(rec["serial"], 64);
-    assert!(
-        rec["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("longer than the maximum 3660 s")),
-        "{rec}"
-    );
+    // Forever (valid_before = u64::MAX, which russh does not check) and longer than the
+    // maximum: ssh-keygen makes them.
+    refuse_certs(&b, 6);
 
     // The russh client, which does not fall back: expired and not yet valid are audited
     // when the connection ends, with no key fingerprint; forever and too long as above.
@@ -333,7 +446,11 @@ fn t06_expired_not_yet_valid_forever_and_too_long_refused() {
         let (_, ok) = bounded(wire::login(b.port(), &user, c)).await;
         assert!(!ok, "a certificate longer than the maximum was accepted");
     });
-    common::eventually(|| unkeyed(&b, "expired") == 2);
+    wait_until(
+        Duration::from_secs(5),
+        || unkeyed(&b, "expired") == 2,
+        || format!("{:#?}", b.records()),
+    );
     assert_eq!(unkeyed(&b, "expired"), 2, "{:#?}", b.records());
     b.expect_record(
         "ssh.auth.failed",
@@ -355,39 +472,7 @@ fn t06_expired_not_yet_valid_forever_and_too_long_refused() {
 #[test]
 fn t07_force_command_and_unknown_critical_option_refused() {
     let Some(b) = dmz::start() else { return };
-    let forced = b.user(
-        "forced",
-        "alice",
-        &["web-admin"],
-        "-1m:+5m",
-        71,
-        &["force-command=/bin/true"],
-    );
-    let out = b.client("forced", &forced).run(&["web-1", "true"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "force-command", &fingerprint(&forced));
-    assert_eq!(rec["serial"], 71);
-    assert_eq!(
-        rec["message"],
-        "certificate has force-command; the bastion runs no commands"
-    );
-
-    let odd = b.user(
-        "odd",
-        "alice",
-        &["web-admin"],
-        "-1m:+5m",
-        72,
-        &["critical:frobnicate@example.com=yes"],
-    );
-    let out = b.client("odd", &odd).run(&["web-1", "true"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "unknown-critical-option", &fingerprint(&odd));
-    assert_eq!(rec["serial"], 72);
-    assert_eq!(
-        rec["message"],
-        "certificate has an unknown critical option: frobnicate@example.com"
-    );
+    refuse_certs(&b, 7);
     assert!(b.find("forward.opened", &[]).is_empty());
     assert!(b.refusals("force-command") >= 1);
     assert!(b.refusals("unknown-critical-option") >= 1);
@@ -399,23 +484,7 @@ fn t07_force_command_and_unknown_critical_option_refused() {
 #[test]
 fn t08_source_address_mismatch_and_malformed_refused() {
     let Some(b) = dmz::start() else { return };
-    // A network the connection does not come from.
-    let far = b.user(
-        "far",
-        "alice",
-        &["web-admin"],
-        "-1m:+5m",
-        81,
-        &["source-address=192.0.2.0/24"],
-    );
-    let out = b.client("far", &far).run(&["bastion", "whoami"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "source-address-mismatch", &fingerprint(&far));
-    assert_eq!(rec["serial"], 81);
-    assert_eq!(
-        rec["message"],
-        "connection does not come from the certificate's source-address"
-    );
+    refuse_certs(&b, 8);
 
     // 127.0.0.1 only: accepted from 127.0.0.1, refused from 127.0.0.2 (the real peer
     // address is what counts).
@@ -537,7 +606,11 @@ fn t09_flipped_byte_or_bad_ca_signature_refused_without_panic() {
         tried
     });
     assert!(tried >= 8, "only {tried} flipped certificates parsed");
-    common::eventually(|| unkeyed(&b, "bad-signature") >= 2);
+    wait_until(
+        Duration::from_secs(5),
+        || unkeyed(&b, "bad-signature") >= 2,
+        || format!("{:#?}", b.records()),
+    );
     let bad = b.find(
         "ssh.auth.failed",
         &[("reason", "bad-signature"), ("refused_by", "russh")],
@@ -598,7 +671,11 @@ fn t10_signer_that_is_a_certificate_refused() {
         assert!(!ok, "a certificate signed by a certificate was accepted");
         drop(h);
     });
-    common::eventually(|| unkeyed(&b, "bad-signature") == 1);
+    wait_until(
+        Duration::from_secs(5),
+        || unkeyed(&b, "bad-signature") == 1,
+        || format!("{:#?}", b.records()),
+    );
     assert_eq!(unkeyed(&b, "bad-signature"), 1, "{:#?}", b.records());
     assert!(b.find("ssh.auth.ok", &[]).is_empty());
 }
@@ -609,19 +686,10 @@ fn t10_signer_that_is_a_certificate_refused() {
 #[test]
 fn t11_revoked_serial_or_key_id_refused_empty_list_lets_good_certs_in() {
     let Some(b) = dmz::start() else { return };
-    let lost = b.user("lost", "alice", &["web-admin"], "-1m:+5m", 666, &[]);
-    let out = b.client("lost", &lost).run(&["web-1", "true"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "revoked", &fingerprint(&lost));
-    assert_eq!(rec["serial"], 666);
-    assert_eq!(rec["message"], "certificate is revoked");
-
-    let stolen = b.user("stolen", "stolen", &["web-admin"], "-1m:+5m", 1102, &[]);
-    let out = b.client("stolen", &stolen).run(&["web-1", "true"]);
-    assert_permission_denied(&out);
-    let rec = refused_then_fallback(&b, "revoked", &fingerprint(&stolen));
-    assert_eq!(rec["key_id"], "stolen");
-    assert_eq!(rec["serial"], 1102);
+    let mut keys = refuse_certs(&b, 11).into_iter();
+    let (Some(("lost", lost)), Some(("stolen", stolen))) = (keys.next(), keys.next()) else {
+        panic!("row 11's certificates are lost, then stolen");
+    };
 
     let good = b.user("good", "alice", &["web-admin"], "-1m:+5m", 1103, &[]);
     let out = b.client("good", &good).run(&["web-1", "echo", "in"]);
@@ -722,7 +790,7 @@ fn t12_key_a_offered_signature_by_key_b_decided_on_the_signer() {
 fn t13_dsa_and_sha1_rsa_signatures_refused() {
     let Some(b) = dmz::start() else { return };
     // RSA 3072 with a certificate: accepted with an rsa-sha2-512 signature...
-    let rsa = common::keygen(&b.t.join("rsa"), "rsa");
+    let rsa = crate::support::ssh::keygen(&b.t.join("rsa"), "rsa");
     b.user_ca
         .sign_user(&rsa.public(), "alice", &["web-admin"], "-1m:+5m", 131, &[]);
     let c = b.client("rsa", &rsa);
@@ -800,7 +868,7 @@ fn t13_dsa_and_sha1_rsa_signatures_refused() {
 
     // DSA: a certificate from our CA for a DSA key, which OpenSSH 9.2 still offers when
     // told to.
-    let dsa = common::keygen(&b.t.join("dsa"), "dsa");
+    let dsa = crate::support::ssh::keygen(&b.t.join("dsa"), "dsa");
     b.user_ca
         .sign_user(&dsa.public(), "alice", &["web-admin"], "-1m:+5m", 132, &[]);
     let out = b.client("dsa", &dsa).run(&[
@@ -1087,7 +1155,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
     // A shell session.
     let out = c.run(&["bastion"]);
     refused(&out);
-    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("drawbridge: shell refused"), "{out:?}");
     session_refused("shell");
     // exec other than whoami / hosts.
@@ -1118,16 +1186,22 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
     session_refused("x11");
     // Agent forwarding, from a real (empty) agent.
     let sock = b.t.join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(harness::wait_until(Duration::from_secs(5), || sock.exists()));
+    let agent = KillOnDrop(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_secs(5),
+        || sock.exists(),
+        || "ssh-agent made no socket".to_string(),
+    );
     let out = c.run(&[
         "-o",
         &format!("IdentityAgent={}", sock.display()),
@@ -1136,8 +1210,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
         "bastion",
         "whoami",
     ]);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert!(out.success(), "{out:?}");
     session_refused("agent");
     // A subsystem.
@@ -1192,7 +1265,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
         ],
     );
     // A local forward to a unix socket on the bastion (direct-streamlocal).
-    let local = common::free_port();
+    let local = crate::support::ports::free_port();
     let mut child = c
         .command(&[
             "-N",
@@ -1206,7 +1279,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
         .spawn()
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], local));
-    assert!(common::wait_for_port(addr, Duration::from_secs(10)));
+    wait_for_port(addr, Duration::from_secs(10));
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 64];
@@ -1221,7 +1294,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
         ],
     );
     let _ = child.kill();
-    let out = common::wait_with_timeout(child, Duration::from_secs(5));
+    let out = crate::support::process::wait_with_timeout(child, Duration::from_secs(5));
     assert!(
         out.stderr
             .contains("unix socket forwarding is refused by the bastion"),
@@ -1233,11 +1306,11 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
     assert!(b.refusals("streamlocal") >= 2);
 }
 
-fn run_with_env(mut cmd: Command, env: &[(&str, &str)]) -> common::Output {
+fn run_with_env(mut cmd: Command, env: &[(&str, &str)]) -> crate::support::process::Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    common::run_with_timeout(&mut cmd, common::COMMAND_TIMEOUT)
+    crate::support::process::run_with_timeout(&mut cmd, crate::support::process::COMMAND_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1359,7 +1432,7 @@ fn t20_malformed_packets_disconnect_with_bounded_memory() {
     b.assert_still_serving();
 }
 
-/// The encrypting raw client (`common::rawssh_session`), logged in as `alice` with a
+/// The encrypting raw client (`crate::support::rawssh_session`), logged in as `alice` with a
 /// web-admin certificate from the bastion's CA (serial `serial`).
 fn raw_login(b: &Bastion, serial: u64) -> Session {
     let ca = b.ca_key();
@@ -1386,7 +1459,11 @@ fn t20_post_auth_trailing_bytes_window_overflow_and_huge_encrypted_length() {
     let web1 = u32::from(b.sshd.port);
     let t10 = Duration::from_secs(10);
     let logged = |b: &Bastion, line: &str| {
-        harness::wait_until(Duration::from_secs(5), || b.d.server_log().contains(line))
+        wait_until(
+            Duration::from_secs(5),
+            || b.d.server_log().contains(line),
+            || format!("no log line {line:?}: {}", b.d.server_log()),
+        )
     };
 
     // 1. CHANNEL_OPEN direct-tcpip with bytes after the originator port. The same open
@@ -1407,16 +1484,12 @@ fn t20_post_auth_trailing_bytes_window_overflow_and_huge_encrypted_length() {
             .contains(&rawssh_session::MSG_CHANNEL_OPEN_CONFIRMATION),
         "{end:?}"
     );
-    assert!(
-        logged(
-            &b,
-            &format!(
-                "unexpected trailing data at end of message ({} bytes)",
-                trailing.len()
-            )
+    logged(
+        &b,
+        &format!(
+            "unexpected trailing data at end of message ({} bytes)",
+            trailing.len()
         ),
-        "{}",
-        b.d.server_log()
     );
     assert_eq!(b.find("forward.opened", &[("serial", "2011")]).len(), 1);
     b.expect_record("forward.closed", &[("serial", "2011")]);
@@ -1453,60 +1526,12 @@ fn t20_post_auth_trailing_bytes_window_overflow_and_huge_encrypted_length() {
     block.extend_from_slice(&[0u8; 12]);
     assert!(s.send_encrypted_bytes(&block));
     assert_session_closed(&mut s, "encrypted packet length 0xFFFFFFFF");
-    assert!(
-        logged(&b, "Bad packet size: 4294967295"),
-        "{}",
-        b.d.server_log()
-    );
+    logged(&b, "Bad packet size: 4294967295");
 
     let grown = b.rss_kib().saturating_sub(rss_before) / 1024;
     assert!(grown < 32, "drawbridge grew by {grown} MiB");
     // No panic; an OpenSSH client still gets through (ProxyJump, i.e. `ssh -W`).
     b.assert_still_serving();
-}
-
-/// A TCP listener on 127.0.0.1 that accepts and never reads (a target that stalls); it
-/// holds its connections until dropped (at most 120 s).
-struct Sink {
-    port: u16,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sink {
-    fn start() -> Sink {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            while !flag.load(std::sync::atomic::Ordering::SeqCst)
-                && std::time::Instant::now() < deadline
-            {
-                if let Ok((c, _)) = l.accept() {
-                    held.push(c);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Sink {
-            port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Row 20, CHANNEL_DATA beyond what was announced: a client that never reads the
@@ -1515,7 +1540,7 @@ impl Drop for Sink {
 #[test]
 fn t20_post_auth_data_beyond_the_window_bounded_memory() {
     let sink = Sink::start();
-    let Some(mut b) = dmz::start_with("", &[("sink", format!("127.0.0.1:{}", sink.port))]) else {
+    let Some(mut b) = dmz::start_with("", &[("sink", format!("127.0.0.1:{}", sink.port()))]) else {
         return;
     };
     let rss_before = b.rss_kib();
@@ -1525,7 +1550,7 @@ fn t20_post_auth_data_beyond_the_window_bounded_memory() {
     // reading (TCP pushes back, our writes time out), memory does not follow what we sent.
     let mut s = raw_login(&b, 2021);
     let ch = s
-        .open_direct_tcpip(0, "sink", u32::from(sink.port))
+        .open_direct_tcpip(0, "sink", u32::from(sink.port()))
         .expect("open to the sink");
     assert_eq!(ch.max_packet, 32 * 1024);
     s.set_write_timeout(Duration::from_secs(1));
@@ -1559,7 +1584,7 @@ fn t20_post_auth_data_beyond_the_window_bounded_memory() {
     // protocol error (russh itself would queue up to 32 such packets per forward).
     let mut s2 = raw_login(&b, 2022);
     let ch2 = s2
-        .open_direct_tcpip(0, "sink", u32::from(sink.port))
+        .open_direct_tcpip(0, "sink", u32::from(sink.port()))
         .expect("open to the sink");
     assert!(s2.send_data(&ch2, &vec![0x5a; 200 * 1024]));
     let end = assert_session_closed(&mut s2, "CHANNEL_DATA over the maximum packet size");
@@ -1578,11 +1603,10 @@ fn t20_post_auth_data_beyond_the_window_bounded_memory() {
     drop(sink);
     b.expect_record("forward.closed", &[("serial", "2021")]);
     drop(s);
-    assert!(
-        harness::wait_until(Duration::from_secs(5), || b
-            .metric("drawbridge_bastion_forwards_active")
-            == 0),
-        "forwards still open"
+    wait_until(
+        Duration::from_secs(5),
+        || b.metric("drawbridge_bastion_forwards_active") == 0,
+        || "forwards still open".to_string(),
     );
     b.assert_still_serving();
 }

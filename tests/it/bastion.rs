@@ -5,109 +5,45 @@
 //! (t01–t22) and `faults_ssh.rs` (F1–F5, F7, F11), against the real binary.
 //!
 //! Fails when `sshd` is missing or we are not root (`DRAWBRIDGE_ALLOW_SKIP=1` skips).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::wire::{self, bounded};
-use common::*;
+use crate::support::audit::expect_record_in;
+use crate::support::dmz::Dmz;
+use crate::support::process::wait_for_port;
+use crate::support::ssh::{Ca, TestDir, keygen, refused};
+use crate::support::sshd::need_sshd;
+use crate::support::wire::{self, bounded};
 use drawbridge::audit::{Audit, MemorySink};
 use drawbridge::bastion::{self, BastionKeysInput, BastionMetrics};
 use drawbridge::config::SshConfig;
 use drawbridge::policy::watch::{PolicyStore, ReloadOutcome};
 use serde_json::Value;
 
-/// The keys, the DMZ host and the policy folder of one test.
-struct World {
-    t: TestDir,
-    user_ca: Ca,
-    host_ca: Ca,
-    sshd: Sshd,
-    policy_dir: PathBuf,
-    audit_path: PathBuf,
-    /// A loopback port nothing listens on (an inventory host that is down).
-    dead_port: u16,
-}
-
-fn world() -> Option<World> {
+/// The DMZ of one test, with a user CA of its own (the bastion runs in-process here).
+fn world() -> Option<Dmz> {
     if !need_sshd() {
         return None;
     }
     let t = TestDir::new();
     let user_ca = Ca::new(&t, "user_ca");
     let host_ca = Ca::new(&t, "host_ca");
-    let sshd = Sshd::start(
-        &t,
-        "web-1",
-        &[&user_ca.public()],
-        &host_ca,
-        &[("root", &["web-admin", "short"])],
-    )
-    .expect("sshd");
-    let w = World {
-        policy_dir: t.join("policies"),
-        audit_path: t.join("var/audit.log"),
-        dead_port: free_port(),
-        t,
-        user_ca,
-        host_ca,
-        sshd,
-    };
-    w.write_policy(true, &[]);
-    Some(w)
+    let (trusted, policy_dir) = (user_ca.public(), t.join("policies"));
+    Some(Dmz::start(t, user_ca, host_ca, &trusted, &policy_dir))
 }
 
-impl World {
-    /// Writes the policy folder (`common::write_dmz_policy`). `alice_in_ops`: whether
-    /// alice is still in group ops; `extra_hosts`: more inventory entries (role web).
-    fn write_policy(&self, alice_in_ops: bool, extra_hosts: &[(&str, String)]) {
-        write_dmz_policy(
-            &self.policy_dir,
-            self.sshd.port,
-            self.dead_port,
-            alice_in_ops,
-            extra_hosts,
-        );
-    }
+/// The audit log of the in-process bastion.
+fn audit_path(w: &Dmz) -> PathBuf {
+    w.t.join("var/audit.log")
+}
 
-    /// A new user key `name` with a certificate from `ca` (None: no certificate).
-    #[allow(clippy::too_many_arguments)]
-    fn user(
-        &self,
-        name: &str,
-        ca: Option<&Ca>,
-        key_id: &str,
-        principals: &[&str],
-        validity: &str,
-        serial: u64,
-        options: &[&str],
-    ) -> Key {
-        let key = self.t.keygen(name);
-        if let Some(ca) = ca {
-            ca.sign_user(&key.public(), key_id, principals, validity, serial, options);
-        }
-        key
-    }
-
-    fn client(&self, name: &str, bastion_port: u16, key: &Key) -> SshClient {
-        let mut c = SshClient::new(&self.t, name, &self.host_ca, bastion_port, name, key);
-        c.add_target("web-1", "root");
-        c.add_target("db-1", "postgres");
-        c
-    }
-
-    /// The first record of `event` matching `fields`, waiting up to 5 s for it.
-    fn expect_record(&self, event: &str, fields: &[(&str, &str)]) -> Value {
-        expect_record_in(&self.audit_path, event, fields)
-    }
+/// The first record of `event` matching `fields`, waiting up to 5 s for it.
+fn expect_record(w: &Dmz, event: &str, fields: &[(&str, &str)]) -> Value {
+    expect_record_in(&audit_path(w), event, fields)
 }
 
 /// The bastion running on its own tokio runtime.
@@ -127,12 +63,12 @@ fn test_config() -> SshConfig {
     }
 }
 
-fn start_bastion(w: &World, cfg: SshConfig) -> Running {
+fn start_bastion(w: &Dmz, cfg: SshConfig) -> Running {
     start_bastion_with(w, cfg, None)
 }
 
 /// `sink`: audit into this in-memory sink instead of the world's log file.
-fn start_bastion_with(w: &World, cfg: SshConfig, sink: Option<MemorySink>) -> Running {
+fn start_bastion_with(w: &Dmz, cfg: SshConfig, sink: Option<MemorySink>) -> Running {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -160,8 +96,9 @@ fn start_bastion_with(w: &World, cfg: SshConfig, sink: Option<MemorySink>) -> Ru
         match sink {
             Some(sink) => Audit::with_sink(Box::new(sink), "test").expect("audit sink"),
             None => {
-                std::fs::create_dir_all(w.audit_path.parent().unwrap()).unwrap();
-                Audit::open(&w.audit_path, "test").expect("audit log")
+                let path = audit_path(w);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                Audit::open(&path, "test").expect("audit log")
             }
         }
     };
@@ -180,10 +117,10 @@ fn start_bastion_with(w: &World, cfg: SshConfig, sink: Option<MemorySink>) -> Ru
         .await;
         let _ = tx.send(r);
     });
-    assert!(wait_for_port(
+    wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(5)
-    ));
+        Duration::from_secs(5),
+    );
     Running {
         rt: Some(rt),
         port,
@@ -225,15 +162,7 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
     let port = b.port;
 
     // A certificate runs a command on the target through the bastion.
-    let alice = w.user(
-        "alice",
-        Some(&w.user_ca),
-        "alice",
-        &["web-admin"],
-        "-1m:+5m",
-        1,
-        &[],
-    );
+    let alice = w.user("alice", "alice", &["web-admin"], "-1m:+5m", 1, &[]);
     let c = w.client("alice", port, &alice);
     let out = c.run(&["web-1", "echo", "ok"]);
     assert!(
@@ -242,11 +171,13 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
         w.sshd.log()
     );
     assert_eq!(out.stdout.trim(), "ok");
-    w.expect_record(
+    expect_record(
+        &w,
         "ssh.auth.ok",
         &[("key_id", "alice"), ("serial", "1"), ("ssh_user", "alice")],
     );
-    let opened = w.expect_record(
+    let opened = expect_record(
+        &w,
         "forward.opened",
         &[
             ("key_id", "alice"),
@@ -259,7 +190,8 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
             .as_str()
             .is_some_and(|v| !v.is_empty())
     );
-    let closed = w.expect_record(
+    let closed = expect_record(
+        &w,
         "forward.closed",
         &[("key_id", "alice"), ("target", "web-1")],
     );
@@ -285,38 +217,24 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
     );
     assert!(!out.stdout.contains("db-1"), "{out:?}");
     // A principal's max_ttl: dave's cert is 3 minutes old, `short` allows 1 minute.
-    let dave = w.user(
-        "dave",
-        Some(&w.user_ca),
-        "dave",
-        &["short"],
-        "-4m:+5m",
-        7,
-        &[],
-    );
+    let dave = w.user("dave", "dave", &["short"], "-4m:+5m", 7, &[]);
     let out = w.client("dave", port, &dave).run(&["web-1", "true"]);
     refused(&out);
-    w.expect_record(
+    expect_record(
+        &w,
         "forward.refused",
         &[("reason", "ttl-exceeded"), ("key_id", "dave")],
     );
 
     // The bastion allows it, the target's principals file does not: refused by sshd.
-    let deployer = w.user(
-        "deployer",
-        Some(&w.user_ca),
-        "alice",
-        &["web-deploy"],
-        "-1m:+5m",
-        8,
-        &[],
-    );
+    let deployer = w.user("deployer", "alice", &["web-deploy"], "-1m:+5m", 8, &[]);
     let out = w
         .client("deployer", port, &deployer)
         .run(&["web-1", "true"]);
     refused(&out);
     assert!(out.stderr.contains("Permission denied"), "{out:?}");
-    w.expect_record(
+    expect_record(
+        &w,
         "forward.opened",
         &[("serial", "8"), ("principal", "web-deploy")],
     );
@@ -331,7 +249,8 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
     }
     let out = c.run(&["web-1", "true"]);
     refused(&out);
-    w.expect_record(
+    expect_record(
+        &w,
         "forward.refused",
         &[("reason", "denied"), ("key_id", "alice"), ("host", "web-1")],
     );
@@ -342,7 +261,7 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
     }
 
     b.stop(Duration::from_secs(10)).expect("clean stop");
-    let summary = drawbridge::audit::verify(&w.audit_path);
+    let summary = drawbridge::audit::verify(&audit_path(&w));
     assert!(
         summary.is_ok(),
         "audit chain broken: {:?}",
@@ -354,34 +273,11 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
 fn shutdown_drains_open_forwards_then_cuts_them() {
     let Some(w) = world() else { return };
     let mut b = start_bastion(&w, test_config());
-    let alice = w.user(
-        "alice",
-        Some(&w.user_ca),
-        "alice",
-        &["web-admin"],
-        "-1m:+5m",
-        1,
-        &[],
-    );
+    let alice = w.user("alice", "alice", &["web-admin"], "-1m:+5m", 1, &[]);
     let c = w.client("alice", b.port, &alice);
     // A held forward: ssh -W with stdin open; sshd's banner comes back through it.
-    let mut child = c
-        .command(&["-W", "web-1:22", "bastion"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        let n = out.read(&mut buf).unwrap_or(0);
-        let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
-        let mut rest = Vec::new();
-        let _ = out.read_to_end(&mut rest);
-    });
-    let banner = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
+    let forward = c.hold_forward("web-1:22");
+    let banner = forward.first_bytes(Duration::from_secs(15));
     assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner:?}");
     assert_eq!(b.metrics.forwards_active.load(Ordering::Relaxed), 1);
     let started = Instant::now();
@@ -392,14 +288,14 @@ fn shutdown_drains_open_forwards_then_cuts_them() {
         "forward cut before the grace: {took:?}"
     );
     assert!(took < Duration::from_secs(12), "{took:?}");
-    let _ = child.kill();
-    let _ = child.wait();
-    w.expect_record(
+    drop(forward);
+    expect_record(
+        &w,
         "forward.closed",
         &[("key_id", "alice"), ("end", "shutdown")],
     );
-    assert!(drawbridge::audit::verify(&w.audit_path).is_ok());
-    assert!(Path::new(&w.audit_path).exists());
+    assert!(drawbridge::audit::verify(&audit_path(&w)).is_ok());
+    assert!(Path::new(&audit_path(&w)).exists());
 }
 
 /// DESIGN, "Limits: connections per user" (by certificate key id).
@@ -443,7 +339,8 @@ fn connections_per_user_are_capped() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    w.expect_record(
+    expect_record(
+        &w,
         "ssh.auth.failed",
         &[("reason", "too-many-connections"), ("serial", "4242")],
     );
@@ -458,32 +355,16 @@ fn connections_are_cut_when_the_certificate_expires() {
         ..test_config()
     };
     let b = start_bastion(&w, cfg);
-    let alice = w.user(
-        "alice",
-        Some(&w.user_ca),
-        "alice",
-        &["web-admin"],
-        "-1m:+10s",
-        1,
-        &[],
-    );
+    let alice = w.user("alice", "alice", &["web-admin"], "-1m:+10s", 1, &[]);
     let c = w.client("alice", b.port, &alice);
     let started = Instant::now();
     // A held forward (stdin open) that would last for ever.
-    let mut child = c
-        .command(&["-W", "web-1:22", "bastion"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _stdin = child.stdin.take();
-    let out = wait_with_timeout(child, Duration::from_secs(25));
+    let out = c.hold_forward("web-1:22").wait(Duration::from_secs(25));
     assert!(!out.timed_out, "the connection outlived its certificate");
     assert!(started.elapsed() < Duration::from_secs(20));
     // The forward was open (so the login worked) and ended with the connection.
-    w.expect_record("forward.opened", &[("key_id", "alice")]);
-    w.expect_record("forward.closed", &[("key_id", "alice")]);
+    expect_record(&w, "forward.opened", &[("key_id", "alice")]);
+    expect_record(&w, "forward.closed", &[("key_id", "alice")]);
 }
 
 #[test]
@@ -491,15 +372,7 @@ fn audit_failure_fails_closed_and_recovers() {
     let Some(w) = world() else { return };
     let sink = MemorySink::new();
     let b = start_bastion_with(&w, test_config(), Some(sink.clone()));
-    let alice = w.user(
-        "alice",
-        Some(&w.user_ca),
-        "alice",
-        &["web-admin"],
-        "-1m:+5m",
-        1,
-        &[],
-    );
+    let alice = w.user("alice", "alice", &["web-admin"], "-1m:+5m", 1, &[]);
     let c = w.client("alice", b.port, &alice);
     assert!(c.run(&["web-1", "true"]).success());
 

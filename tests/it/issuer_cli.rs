@@ -1,13 +1,15 @@
 //! `drawbridge ca ...` run as the real binary, and what it makes checked with OpenSSH's
 //! own `ssh-keygen`, `curl` and reqwest.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use crate::support::drawbridge::BIN;
+use crate::support::process::{COMMAND_TIMEOUT, Output, run_with_timeout};
+use crate::support::ssh;
 use drawbridge::issuer::keys::{self, IssuerKeys};
 use drawbridge::issuer::{PlanInput, krl::build_krl, plan_user_cert, sign_user_cert};
 use drawbridge::policy::{Grant, HostSelector, Origin, Principal, Revoked, Via};
@@ -36,26 +38,19 @@ impl Env {
         self.path().join("ca")
     }
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-            .arg("--config")
-            .arg(self.path().join("drawbridge.toml"))
-            .args(args)
-            .env("DRAWBRIDGE_LOG", "warn")
-            .output()
-            .unwrap()
+        run_with_timeout(
+            Command::new(BIN)
+                .arg("--config")
+                .arg(self.path().join("drawbridge.toml"))
+                .args(args)
+                .env("DRAWBRIDGE_LOG", "warn"),
+            COMMAND_TIMEOUT,
+        )
     }
     fn init(&self) {
         let out = self.run(&["ca", "init"]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.success(), "{}", out.text());
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn mode(p: &Path) -> u32 {
@@ -64,27 +59,21 @@ fn mode(p: &Path) -> u32 {
 
 /// `ssh-keygen -L -f FILE` in UTC.
 fn keygen_list(file: &Path) -> String {
-    let out = Command::new("ssh-keygen")
-        .env("TZ", "UTC")
-        .arg("-L")
-        .arg("-f")
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh-keygen -L: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = run_with_timeout(
+        Command::new("ssh-keygen")
+            .env("TZ", "UTC")
+            .arg("-L")
+            .arg("-f")
+            .arg(file),
+        COMMAND_TIMEOUT,
+    );
+    assert!(out.success(), "ssh-keygen -L: {}", out.text());
+    out.stdout.clone()
 }
 
 /// A new Ed25519 key from ssh-keygen; the path of its `.pub`.
 fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    path.with_extension("pub")
+    ssh::keygen(&dir.join(name), "ed25519").public()
 }
 
 fn principal(name: &str, max_ttl: Option<u64>, ext: &[&str]) -> (String, Principal) {
@@ -181,18 +170,16 @@ fn ca_init_makes_every_file_with_modes_and_refuses_a_second_run() {
         assert_eq!(m & 0o022, 0, "{public}: not writable by others");
     }
     // OpenSSH reads the keys ssh-keygen-style.
-    let out = Command::new("ssh-keygen")
-        .arg("-y")
-        .arg("-f")
-        .arg(ca.join("user_ca"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let user_pub = std::fs::read_to_string(ca.join("user_ca.pub")).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).split(' ').nth(1),
-        user_pub.split(' ').nth(1)
+    let out = run_with_timeout(
+        Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(ca.join("user_ca")),
+        COMMAND_TIMEOUT,
     );
+    assert!(out.success(), "{}", out.text());
+    let user_pub = std::fs::read_to_string(ca.join("user_ca.pub")).unwrap();
+    assert_eq!(out.stdout.split(' ').nth(1), user_pub.split(' ').nth(1));
     assert_eq!(
         std::fs::read_to_string(ca.join("trusted_user_ca_keys.pub")).unwrap(),
         user_pub
@@ -209,11 +196,12 @@ fn ca_init_makes_every_file_with_modes_and_refuses_a_second_run() {
     let before = std::fs::read(ca.join("user_ca")).unwrap();
 
     let out = env.run(&["ca", "init"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.code(), 1, "{}", out.text());
     assert!(
-        text(&out).contains("user_ca already exists; refusing to overwrite"),
+        out.text()
+            .contains("user_ca already exists; refusing to overwrite"),
         "{}",
-        text(&out)
+        out.text()
     );
     assert_eq!(std::fs::read(ca.join("user_ca")).unwrap(), before);
 
@@ -222,11 +210,11 @@ fn ca_init_makes_every_file_with_modes_and_refuses_a_second_run() {
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("tls.crt"), "x").unwrap();
     let out = env.run(&["ca", "init", "--dir", other.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.code(), 1);
     assert!(
-        text(&out).contains("tls.crt already exists"),
+        out.text().contains("tls.crt already exists"),
         "{}",
-        text(&out)
+        out.text()
     );
     assert!(!other.join("user_ca").exists(), "nothing written");
 }
@@ -269,12 +257,13 @@ fn user_cert_reads_back_with_ssh_keygen() {
         assert!(l.contains(&format!("                {ext}")), "{ext}: {l}");
     }
     // Signed by the user CA.
-    let ca_fp = Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(env.ca().join("user_ca.pub"))
-        .output()
-        .unwrap();
-    let ca_fp = String::from_utf8_lossy(&ca_fp.stdout);
+    let ca_fp = run_with_timeout(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(env.ca().join("user_ca.pub")),
+        COMMAND_TIMEOUT,
+    );
+    let ca_fp = ca_fp.stdout;
     let fp = ca_fp.split(' ').nth(1).unwrap();
     assert!(l.contains(&format!("Signing CA: ED25519 {fp}")), "{l}");
 }
@@ -297,8 +286,8 @@ fn sign_host_prints_a_host_certificate() {
         "4w",
         key.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.success(), "{}", out.text());
+    let line = out.stdout.clone();
     assert!(
         line.starts_with("ssh-ed25519-cert-v01@openssh.com "),
         "{line}"
@@ -337,7 +326,7 @@ fn sign_host_prints_a_host_certificate() {
         out_file.to_str().unwrap(),
         key.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.success(), "{}", out.text());
     assert!(out.stdout.is_empty());
     let l = keygen_list(&out_file);
     assert!(l.contains("Principals: \n                web-2\n"), "{l}");
@@ -350,8 +339,8 @@ fn sign_host_prints_a_host_certificate() {
         "web-3",
         out_file.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("is a certificate"), "{}", text(&out));
+    assert_eq!(out.code(), 1);
+    assert!(out.text().contains("is a certificate"), "{}", out.text());
 }
 
 #[test]
@@ -363,8 +352,8 @@ fn rotate_keeps_the_old_key_trusted_and_signs_with_the_new() {
     let old_private = std::fs::read(ca.join("user_ca")).unwrap();
 
     let out = env.run(&["ca", "rotate"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let said = text(&out);
+    assert!(out.success(), "{}", out.text());
+    let said = out.text();
     assert!(said.contains("delete the line"), "{said}");
 
     let new_pub = std::fs::read_to_string(ca.join("user_ca.pub")).unwrap();
@@ -391,16 +380,13 @@ fn rotate_keeps_the_old_key_trusted_and_signs_with_the_new() {
     // New certificates are signed by the new CA.
     let (cert, _) = sign_user(env.path(), &ca, "id_bob", "bob", SystemTime::now());
     let l = keygen_list(&cert);
-    let fp = Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(ca.join("user_ca.pub"))
-        .output()
-        .unwrap();
-    let fp = String::from_utf8_lossy(&fp.stdout)
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let fp = run_with_timeout(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(ca.join("user_ca.pub")),
+        COMMAND_TIMEOUT,
+    );
+    let fp = fp.stdout.split(' ').nth(1).unwrap().to_string();
     assert!(l.contains(&format!("Signing CA: ED25519 {fp}")), "{l}");
     // GET /v1/ca serves both.
     let lines = drawbridge::issuer::ca_public_lines(&ca).unwrap();
@@ -435,11 +421,12 @@ fn group_readable_private_key_is_refused_with_the_chmod_message() {
     // The command line says the same.
     std::fs::set_permissions(ca.join("user_ca"), std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = env.run(&["ca", "rotate"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.code(), 1);
     assert!(
-        text(&out).contains("user_ca is readable by group or others (mode 0640); run: chmod 600 "),
+        out.text()
+            .contains("user_ca is readable by group or others (mode 0640); run: chmod 600 "),
         "{}",
-        text(&out)
+        out.text()
     );
 }
 
@@ -485,15 +472,16 @@ fn krl_is_read_by_ssh_keygen() {
     let query = |krl: &[u8], cert: &Path| -> bool {
         let p = env.path().join("revoked.krl");
         std::fs::write(&p, krl).unwrap();
-        let out = Command::new("ssh-keygen")
-            .arg("-Q")
-            .arg("-f")
-            .arg(&p)
-            .arg(cert)
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert_eq!(t.contains("REVOKED"), !out.status.success(), "{t}");
+        let out = run_with_timeout(
+            Command::new("ssh-keygen")
+                .arg("-Q")
+                .arg("-f")
+                .arg(&p)
+                .arg(cert),
+            COMMAND_TIMEOUT,
+        );
+        let t = out.text();
+        assert_eq!(t.contains("REVOKED"), !out.success(), "{t}");
         t.contains("REVOKED")
     };
     let empty = build_krl(&[], &trusted, now);
@@ -573,19 +561,20 @@ async fn tls_cert_is_a_trust_anchor_for_curl_and_reqwest() {
     for host in ["localhost", "127.0.0.1", "bastion.example.org"] {
         let crt = crt.clone();
         let out = tokio::task::spawn_blocking(move || {
-            Command::new("curl")
-                .args(["-sS", "--max-time", "10", "--cacert"])
-                .arg(&crt)
-                .arg("--resolve")
-                .arg(format!("bastion.example.org:{port}:127.0.0.1"))
-                .arg(format!("https://{host}:{port}/"))
-                .output()
-                .unwrap()
+            run_with_timeout(
+                Command::new("curl")
+                    .args(["-sS", "--max-time", "10", "--cacert"])
+                    .arg(&crt)
+                    .arg("--resolve")
+                    .arg(format!("bastion.example.org:{port}:127.0.0.1"))
+                    .arg(format!("https://{host}:{port}/")),
+                COMMAND_TIMEOUT,
+            )
         })
         .await
         .unwrap();
-        assert!(out.status.success(), "curl {host}: {}", text(&out));
-        assert_eq!(out.stdout, b"ok");
+        assert!(out.success(), "curl {host}: {}", out.text());
+        assert_eq!(out.stdout, "ok");
     }
 
     let pem = std::fs::read(&crt).unwrap();
@@ -603,13 +592,14 @@ async fn tls_cert_is_a_trust_anchor_for_curl_and_reqwest() {
         assert_eq!(r.text().await.unwrap(), "ok");
     }
     // A name not in the certificate is refused.
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert"])
-        .arg(&crt)
-        .arg("--resolve")
-        .arg(format!("other.example.org:{port}:127.0.0.1"))
-        .arg(format!("https://other.example.org:{port}/"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let out = run_with_timeout(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&crt)
+            .arg("--resolve")
+            .arg(format!("other.example.org:{port}:127.0.0.1"))
+            .arg(format!("https://other.example.org:{port}/")),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!out.success());
 }

@@ -1,27 +1,12 @@
-#![allow(clippy::unwrap_used)]
 //! The HTTPS API against the real binary, with curl as the client and OpenSSH's
 //! `ssh-keygen -L` as the judge of certificates.
 
-mod harness;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::drawbridge::{Drawbridge, PW, post_json, post_key, user_key};
+use crate::support::process::{COMMAND_TIMEOUT, KillOnDrop, run_ok, run_with_timeout, wait_until};
+use crate::support::ssh::{cert_info, keygen, keygen_with};
 use base64::Engine;
-use harness::{Drawbridge, cert_info, keygen};
-
-const PW: &str = "correct horse battery";
-
-fn ed25519_pub(d: &Drawbridge, name: &str) -> std::path::PathBuf {
-    let k = keygen(d.path(), name, &["-t", "ed25519"]);
-    k.with_extension("pub")
-}
-
-fn post_key(d: &Drawbridge, auth: &[&str], key: &std::path::Path, query: &str) -> harness::Resp {
-    let data = format!("@{}", key.display());
-    let mut args: Vec<&str> = auth.to_vec();
-    args.extend_from_slice(&["--data-binary", &data]);
-    d.curl(&format!("/v1/certs{query}"), &args)
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -34,7 +19,7 @@ fn now() -> u64 {
 fn password_login_issues_a_certificate_openssh_accepts() {
     let d = Drawbridge::start("");
     d.add_user("alice", PW);
-    let key = ed25519_pub(&d, "alice_key");
+    let key = user_key(&d, "alice_key");
     let r = post_key(&d, &["-u", &format!("alice:{PW}")], &key, "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
@@ -79,7 +64,7 @@ fn ttl_is_capped_and_principals_subset_or_403() {
     let d = Drawbridge::start("");
     d.add_user("alice", PW);
     d.add_user("ivy", PW);
-    let key = ed25519_pub(&d, "k");
+    let key = user_key(&d, "k");
     let auth = format!("alice:{PW}");
     // web-deploy's max_ttl is 15m: asking 1h gives 15m.
     let r = post_key(&d, &["-u", &auth], &key, "?ttl=1h");
@@ -100,17 +85,7 @@ fn ttl_is_capped_and_principals_subset_or_403() {
     // JSON body form.
     let pubkey = std::fs::read_to_string(&key).unwrap();
     let body = serde_json::json!({"public_key": pubkey, "ttl": "2m"}).to_string();
-    let r = d.curl(
-        "/v1/certs",
-        &[
-            "-u",
-            &auth,
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-        ],
-    );
+    let r = post_json(&d, &["-u", &auth], &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(d.events("cert.issued").pop().unwrap()["ttl_secs"], 120);
 }
@@ -119,7 +94,7 @@ fn ttl_is_capped_and_principals_subset_or_403() {
 fn user_holding_no_principal_gets_403() {
     let d = Drawbridge::start("");
     d.add_user("erin", PW);
-    let key = ed25519_pub(&d, "k");
+    let key = user_key(&d, "k");
     let r = post_key(&d, &["-u", &format!("erin:{PW}")], &key, "");
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "no_principals");
@@ -129,7 +104,7 @@ fn user_holding_no_principal_gets_403() {
 fn source_address_from_policy_becomes_a_critical_option() {
     let d = Drawbridge::start("");
     d.add_user("bob", PW);
-    let key = ed25519_pub(&d, "k");
+    let key = user_key(&d, "k");
     let r = post_key(&d, &["-u", &format!("bob:{PW}")], &key, "");
     assert_eq!(r.status, 200, "{}", r.text());
     let info = cert_info(d.path(), &r.text());
@@ -139,9 +114,12 @@ fn source_address_from_policy_becomes_a_critical_option() {
     // configured, it is added where the policy limits the user.
     let mut d = Drawbridge::prepare_with_ssh(
         &[
-            ("hosts.toml", harness::POLICY_HOSTS),
-            ("principals.toml", harness::POLICY_PRINCIPALS),
-            ("people.toml", harness::POLICY_PEOPLE),
+            ("hosts.toml", crate::support::drawbridge::POLICY_HOSTS),
+            (
+                "principals.toml",
+                crate::support::drawbridge::POLICY_PRINCIPALS,
+            ),
+            ("people.toml", crate::support::drawbridge::POLICY_PEOPLE),
         ],
         "",
         "egress_addresses = [\"10.9.0.5/32\"]",
@@ -149,7 +127,7 @@ fn source_address_from_policy_becomes_a_critical_option() {
     d.launch(&[]);
     d.add_user("bob", PW);
     d.add_user("alice", PW);
-    let key = ed25519_pub(&d, "k");
+    let key = user_key(&d, "k");
     let r = post_key(&d, &["-u", &format!("bob:{PW}")], &key, "");
     assert_eq!(r.status, 200, "{}", r.text());
     let info = cert_info(d.path(), &r.text());
@@ -171,7 +149,7 @@ fn bearer_token_from_login() {
     let j = r.json();
     let token = j["token"].as_str().unwrap().to_string();
     assert!(j["expires_at"].as_str().unwrap().ends_with('Z'));
-    let key = ed25519_pub(&d, "k");
+    let key = user_key(&d, "k");
     let bearer = format!("Authorization: Bearer {token}");
     let r = post_key(&d, &["-H", &bearer], &key, "");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -202,7 +180,7 @@ fn bearer_token_from_login() {
 fn refusals_are_clear_json() {
     let d = Drawbridge::start("");
     d.add_user("alice", PW);
-    let key = ed25519_pub(&d, "k");
+    let key = user_key(&d, "k");
     let auth = format!("alice:{PW}");
 
     // Wrong password and unknown user: same 401.
@@ -223,8 +201,8 @@ fn refusals_are_clear_json() {
         &["-u", &auth, "--data-binary", "ssh-ed25519 notbase64!"],
     );
     assert_eq!(r.status, 400, "{}", r.text());
-    let rsa = keygen(d.path(), "rsa1024", &["-t", "rsa", "-b", "1024"]);
-    let r = post_key(&d, &["-u", &auth], &rsa.with_extension("pub"), "");
+    let rsa = keygen_with(&d.path().join("rsa1024"), &["-t", "rsa", "-b", "1024"]);
+    let r = post_key(&d, &["-u", &auth], &rsa.public(), "");
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(
         r.json()["message"].as_str().unwrap().contains("1024"),
@@ -323,25 +301,28 @@ fn public_endpoints() {
     assert_eq!(nf.status, 404);
     assert_eq!(nf.json()["error"], "not_found");
     // Plain HTTP to the HTTPS port does not get an answer in clear.
-    let out = std::process::Command::new("curl")
-        .args([
-            "--silent",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("http://{}/healthz", d.api))
-        .output()
-        .unwrap();
-    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    let out = run_with_timeout(
+        std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("http://{}/healthz", d.api)),
+        COMMAND_TIMEOUT,
+    );
+    assert_ne!(out.stdout, "200");
 }
 
 mod oidc {
     use super::*;
-    use harness::idp::{Idp, claims, edited, hmac_with_public_key, signing_key, token, unsigned};
+    use crate::support::idp::{
+        Idp, claims, edited, hmac_with_public_key, signing_key, token, unsigned,
+    };
     use serde_json::json;
 
     #[test]
@@ -350,7 +331,7 @@ mod oidc {
         let idp = &provider.key;
         let foreign = signing_key();
         let d = Drawbridge::start(&provider.config());
-        let key = ed25519_pub(&d, "k");
+        let key = user_key(&d, "k");
         let bearer = |t: &str| format!("Authorization: Bearer {t}");
 
         // frank is in no policy group; the IdP says he is in ops: he gets web-deploy.
@@ -427,67 +408,63 @@ mod oidc {
 fn readme_default_run_and_curl_line() {
     let dir = tempfile::tempdir().unwrap();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo.join("policies"))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(repo.join("policies"))
+            .arg(dir.path()),
+    );
     if std::net::TcpListener::bind("127.0.0.1:8443").is_err()
         || std::net::TcpListener::bind("127.0.0.1:2222").is_err()
     {
         panic!("the default ports 8443 and 2222 are taken; stop what uses them to run this test");
     }
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let mut child = std::process::Command::new(harness::BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect("127.0.0.1:8443").is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not start: {}",
-            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (code, out, err) = harness::run(
+    let serve = KillOnDrop(
+        std::process::Command::new(crate::support::drawbridge::BIN)
+            .arg("serve")
+            .current_dir(dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect("127.0.0.1:8443").is_ok(),
+        || {
+            let log = std::fs::read_to_string(dir.path().join("serve.log"));
+            format!("serve did not start: {}", log.unwrap_or_default())
+        },
+    );
+    let (code, out, err) = crate::support::drawbridge::run(
         &["user", "add", "alice", "--password-stdin"],
         dir.path(),
         Some("s3cret-pass\n"),
     );
     assert_eq!(code, 0, "{out}{err}");
-    let key = keygen(dir.path(), "id_ed25519", &["-t", "ed25519"]);
+    let key = keygen(&dir.path().join("id_ed25519"), "ed25519").path;
     // The README's line, with the password given to curl instead of typed.
-    let out = std::process::Command::new("curl")
-        .args([
-            "--silent",
-            "--show-error",
-            "--fail",
-            "--cacert",
-            "ca/tls.crt",
-            "-u",
-            "alice:s3cret-pass",
-            "--data-binary",
-        ])
-        .arg(format!("@{}.pub", key.display()))
-        .args(["https://127.0.0.1:8443/v1/certs", "-o"])
-        .arg(format!("{}-cert.pub", key.display()))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_with_timeout(
+        std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--cacert",
+                "ca/tls.crt",
+                "-u",
+                "alice:s3cret-pass",
+                "--data-binary",
+            ])
+            .arg(format!("@{}.pub", key.display()))
+            .args(["https://127.0.0.1:8443/v1/certs", "-o"])
+            .arg(format!("{}-cert.pub", key.display()))
+            .current_dir(dir.path()),
+        COMMAND_TIMEOUT,
     );
+    drop(serve);
+    assert!(out.success(), "curl: {}", out.stderr);
     let cert = std::fs::read_to_string(format!("{}-cert.pub", key.display())).unwrap();
     assert!(cert_info(dir.path(), &cert).contains("Key ID: \"alice\""));
 }

@@ -1,63 +1,68 @@
-//! Starting the real `drawbridge` binary for integration tests: a temp folder with its
-//! own config (free loopback ports), policy and keys; a curl wrapper for the HTTPS API.
-//! Every wait is bounded; the process is stopped on drop.
-#![allow(dead_code)]
+//! The real `drawbridge serve` for integration tests: a temp folder with its own config
+//! (both listeners on port 0: the bound addresses are read back from the lines `serve`
+//! prints), policy and keys; curl for the HTTPS API; stopped on drop.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::audit::audit_records;
+use super::process::{run_with_input, run_with_timeout};
+use super::ssh::keygen;
+use super::unique;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
 
-// Shared by tests/common and tests/harness; a test crate may include both.
-#[allow(clippy::duplicate_mod)]
-#[path = "../support/ports.rs"]
-mod ports;
-pub use ports::free_port;
+/// The password the tests give their users.
+pub const PW: &str = "correct horse battery";
 
-/// Runs the binary to completion with a bounded time; returns (status code, stdout, stderr).
+/// Runs the binary in `cwd` to completion (killed after 60 s, which fails the test), with
+/// `stdin` as its input; returns (status code, stdout, stderr).
+#[track_caller]
 pub fn run(args: &[&str], cwd: &Path, stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn drawbridge");
-    if let Some(input) = stdin {
-        let mut s = child.stdin.take().expect("stdin");
-        s.write_all(input.as_bytes()).expect("write stdin");
-    } else {
-        drop(child.stdin.take());
-    }
-    let out = wait_output(child, Duration::from_secs(60));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = run_with_input(
+        Command::new(BIN).args(args).current_dir(cwd),
+        stdin.map(str::as_bytes),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !out.timed_out,
+        "drawbridge {args:?} did not finish within 60 s; stderr: {}",
+        out.stderr
+    );
+    (out.code(), out.stdout, out.stderr)
 }
 
-/// Waits for a child's output, killing it past `limit`.
-pub fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return child.wait_with_output().expect("output"),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "process did not finish within {limit:?}; stderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-    }
+/// A new Ed25519 key `name` in the server's folder; the path of its public key.
+pub fn user_key(d: &Drawbridge, name: &str) -> PathBuf {
+    keygen(&d.path().join(name), "ed25519").public()
+}
+
+/// `POST /v1/certs{query}` with the public key file `key` as the body and `auth` as more
+/// curl arguments (e.g. `["-u", "alice:pw"]` or `["-H", "Authorization: Bearer ..."]`).
+pub fn post_key(d: &Drawbridge, auth: &[&str], key: &Path, query: &str) -> Resp {
+    let data = format!("@{}", key.display());
+    let mut args: Vec<&str> = auth.to_vec();
+    args.extend_from_slice(&["--data-binary", &data]);
+    d.curl(&format!("/v1/certs{query}"), &args)
+}
+
+/// `POST /v1/certs` with a JSON `body` and `auth` as more curl arguments.
+pub fn post_json(d: &Drawbridge, auth: &[&str], body: &str) -> Resp {
+    let mut args: Vec<&str> = auth.to_vec();
+    args.extend_from_slice(&[
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+    ]);
+    d.curl("/v1/certs", &args)
+}
+
+/// curl's `-u` value for `user` with the tests' password.
+pub fn basic(user: &str) -> String {
+    format!("{user}:{PW}")
 }
 
 /// A response seen by curl.
@@ -175,8 +180,9 @@ impl Drawbridge {
         for (name, text) in policy {
             std::fs::write(pdir.join(name), text).expect("write policy");
         }
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let ssh: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        // Port 0 for both: `serve` prints what it bound (read back by `wait_ready`).
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (api, ssh) = (unbound, unbound);
         let config = format!(
             "[api]\nlisten = \"{api}\"\n\n[ssh]\nlisten = \"{ssh}\"\nhost_names = [\"localhost\", \"127.0.0.1\"]\n{ssh_extra}\n\n{extra_config}\n"
         );
@@ -233,6 +239,9 @@ impl Drawbridge {
         self.wait_ready(args.contains(&"--bastion-only"));
     }
 
+    /// Waits (30 s at most) for the lines `serve` prints once a listener is bound,
+    /// `drawbridge: SSH bastion on ADDR` and `drawbridge: API on https://ADDR`, and takes
+    /// the addresses from them (they change on every start).
     fn wait_ready(&mut self, bastion_only: bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -241,17 +250,18 @@ impl Drawbridge {
             {
                 panic!("drawbridge serve exited ({status}): {}", self.server_log());
             }
-            let ready = if bastion_only {
-                std::net::TcpStream::connect(self.ssh).is_ok()
-            } else {
-                std::net::TcpStream::connect(self.api).is_ok()
-                    && std::net::TcpStream::connect(self.ssh).is_ok()
-            };
-            if ready {
+            let log = self.server_log();
+            let ssh = listening_on(&log, "drawbridge: SSH bastion on ");
+            let api = listening_on(&log, "drawbridge: API on https://");
+            if let Some(ssh) = ssh
+                && (bastion_only || api.is_some())
+            {
+                self.ssh = ssh;
+                self.api = api.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
                 return;
             }
             if Instant::now() > deadline {
-                panic!("drawbridge serve not ready in 30 s: {}", self.server_log());
+                panic!("drawbridge serve not ready in 30 s: {log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -283,8 +293,8 @@ impl Drawbridge {
 
     /// curl against the API, trusting only our TLS certificate.
     pub fn curl(&self, path: &str, args: &[&str]) -> Resp {
-        let headers = self.path().join(format!("h-{}", rand_suffix()));
-        let body = self.path().join(format!("b-{}", rand_suffix()));
+        let headers = self.path().join(unique("h"));
+        let body = self.path().join(unique("b"));
         let cacert = self.cacert();
         let mut cmd = Command::new("curl");
         cmd.args(["--silent", "--show-error", "--max-time", "20", "--cacert"])
@@ -296,15 +306,13 @@ impl Drawbridge {
             .args(["-w", "%{http_code}"])
             .args(args)
             .arg(self.url(path))
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = wait_output(cmd.spawn().expect("curl"), Duration::from_secs(30));
-        let status: u16 = String::from_utf8_lossy(&out.stdout)
+            .current_dir(self.path());
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+        let status: u16 = out
+            .stdout
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("curl failed: {}", String::from_utf8_lossy(&out.stderr)));
+            .unwrap_or_else(|_| panic!("curl failed: {out:?}"));
         let resp = Resp {
             status,
             headers: std::fs::read_to_string(&headers).unwrap_or_default(),
@@ -317,11 +325,7 @@ impl Drawbridge {
 
     /// The audit records, parsed.
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.audit_path())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        audit_records(&self.audit_path())
     }
 
     /// The audit records of one event kind.
@@ -337,9 +341,7 @@ impl Drawbridge {
         let Some(mut child) = self.child.take() else {
             return -1;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        send_signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Ok(Some(s)) = child.try_wait() {
@@ -401,11 +403,18 @@ impl Drawbridge {
     /// Sends a signal (e.g. "HUP") to the server.
     pub fn signal(&self, sig: &str) {
         if let Some(child) = self.child.as_ref() {
-            let _ = Command::new("kill")
-                .args([&format!("-{sig}"), &child.id().to_string()])
-                .status();
+            send_signal(child.id(), sig);
         }
     }
+}
+
+/// `kill -SIG PID`, bounded.
+fn send_signal(pid: u32, sig: &str) {
+    // A server that has exited already is the caller's to notice (stop() returns its code).
+    run_with_timeout(
+        Command::new("kill").args([format!("-{sig}"), pid.to_string()]),
+        Duration::from_secs(10),
+    );
 }
 
 impl Drop for Drawbridge {
@@ -417,174 +426,10 @@ impl Drop for Drawbridge {
     }
 }
 
-/// Polls `cond` every 50 ms until it holds or `limit` passes; whether it held.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Makes an OpenSSH key with ssh-keygen; returns the private key path.
-pub fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("ssh-keygen");
-    assert!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
-/// `ssh-keygen -L -f CERT` output.
-pub fn cert_info(dir: &Path, cert_line: &str) -> String {
-    let path = dir.join(format!("cert-{}.pub", rand_suffix()));
-    std::fs::write(&path, cert_line).expect("write cert");
-    let out = Command::new("ssh-keygen")
-        .arg("-L")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .expect("ssh-keygen -L");
-    assert!(
-        out.status.success(),
-        "ssh-keygen -L refused the certificate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A test OIDC identity provider: Ed25519 keys, a JWKS file in its own folder (it must
-/// exist before the server starts), and tokens signed or forged on demand.
-pub mod idp {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use ed25519_dalek::SigningKey;
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
-
-    pub const ISS: &str = "https://idp.test";
-
-    pub fn signing_key() -> SigningKey {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).expect("random");
-        SigningKey::from_bytes(&seed)
-    }
-
-    pub fn jwks(keys: &[(&str, &SigningKey)]) -> String {
-        let keys: Vec<serde_json::Value> = keys
-            .iter()
-            .map(|(kid, k)| {
-                serde_json::json!({
-                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
-                    "x": URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes()),
-                })
-            })
-            .collect();
-        serde_json::json!({ "keys": keys }).to_string()
-    }
-
-    /// An EdDSA token with `kid`, signed by `k`.
-    pub fn token(k: &SigningKey, kid: &str, claims: serde_json::Value) -> String {
-        let pem = k.to_pkcs8_pem(Default::default()).expect("pkcs8");
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(kid.into());
-        jsonwebtoken::encode(
-            &h,
-            &claims,
-            &EncodingKey::from_ed_pem(pem.as_bytes()).expect("key"),
-        )
-        .expect("encode")
-    }
-
-    /// Claims naming `user` and `groups`, issued now, expiring `exp_in` seconds from now.
-    pub fn claims(user: &str, groups: &[&str], exp_in: i64) -> serde_json::Value {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        serde_json::json!({
-            "iss": ISS, "aud": "drawbridge", "sub": "id-123",
-            "preferred_username": user, "groups": groups,
-            "iat": now, "exp": now + exp_in,
-        })
-    }
-
-    /// A token with an empty signature (for `alg: none`).
-    pub fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
-        let e = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
-        format!("{}.{}.", e(header), e(claims))
-    }
-
-    /// HS256 keyed with the provider's public key (algorithm confusion).
-    pub fn hmac_with_public_key(k: &SigningKey, kid: &str, claims: serde_json::Value) -> String {
-        let mut h = Header::new(Algorithm::HS256);
-        h.kid = Some(kid.into());
-        let x = URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes());
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(x.as_bytes())).expect("encode")
-    }
-
-    /// `token` with its payload replaced by `claims` (the signature no longer matches).
-    pub fn edited(token: &str, claims: serde_json::Value) -> String {
-        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
-        parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
-        parts.join(".")
-    }
-
-    /// A provider with key `k1`, its JWKS written to a folder of its own.
-    pub struct Idp {
-        pub key: SigningKey,
-        dir: tempfile::TempDir,
-    }
-
-    impl Idp {
-        pub fn new() -> Idp {
-            let key = signing_key();
-            let dir = tempfile::tempdir().expect("tempdir");
-            std::fs::write(dir.path().join("idp-jwks.json"), jwks(&[("k1", &key)]))
-                .expect("write jwks");
-            Idp { key, dir }
-        }
-
-        /// The `[[oidc]]` config block for this provider.
-        pub fn config(&self) -> String {
-            format!(
-                "[[oidc]]\nissuer = \"{ISS}\"\naudience = \"drawbridge\"\njwks = \"{}\"\nuser_claim = \"preferred_username\"\ngroups_claim = \"groups\"\n",
-                self.dir.path().join("idp-jwks.json").display()
-            )
-        }
-
-        /// A good token for `user` in `groups`, valid for five minutes.
-        pub fn good(&self, user: &str, groups: &[&str]) -> String {
-            token(&self.key, "k1", claims(user, groups, 300))
-        }
-    }
-
-    impl Default for Idp {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
+/// The address on the first complete line of `log` that starts with `prefix`.
+fn listening_on(log: &str, prefix: &str) -> Option<SocketAddr> {
+    let complete = &log[..log.rfind('\n')?];
+    complete
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
 }

@@ -1,32 +1,17 @@
-#![allow(clippy::unwrap_used)]
 //! THREATS.md, "Faults and load", the rows the HTTP side can show through the real binary:
 //! F6 (the audit disk fills up), F8 (SIGHUP with a valid and an invalid policy), F9
 //! (SIGTERM) and F10 (a burst of password logins). F6 is also covered without a socket by
 //! `src/api/tests.rs` (`issuance_fails_closed_when_the_audit_log_fails_and_recovers`).
 
-mod harness;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{Drawbridge, Resp, keygen, wait_until};
-
-const PW: &str = "correct horse battery";
-
-fn user_key(d: &Drawbridge, name: &str) -> PathBuf {
-    keygen(d.path(), name, &["-t", "ed25519"]).with_extension("pub")
-}
+use crate::support::drawbridge::{self, Drawbridge, PW, Resp, basic, user_key};
+use crate::support::process::{COMMAND_TIMEOUT, run_with_timeout, wait_until};
 
 fn post_key(d: &Drawbridge, auth: &[&str], key: &Path) -> Resp {
-    let data = format!("@{}", key.display());
-    let mut args: Vec<&str> = auth.to_vec();
-    args.extend_from_slice(&["--data-binary", &data]);
-    d.curl("/v1/certs", &args)
-}
-
-fn basic(user: &str) -> String {
-    format!("{user}:{PW}")
+    drawbridge::post_key(d, auth, key, "")
 }
 
 /// A small tmpfs, unmounted on drop. `None` when this process may not mount (not root,
@@ -38,19 +23,19 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output()
-            .ok()?
-            .status
-            .success();
+        let ok = run_with_timeout(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir.path()),
+            COMMAND_TIMEOUT,
+        )
+        .success();
         ok.then_some(Tmpfs { dir })
     }
 
@@ -72,10 +57,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        run_with_timeout(
+            Command::new("umount").arg("-l").arg(self.dir.path()),
+            COMMAND_TIMEOUT,
+        );
     }
 }
 
@@ -162,11 +147,10 @@ fn f06_audit_disk_full_fails_closed_and_recovers() {
     // a load balancer that stopped sending traffic brings the replica back), then
     // issuance works again.
     std::fs::remove_file(filler).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || d.curl("/healthz", &[]).status
-            == 200),
-        "/healthz did not recover; log: {}",
-        d.server_log()
+    wait_until(
+        Duration::from_secs(5),
+        || d.curl("/healthz", &[]).status == 200,
+        || format!("/healthz did not recover; log: {}", d.server_log()),
     );
     let r = post_key(&d, &["-H", &bearer], &key);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -195,9 +179,11 @@ fn f08_sighup_applies_a_valid_policy_and_keeps_the_last_good_on_an_invalid_one()
     )
     .unwrap();
     d.signal("HUP");
-    assert!(wait_until(Duration::from_secs(5), || !d
-        .events("policy.rejected")
-        .is_empty()));
+    wait_until(
+        Duration::from_secs(5),
+        || !d.events("policy.rejected").is_empty(),
+        || format!("no policy.rejected record: {}", d.server_log()),
+    );
     assert_eq!(post_key(&d, &["-u", &basic("alice")], &key).status, 200);
     assert_eq!(post_key(&d, &["-u", &basic("bob")], &key).status, 200);
 
@@ -208,9 +194,11 @@ fn f08_sighup_applies_a_valid_policy_and_keeps_the_last_good_on_an_invalid_one()
     )
     .unwrap();
     d.signal("HUP");
-    assert!(wait_until(Duration::from_secs(5), || !d
-        .events("policy.reloaded")
-        .is_empty()));
+    wait_until(
+        Duration::from_secs(5),
+        || !d.events("policy.reloaded").is_empty(),
+        || format!("no policy.reloaded record: {}", d.server_log()),
+    );
     let r = post_key(&d, &["-u", &basic("alice")], &key);
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "no_principals");
@@ -320,13 +308,9 @@ fn login_flood(d: &Drawbridge, source: &str, user_pw: &str, n: usize) -> Vec<u16
     for _ in 0..n {
         cmd.args(["-o", "/dev/null", "-w", "%{http_code}\\n", &url]);
     }
-    let out = harness::wait_output(
-        cmd.stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("curl"),
-        Duration::from_secs(90),
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(90));
+    assert!(!out.timed_out, "curl did not finish within 90 s");
+    out.stdout
         .lines()
         .map(|l| l.trim().parse().unwrap_or(0))
         .collect()
@@ -368,15 +352,18 @@ fn f10_a_flood_of_429s_is_recorded_once_a_second_with_a_count() {
     assert_eq!(flood.len(), n);
     assert!(flood.iter().all(|&s| s == 429), "{flood:?}");
     // Within about two seconds of the last refusal, every one is on record.
-    let complete = wait_until(Duration::from_secs(5), || {
-        let (one, counted) = refusals_on_record(&d, src, "rate_limited");
-        one + counted as usize == n
-    });
-    let (one_by_one, counted) = refusals_on_record(&d, src, "rate_limited");
-    assert!(
-        complete,
-        "{one_by_one} recorded + {counted} counted != {n} refusals"
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            let (one, counted) = refusals_on_record(&d, src, "rate_limited");
+            one + counted as usize == n
+        },
+        || {
+            let (one, counted) = refusals_on_record(&d, src, "rate_limited");
+            format!("{one} recorded + {counted} counted != {n} refusals")
+        },
     );
+    let (one_by_one, counted) = refusals_on_record(&d, src, "rate_limited");
     let windows = took.as_secs() as usize + 2;
     assert!(
         one_by_one <= windows && counted > 0,
@@ -395,11 +382,15 @@ fn f10_a_flood_of_429s_is_recorded_once_a_second_with_a_count() {
     // Another user from the same address has windows of its own.
     let other = login_flood(&d, src, "bob:x", 1);
     assert_eq!(other, vec![429]);
-    assert!(wait_until(Duration::from_secs(3), || {
-        d.events("login.failed")
-            .iter()
-            .any(|r| r["user"] == "bob" && r["reason"] == "rate_limited")
-    }));
+    wait_until(
+        Duration::from_secs(3),
+        || {
+            d.events("login.failed")
+                .iter()
+                .any(|r| r["user"] == "bob" && r["reason"] == "rate_limited")
+        },
+        || "bob's rate-limited login is not on record".to_string(),
+    );
 
     // Refusals still counted when the service stops are written before it exits.
     let before = refusals_on_record(&d, src, "rate_limited");

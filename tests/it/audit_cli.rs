@@ -1,22 +1,13 @@
 //! `drawbridge audit verify FILE` run as the real binary.
-#![allow(clippy::unwrap_used)]
 
+use crate::support::drawbridge::run;
 use std::path::Path;
-use std::process::Command;
 
 use drawbridge::audit::{Audit, Event};
 
 fn verify_cmd(file: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .args(["audit", "verify"])
-        .arg(file)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let dir = file.parent().unwrap();
+    run(&["audit", "verify", file.to_str().unwrap()], dir, None)
 }
 
 #[tokio::test]

@@ -1,27 +1,21 @@
 //! THREATS.md, "Faults and load", the rows the SSH side shows through the real binary
-//! (`tests/dmz`): F1 (a flood of stalled unauthenticated connections), F2 (login grace),
+//! (`support::dmz`): F1 (a flood of stalled unauthenticated connections), F2 (login grace),
 //! F3 (idle timeout), F4 (channels per connection), F5 (targets down or dropping
 //! packets), F7 (client clock skew) and F11 (a slow-reading target). Every wait is
 //! bounded; time bounds are the ones THREATS states.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod dmz;
-mod harness;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::wire::{self, bounded};
-use common::{fingerprint, refused};
-use dmz::Bastion;
-use harness::wait_until;
-
-const PW: &str = "correct horse battery";
+use crate::support::dmz::{self, Bastion};
+use crate::support::drawbridge::PW;
+use crate::support::net::{Sink, time_to_close};
+use crate::support::process::wait_until;
+use crate::support::ssh::{fingerprint, refused};
+use crate::support::wire::{self, bounded};
 
 fn with_role(bld: &mut ssh_key::certificate::Builder) {
     bld.valid_principal("web-admin").unwrap();
@@ -58,33 +52,11 @@ fn banner(s: &mut TcpStream) -> String {
 /// Waits until the bastion holds no unauthenticated connection (the readiness probes of
 /// the harness took a slot for a moment).
 fn wait_unauth_idle(b: &Bastion) {
-    assert!(
-        wait_until(Duration::from_secs(10), || b
-            .metric("drawbridge_bastion_unauthenticated_active")
-            == 0),
-        "unauthenticated connections still held"
+    wait_until(
+        Duration::from_secs(10),
+        || b.metric("drawbridge_bastion_unauthenticated_active") == 0,
+        || "unauthenticated connections still held".to_string(),
     );
-}
-
-/// How long until the server closes `s` (reading and discarding), at most `limit`.
-fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    while started.elapsed() < limit {
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return Some(started.elapsed()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return Some(started.elapsed()),
-        }
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------
@@ -172,13 +144,16 @@ fn f02_dribbling_or_never_authenticating_clients_closed_at_login_grace() {
     // Silent: connects and never sends a byte.
     let silent = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         time_to_close(&mut s, limit)
     });
     // A dribbler: our identification string one byte every 200 ms, never finished.
     let dribbler = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let started = Instant::now();
-        let mut buf = [0u8; 256];
         for byte in b"SSH-2.0-".iter().cycle() {
             if started.elapsed() > limit {
                 return None;
@@ -186,17 +161,9 @@ fn f02_dribbling_or_never_authenticating_clients_closed_at_login_grace() {
             if s.write_all(&[*byte]).is_err() {
                 return Some(started.elapsed());
             }
-            s.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            match s.read(&mut buf) {
-                Ok(0) => return Some(started.elapsed()),
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return Some(started.elapsed()),
+            // One read of at most 200 ms between bytes.
+            if time_to_close(&mut s, Duration::from_millis(150)).is_some() {
+                return Some(started.elapsed());
             }
         }
         None
@@ -229,11 +196,10 @@ fn f02_dribbling_or_never_authenticating_clients_closed_at_login_grace() {
             "{what}: closed after {took:?}, the grace is {grace:?}"
         );
     }
-    assert!(
-        wait_until(Duration::from_secs(5), || b
-            .metric("drawbridge_bastion_login_grace_expired_total")
-            >= 3),
-        "login grace expiries not counted"
+    wait_until(
+        Duration::from_secs(5),
+        || b.metric("drawbridge_bastion_login_grace_expired_total") >= 3,
+        || "login grace expiries not counted".to_string(),
     );
     // Nothing was authenticated or audited for them; a real login still works.
     assert!(b.find("ssh.auth.ok", &[]).is_empty());
@@ -360,7 +326,7 @@ fn blackhole() -> Blackhole {
 #[test]
 fn f05_target_down_or_dropping_packets_fails_the_channel_open_within_5s_connection_stays_up() {
     let hole = blackhole();
-    let down = common::free_port();
+    let down = crate::support::ports::free_port();
     let Some(b) = dmz::start_with(
         "connect_timeout = \"3s\"",
         &[
@@ -494,14 +460,8 @@ fn f07_certificates_usable_with_clocks_60s_off() {
 #[test]
 fn f11_slow_reading_target_memory_bounded() {
     // A target that accepts and never reads.
-    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let sink_addr = sink.local_addr().unwrap();
-    let held = std::thread::spawn(move || {
-        let (s, _) = sink.accept().unwrap();
-        std::thread::sleep(Duration::from_secs(40));
-        drop(s);
-    });
-    let Some(b) = dmz::start_with("", &[("sink", sink_addr.to_string())]) else {
+    let sink = Sink::start();
+    let Some(b) = dmz::start_with("", &[("sink", sink.addr.to_string())]) else {
         return;
     };
     let alice = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 11, &[]);
@@ -509,14 +469,8 @@ fn f11_slow_reading_target_memory_bounded() {
     let before = b.rss_kib();
 
     const TOTAL: u64 = 256 * 1024 * 1024;
-    let mut child = c
-        .command(&["-W", "sink:22", "bastion"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut forward = c.hold_forward("sink:22");
+    let mut stdin = forward.stdin.take().unwrap();
     let written = Arc::new(AtomicU64::new(0));
     let wr = written.clone();
     let writer = std::thread::spawn(move || {
@@ -546,10 +500,9 @@ fn f11_slow_reading_target_memory_bounded() {
     let pushed = written.load(Ordering::Relaxed);
     let grown_mib = b.rss_kib().saturating_sub(before) / 1024;
     let to_target = b.metric("drawbridge_bastion_bytes_client_to_target_total");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(forward);
     let _ = writer.join();
-    drop(held);
+    drop(sink);
     eprintln!("pushed {pushed} bytes, {to_target} reached the target socket, RSS +{grown_mib} MiB");
     assert!(
         pushed < TOTAL,

@@ -1,8 +1,10 @@
 //! `drawbridge policy ...` run as a real binary on temporary folders.
-#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+use crate::support::drawbridge::BIN;
+use crate::support::process::{COMMAND_TIMEOUT, Output, run_with_timeout};
 
 const HOSTS: &str = r#"[hosts.web-1]
 address = "10.20.0.11"
@@ -42,20 +44,21 @@ reason    = "INC-1"
 "#;
 
 fn drawbridge(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .current_dir(cwd)
-        .args(args)
-        .env("DRAWBRIDGE_LOG", "error")
-        .output()
-        .unwrap()
+    run_with_timeout(
+        Command::new(BIN)
+            .current_dir(cwd)
+            .args(args)
+            .env("DRAWBRIDGE_LOG", "error"),
+        COMMAND_TIMEOUT,
+    )
 }
 
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    o.stdout.clone()
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    o.stderr.clone()
 }
 
 /// A temporary folder holding `policies/` with the good files.
@@ -73,7 +76,7 @@ fn tree() -> tempfile::TempDir {
 fn check_accepts_a_good_tree() {
     let tmp = tree();
     let o = drawbridge(tmp.path(), &["policy", "check", "policies"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.code(), 0, "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("2 hosts, 3 principals, 2 groups"), "{out}");
     assert!(out.contains("version sha256:"), "{out}");
@@ -83,7 +86,7 @@ fn check_accepts_a_good_tree() {
 fn check_defaults_to_the_configured_folder() {
     let tmp = tree();
     let o = drawbridge(tmp.path(), &["policy", "check"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.code(), 0, "{}", stderr(&o));
 }
 
 #[test]
@@ -103,7 +106,7 @@ fn check_reports_every_error_with_its_position() {
     .unwrap();
     std::fs::write(dir.join("broken.toml"), "[hosts\n").unwrap();
     let o = drawbridge(tmp.path(), &["policy", "check", "policies"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.code(), 1);
     let err = stderr(&o);
     assert!(
         err.contains("policies/broken.toml:1:7: TOML syntax"),
@@ -141,7 +144,7 @@ fn test_runs_cases_and_reports_failures() {
     )
     .unwrap();
     let o = drawbridge(tmp.path(), &["policy", "test", "policies"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(o.code(), 1, "{}", stdout(&o));
     let out = stdout(&o);
     assert!(
         out.contains(
@@ -162,7 +165,7 @@ fn test_runs_cases_and_reports_failures() {
     )
     .unwrap();
     let o = drawbridge(tmp.path(), &["policy", "test", "policies"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(o.code(), 0, "{}", stdout(&o));
     assert_eq!(stdout(&o).lines().last(), Some("1 passed, 0 failed"));
 
     // An unknown key in a case is an error, not ignored.
@@ -172,7 +175,7 @@ fn test_runs_cases_and_reports_failures() {
     )
     .unwrap();
     let o = drawbridge(tmp.path(), &["policy", "test", "policies"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.code(), 1);
     assert!(stdout(&o).contains("policies/tests/access.toml:6:1: unknown key \"expected\""));
     assert_eq!(stdout(&o).lines().last(), Some("0 passed, 1 failed"));
 }
@@ -186,7 +189,7 @@ fn explain_names_the_principal_group_and_positions() {
             "policy", "explain", "alice", "web-1", "deploy", "--dir", "policies",
         ],
     );
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.code(), 0);
     let out = stdout(&o);
     assert!(out.starts_with("ALLOW alice -> web-1 as deploy\n"), "{out}");
     assert!(
@@ -204,7 +207,7 @@ fn explain_names_the_principal_group_and_positions() {
             "policy", "explain", "bob", "db-1", "root", "--dir", "policies",
         ],
     );
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.code(), 0);
     let out = stdout(&o);
     assert!(out.starts_with("DENY bob -> db-1 as root\n"), "{out}");
     assert!(
@@ -226,7 +229,7 @@ fn explain_names_the_principal_group_and_positions() {
             "2030-01-02T00:00:00Z",
         ],
     );
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.code(), 0);
     assert!(
         stdout(&o).contains("expired at 2030-01-01T00:00:00Z"),
         "{}",
@@ -250,7 +253,7 @@ fn principals_prints_and_writes_files() {
         tmp.path(),
         &["policy", "principals", "web-1", "--dir", "policies"],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.code(), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o), "deploy: ops-root web-deploy\nroot: ops-root\n");
 
     let out = tmp.path().join("out/principals");
@@ -273,7 +276,7 @@ fn principals_prints_and_writes_files() {
             "out/principals",
         ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.code(), 0, "{}", stderr(&o));
     let deploy = std::fs::read_to_string(out.join("deploy")).unwrap();
     let lines: Vec<&str> = deploy.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines, ["ops-root", "web-deploy"]);
@@ -300,7 +303,7 @@ fn principals_prints_and_writes_files() {
         tmp.path(),
         &["policy", "principals", "web-9", "--dir", "policies"],
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.code(), 1);
     assert!(
         stderr(&o).contains("unknown host \"web-9\""),
         "{}",
@@ -309,26 +312,23 @@ fn principals_prints_and_writes_files() {
 }
 
 fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
+    let o = run_with_timeout(
+        Command::new("git")
+            .current_dir(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE"),
+        COMMAND_TIMEOUT,
     );
+    assert!(o.success(), "git {args:?}: {}", o.stderr);
 }
 
 #[test]
@@ -350,7 +350,7 @@ fn diff_between_two_commits() {
     git(root, &["commit", "-q", "-am", "two"]);
 
     let o = drawbridge(root, &["policy", "diff", "HEAD~1", "HEAD", "policies"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.code(), 0, "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("temporary grants evaluated at"), "{out}");
     assert!(out.contains("bob\n  - db-1 postgres (via dba)\n"), "{out}");
@@ -360,7 +360,7 @@ fn diff_between_two_commits() {
     );
 
     let o = drawbridge(root, &["policy", "diff", "HEAD", "HEAD", "policies"]);
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.code(), 0);
     assert!(
         stdout(&o).contains("no change in effective access"),
         "{}",
@@ -375,7 +375,7 @@ fn diff_between_two_commits() {
     .unwrap();
     git(root, &["commit", "-q", "-am", "three"]);
     let o = drawbridge(root, &["policy", "diff", "HEAD~1", "HEAD", "policies"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.code(), 1);
     assert!(
         stderr(&o).contains("HEAD:policies/people.toml:2:15: unknown principal \"nope\""),
         "{}",

@@ -1,34 +1,24 @@
-#![allow(clippy::unwrap_used)]
 //! THREATS.md, "Inputs that must be refused (HTTP side)": one test per row (23–33), named
 //! after it, against the real binary. Each asserts the refusal, what the client is told,
-//! and the audit record with its reason. Some rows are also covered by `tests/api.rs` and
+//! and the audit record with its reason. Some rows are also covered by `api.rs` and
 //! unit tests; these are the matrix that names them.
-
-mod harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::idp::{Idp, claims, edited, hmac_with_public_key, signing_key, token, unsigned};
-use harness::{Drawbridge, Resp, cert_info, keygen, wait_until};
+use crate::support::drawbridge::{Drawbridge, PW, Resp, basic, post_json, post_key, user_key};
+use crate::support::h2raw;
+use crate::support::idp::{
+    Idp, claims, edited, hmac_with_public_key, signing_key, token, unsigned,
+};
+use crate::support::net::time_to_close;
+use crate::support::process::{run_ok, wait_until};
+use crate::support::ssh::{cert_info, keygen, keygen_with};
 use serde_json::{Value, json};
-
-const PW: &str = "correct horse battery";
-
-fn user_key(d: &Drawbridge, name: &str) -> PathBuf {
-    keygen(d.path(), name, &["-t", "ed25519"]).with_extension("pub")
-}
-
-fn post_key(d: &Drawbridge, auth: &[&str], key: &Path, query: &str) -> Resp {
-    let data = format!("@{}", key.display());
-    let mut args: Vec<&str> = auth.to_vec();
-    args.extend_from_slice(&["--data-binary", &data]);
-    d.curl(&format!("/v1/certs{query}"), &args)
-}
 
 fn post_body(d: &Drawbridge, auth: &[&str], body: &str) -> Resp {
     let mut args: Vec<&str> = auth.to_vec();
@@ -38,10 +28,6 @@ fn post_body(d: &Drawbridge, auth: &[&str], body: &str) -> Resp {
 
 fn bearer(t: &str) -> String {
     format!("Authorization: Bearer {t}")
-}
-
-fn basic(user: &str) -> String {
-    format!("{user}:{PW}")
 }
 
 /// The newest audit record of `kind`.
@@ -383,17 +369,7 @@ fn t26_principal_not_held_403_and_ttl_capped() {
     // Only that: a JSON body asking the same is refused the same way.
     let pubkey = std::fs::read_to_string(&key).unwrap();
     let body = json!({"public_key": pubkey, "principals": ["dba"]}).to_string();
-    let r = d.curl(
-        "/v1/certs",
-        &[
-            "-u",
-            &auth,
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-        ],
-    );
+    let r = post_json(&d, &["-u", &auth], &body);
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(d.events("cert.issued").is_empty());
 
@@ -427,18 +403,17 @@ fn t27_bad_keys_400_naming_the_problem() {
     let ed_line = std::fs::read_to_string(&ed).unwrap();
 
     // A certificate instead of a key: one signed by a throwaway CA.
-    let ca = keygen(d.path(), "throwaway_ca", &["-t", "ed25519"]);
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-s"])
-        .arg(&ca)
-        .args(["-I", "x", "-n", "web-deploy"])
-        .arg(&ed)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let ca = keygen(&d.path().join("throwaway_ca"), "ed25519");
+    run_ok(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(&ca.path)
+            .args(["-I", "x", "-n", "web-deploy"])
+            .arg(&ed),
+    );
     let cert_line = std::fs::read_to_string(d.path().join("ed-cert.pub")).unwrap();
 
-    let rsa2048 = keygen(d.path(), "rsa2048", &["-t", "rsa", "-b", "2048"]).with_extension("pub");
+    let rsa2048 = keygen_with(&d.path().join("rsa2048"), &["-t", "rsa", "-b", "2048"]).public();
     let rsa2048 = std::fs::read_to_string(rsa2048).unwrap();
     // DSA: built by hand (OpenSSH 9.8 and later no longer make DSA keys).
     let dsa = dsa_line();
@@ -683,25 +658,6 @@ fn t29_password_guessing_limited_per_user_and_per_address_timing_equal() {
 // ---------------------------------------------------------------------------------------
 // Row 30: TLS and slow clients.
 
-/// How long until the server closes `s` (reads until EOF or error), at most `limit`.
-fn time_to_close(s: &mut impl Read, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    while started.elapsed() < limit {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(started.elapsed()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return Some(started.elapsed()),
-        }
-    }
-    None
-}
-
 fn tcp(d: &Drawbridge) -> TcpStream {
     let s = TcpStream::connect(d.api).unwrap();
     s.set_nodelay(true).unwrap();
@@ -917,170 +873,6 @@ fn t30_tls_hello_cut_off_or_fragmented_and_slowloris_closed_within_10s() {
 // ---------------------------------------------------------------------------------------
 // Row 31: HTTP/2 rapid reset and CONTINUATION flood.
 
-mod h2raw {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    pub const HEADERS: u8 = 0x1;
-    pub const RST_STREAM: u8 = 0x3;
-    pub const SETTINGS: u8 = 0x4;
-    pub const GOAWAY: u8 = 0x7;
-    pub const CONTINUATION: u8 = 0x9;
-    pub const END_STREAM: u8 = 0x1;
-    pub const END_HEADERS: u8 = 0x4;
-
-    pub fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
-        let len = payload.len() as u32;
-        out.extend_from_slice(&len.to_be_bytes()[1..]);
-        out.push(ty);
-        out.push(flags);
-        out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-        out.extend_from_slice(payload);
-    }
-
-    /// HPACK for GET https://authority/healthz, literal fields never indexed.
-    pub fn get_healthz(authority: &str) -> Vec<u8> {
-        let mut b = vec![0x82, 0x87]; // :method GET, :scheme https
-        b.push(0x04); // :path, literal without indexing
-        b.push(8);
-        b.extend_from_slice(b"/healthz");
-        b.push(0x01); // :authority
-        b.push(authority.len() as u8);
-        b.extend_from_slice(authority.as_bytes());
-        b
-    }
-
-    /// What the server did with the connection.
-    #[derive(Debug, Default)]
-    pub struct Seen {
-        pub goaway: Option<u32>,
-        pub responses: usize,
-        pub resets: usize,
-        pub closed: bool,
-    }
-
-    pub async fn connect(d: &Drawbridge) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let cfg = d.tls_client(&[b"h2"]);
-        let connector = tokio_rustls::TlsConnector::from(cfg);
-        let tcp = tokio::net::TcpStream::connect(d.api).await.unwrap();
-        let tls = connector
-            .connect(rustls_pki_types::ServerName::from(d.api.ip()), tcp)
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        tls
-    }
-
-    /// Reads frames until EOF, an error or `limit`, counting what matters.
-    pub async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin, limit: Duration) -> Seen {
-        let mut seen = Seen::default();
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
-                Err(_) => return seen,
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    seen.closed = true;
-                    return seen;
-                }
-                Ok(Ok(n)) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let ty = buf[3];
-                let payload = &buf[9..9 + len];
-                match ty {
-                    HEADERS => seen.responses += 1,
-                    RST_STREAM => seen.resets += 1,
-                    GOAWAY if payload.len() >= 8 => {
-                        seen.goaway = Some(u32::from_be_bytes([
-                            payload[4], payload[5], payload[6], payload[7],
-                        ]));
-                    }
-                    _ => {}
-                }
-                buf.drain(..9 + len);
-            }
-        }
-    }
-
-    /// Rapid reset: HEADERS then RST_STREAM(CANCEL) on new streams, in batches, for at
-    /// most `streams` streams or `limit`. Returns (streams sent, what came back).
-    pub async fn rapid_reset(d: &Drawbridge, streams: u32, limit: Duration) -> (u32, Seen) {
-        let tls = connect(d).await;
-        let (r, mut w) = tokio::io::split(tls);
-        let reader = tokio::spawn(read_all(r, limit + Duration::from_secs(2)));
-        let mut out = PREFACE.to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[]);
-        w.write_all(&out).await.unwrap();
-        let block = get_healthz(&d.api.to_string());
-        let started = tokio::time::Instant::now();
-        let mut sent = 0u32;
-        'outer: while sent < streams && started.elapsed() < limit {
-            let mut batch = Vec::new();
-            for _ in 0..100 {
-                let id = 1 + 2 * sent;
-                frame(&mut batch, HEADERS, END_STREAM | END_HEADERS, id, &block);
-                frame(&mut batch, RST_STREAM, 0, id, &8u32.to_be_bytes());
-                sent += 1;
-            }
-            match tokio::time::timeout(Duration::from_secs(2), w.write_all(&batch)).await {
-                Ok(Ok(())) => {}
-                _ => break 'outer,
-            }
-        }
-        let _ = w.shutdown().await;
-        (sent, reader.await.unwrap())
-    }
-
-    /// CONTINUATION flood: one HEADERS without END_HEADERS, then CONTINUATION frames of
-    /// 16 KiB of header fields, at most `total` bytes or `limit`. Returns (bytes sent,
-    /// what came back).
-    pub async fn continuation_flood(
-        d: &Drawbridge,
-        total: usize,
-        limit: Duration,
-    ) -> (usize, Seen) {
-        let tls = connect(d).await;
-        let (r, mut w) = tokio::io::split(tls);
-        let reader = tokio::spawn(read_all(r, limit + Duration::from_secs(2)));
-        let mut out = PREFACE.to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[]);
-        frame(&mut out, HEADERS, 0, 1, &get_healthz(&d.api.to_string()));
-        w.write_all(&out).await.unwrap();
-        // Literal header fields, new names, never indexed: "x-flood-NNNN: aaa...".
-        let mut fragment = Vec::new();
-        let mut i = 0u32;
-        while fragment.len() < 16 * 1024 - 200 {
-            let name = format!("x-flood-{i:06}");
-            fragment.push(0x10);
-            fragment.push(name.len() as u8);
-            fragment.extend_from_slice(name.as_bytes());
-            fragment.push(100);
-            fragment.extend(std::iter::repeat_n(b'a', 100));
-            i += 1;
-        }
-        let mut one = Vec::new();
-        frame(&mut one, CONTINUATION, 0, 1, &fragment);
-        let started = tokio::time::Instant::now();
-        let mut sent = 0usize;
-        while sent < total && started.elapsed() < limit {
-            match tokio::time::timeout(Duration::from_secs(2), w.write_all(&one)).await {
-                Ok(Ok(())) => sent += one.len(),
-                _ => break,
-            }
-        }
-        let _ = w.shutdown().await;
-        (sent, reader.await.unwrap())
-    }
-}
-
 /// (resident memory in KiB, CPU time in clock ticks) of a process.
 fn proc_usage(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1234,13 +1026,10 @@ fn t32_invalid_policy_reload_refused_last_good_kept() {
         if i % 2 == 0 {
             d.signal("HUP");
         }
-        assert!(
-            wait_until(Duration::from_secs(10), || d
-                .events("policy.rejected")
-                .len()
-                > rejected_before),
-            "{what}: no policy.rejected record; log: {}",
-            d.server_log()
+        wait_until(
+            Duration::from_secs(10),
+            || d.events("policy.rejected").len() > rejected_before,
+            || format!("{what}: no policy.rejected record; log: {}", d.server_log()),
         );
         let rec = last(&d, "policy.rejected");
         assert_eq!(rec["policy_version"], good_version, "{what}: {rec}");
@@ -1278,9 +1067,11 @@ fn t32_invalid_policy_reload_refused_last_good_kept() {
     )
     .unwrap();
     d.signal("HUP");
-    assert!(wait_until(Duration::from_secs(10), || !d
-        .events("policy.reloaded")
-        .is_empty()));
+    wait_until(
+        Duration::from_secs(10),
+        || !d.events("policy.reloaded").is_empty(),
+        || format!("no policy.reloaded record: {}", d.server_log()),
+    );
     let r = post_key(&d, &["-u", &auth], &key, "");
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(d.stop(), 0);

@@ -1,18 +1,16 @@
 //! The user's path end to end, with the real binary, curl, the OpenSSH client and a real
 //! OpenSSH sshd as the DMZ host: the login helper, the demo, the KRL, CA rotation.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Ca, Key, SshClient, Sshd, TestDir};
-use harness::Drawbridge;
-
-const PW: &str = "correct horse battery";
+use crate::support::drawbridge::{Drawbridge, PW};
+use crate::support::process::{
+    COMMAND_TIMEOUT, Output, run_ok, run_with_input, run_with_timeout, wait_until,
+};
+use crate::support::ssh::{Ca, Key, SshClient, TestDir};
+use crate::support::sshd::Sshd;
 
 /// A policy whose only host is the test's sshd (login root for role web-ops).
 fn policy_for(sshd_port: u16) -> Vec<(&'static str, String)> {
@@ -47,7 +45,7 @@ fn setup(extra_policy: &[(&str, &str)]) -> Setup {
     // The sshd needs the CA keys, drawbridge needs the sshd's port: reserve a port for the
     // sshd by starting it after drawbridge made its keys. Start drawbridge with a
     // placeholder inventory, then write the real one (the watcher reloads it).
-    let port_holder = common::free_port();
+    let port_holder = crate::support::ports::free_port();
     let mut files = policy_for(port_holder);
     for (n, text) in extra_policy {
         files.push((n, text.to_string()));
@@ -68,9 +66,11 @@ fn setup(extra_policy: &[(&str, &str)]) -> Setup {
     )
     .unwrap();
     d.signal("HUP");
-    wait_until(Duration::from_secs(10), || {
-        d.events("policy.reloaded").iter().any(|_| true)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        || d.events("policy.reloaded").iter().any(|_| true),
+        || d_log(&d),
+    );
     let (code, out, err) = d.cli(
         &[
             "policy",
@@ -88,17 +88,6 @@ fn setup(extra_policy: &[(&str, &str)]) -> Setup {
     let lines: Vec<&str> = principals.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines, ["web-ops"], "{principals}");
     Setup { t, d, sshd }
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Gets a certificate for `key` from the API with a password.
@@ -153,9 +142,11 @@ fn certificate_from_the_api_runs_a_command_through_the_bastion() {
     let opened = s.d.events("forward.opened");
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert_eq!(opened[0]["principal"], "web-ops");
-    wait_until(Duration::from_secs(10), || {
-        !s.d.events("forward.closed").is_empty()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        || !s.d.events("forward.closed").is_empty(),
+        || d_log(&s.d),
+    );
     let closed = &s.d.events("forward.closed")[0];
     assert!(
         closed["bytes_client_to_target"].as_u64().unwrap() > 0,
@@ -186,17 +177,12 @@ impl OsUser {
     fn create(t: &TestDir) -> OsUser {
         let name = format!("dbt{}", std::process::id() % 100000);
         let home = t.join(&name);
-        let _ = Command::new("userdel").arg(&name).output();
-        let out = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", "-d"])
-            .arg(&home)
-            .arg(&name)
-            .output()
-            .expect("useradd");
-        assert!(
-            out.status.success(),
-            "useradd: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_with_timeout(Command::new("userdel").arg(&name), COMMAND_TIMEOUT);
+        run_ok(
+            Command::new("useradd")
+                .args(["-M", "-s", "/bin/sh", "-d"])
+                .arg(&home)
+                .arg(&name),
         );
         std::fs::create_dir_all(&home).unwrap();
         // The temp dir above the home is root's 0700: open the path to the home.
@@ -205,19 +191,14 @@ impl OsUser {
             if dir == Path::new("/") || dir == Path::new("/tmp") {
                 break;
             }
-            let _ = Command::new("chmod").arg("o+x").arg(dir).status();
+            run_ok(Command::new("chmod").arg("o+x").arg(dir));
             p = dir.parent();
         }
-        let status = Command::new("chown")
-            .arg(format!("{name}:"))
-            .arg(&home)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        run_ok(Command::new("chown").arg(format!("{name}:")).arg(&home));
         OsUser { name, home }
     }
 
-    fn sh(&self, script: &str, stdin: &str) -> common::Output {
+    fn sh(&self, script: &str, stdin: &str) -> Output {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", &self.name, "--", "env", "-i"])
             .arg(format!("HOME={}", self.home.display()))
@@ -225,26 +206,13 @@ impl OsUser {
             .arg(format!("USER={}", self.name))
             .args(["sh", "-c", script])
             .current_dir(&self.home);
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("runuser");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        common::wait_with_timeout(child, Duration::from_secs(60))
+        run_with_input(&mut cmd, Some(stdin.as_bytes()), Duration::from_secs(60))
     }
 }
 
 impl Drop for OsUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
+        run_with_timeout(Command::new("userdel").arg(&self.name), COMMAND_TIMEOUT);
     }
 }
 
@@ -261,11 +229,12 @@ fn login_script_then_plain_ssh_reaches_the_target() {
     .unwrap();
     let cacert = u.home.join("tls.crt");
     std::fs::copy(s.d.cacert(), &cacert).unwrap();
-    let _ = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:", u.name))
-        .arg(&u.home)
-        .status();
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:", u.name))
+            .arg(&u.home),
+    );
 
     let login = format!(
         "sh ./drawbridge-login --server https://{} --cacert ./tls.crt --user alice --password-stdin",
@@ -314,10 +283,10 @@ fn login_script_then_plain_ssh_reaches_the_target() {
 
 #[test]
 fn demo_script_runs_end_to_end() {
-    let out = common::run_with_timeout(
+    let out = run_with_timeout(
         Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo"))
-            .env("DRAWBRIDGE_BIN", harness::BIN),
+            .env("DRAWBRIDGE_BIN", crate::support::drawbridge::BIN),
         Duration::from_secs(120),
     );
     assert!(
@@ -341,7 +310,7 @@ fn demo_script_runs_end_to_end() {
 
 #[test]
 fn krl_revokes_at_openssh_and_at_the_target() {
-    let s = setup(&[]);
+    let mut s = setup(&[]);
     s.d.add_user("alice", PW);
     let good = s.t.keygen("good");
     let bad = s.t.keygen("bad");
@@ -357,7 +326,7 @@ fn krl_revokes_at_openssh_and_at_the_target() {
     assert_eq!(krl0.status, 200);
     let krl_path = s.t.write("empty.krl", &krl0.body);
     let q = krl_query(&krl_path, &good.cert());
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stdout));
+    assert!(q.success(), "{q:?}");
 
     // Revoke the second certificate by serial, and a key id that is nobody's.
     std::fs::write(
@@ -366,35 +335,30 @@ fn krl_revokes_at_openssh_and_at_the_target() {
     )
     .unwrap();
     s.d.signal("HUP");
-    wait_until(Duration::from_secs(10), || {
-        s.d.events("policy.reloaded").len() >= 2
-    });
+    wait_until(
+        Duration::from_secs(10),
+        || s.d.events("policy.reloaded").len() >= 2,
+        || d_log(&s.d),
+    );
     let krl = s.d.curl("/v1/krl", &[]);
     assert_eq!(krl.status, 200);
     let krl_path = s.t.write("drawbridge.krl", &krl.body);
     let q = krl_query(&krl_path, &bad.cert());
-    assert!(!q.status.success());
-    assert!(
-        String::from_utf8_lossy(&q.stdout).contains("REVOKED"),
-        "{}",
-        String::from_utf8_lossy(&q.stdout)
-    );
+    assert!(!q.success());
+    assert!(q.stdout.contains("REVOKED"), "{q:?}");
     let q = krl_query(&krl_path, &good.cert());
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stdout));
+    assert!(q.success(), "{q:?}");
 
     // A target with RevokedKeys refuses the revoked certificate itself (asked directly,
     // not through the bastion, which refuses it on its own).
-    let cfg_path = s.sshd.dir.join("sshd_config");
-    let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    cfg.push_str(&format!("RevokedKeys {}\n", krl_path.display()));
-    drop(s.sshd);
-    let mut sshd2 = start_sshd_with_config(&cfg_path, &cfg);
+    s.sshd
+        .restart_with(&format!("RevokedKeys {}\n", krl_path.display()));
     let kh =
         s.t.write("kh", format!("{}\n", host_ca_of(&s.d).known_hosts_line()));
     let direct = |key: &Key| {
-        common::run_with_timeout(
+        run_with_timeout(
             Command::new("ssh")
-                .args(["-F", "/dev/null", "-p", &sshd2.1.to_string(), "-i"])
+                .args(["-F", "/dev/null", "-p", &s.sshd.port.to_string(), "-i"])
                 .arg(&key.path)
                 .arg("-o")
                 .arg(format!("CertificateFile={}", key.cert().display()))
@@ -422,42 +386,23 @@ fn krl_revokes_at_openssh_and_at_the_target() {
     assert!(ok.success(), "good cert refused: {}", ok.stderr);
     let refused = direct(&bad);
     assert!(!refused.success());
-    let _ = sshd2.0.kill();
-    let _ = sshd2.0.wait();
 }
 
 /// `ssh-keygen -Q -f KRL CERT`: OpenSSH's own verdict on a certificate and a KRL.
-fn krl_query(krl: &Path, cert: &Path) -> std::process::Output {
-    Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(krl)
-        .arg(cert)
-        .output()
-        .unwrap()
+fn krl_query(krl: &Path, cert: &Path) -> Output {
+    run_with_timeout(
+        Command::new("ssh-keygen")
+            .arg("-Q")
+            .arg("-f")
+            .arg(krl)
+            .arg(cert),
+        COMMAND_TIMEOUT,
+    )
 }
 
-/// Restarts an sshd from an existing config file with new content; returns (child, port).
-fn start_sshd_with_config(path: &Path, text: &str) -> (std::process::Child, u16) {
-    let port: u16 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ListenAddress 127.0.0.1:"))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap();
-    std::fs::write(path, text).unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(common::wait_for_port(
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10)
-    ));
-    (child, port)
+/// The server log, for a failed wait's message.
+fn d_log(d: &Drawbridge) -> String {
+    d.server_log()
 }
 
 #[test]
@@ -508,25 +453,16 @@ fn after_ca_rotate_old_and_new_certificates_both_work() {
 fn cert_signed_by(t: &TestDir, cert: &Path, ca_line: &str) -> bool {
     let ca_path = t.write("ca-check.pub", ca_line);
     let fp = |p: &Path| {
-        let o = Command::new("ssh-keygen")
-            .arg("-l")
-            .arg("-f")
-            .arg(p)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout)
+        run_ok(Command::new("ssh-keygen").arg("-l").arg("-f").arg(p))
+            .stdout
             .split_whitespace()
             .nth(1)
             .unwrap_or("")
             .to_string()
     };
-    let info = Command::new("ssh-keygen")
-        .arg("-L")
-        .arg("-f")
-        .arg(cert)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&info.stdout).contains(&fp(&ca_path))
+    run_ok(Command::new("ssh-keygen").arg("-L").arg("-f").arg(cert))
+        .stdout
+        .contains(&fp(&ca_path))
 }
 
 #[test]
@@ -557,7 +493,11 @@ fn bastion_only_runs_without_any_ca_private_key() {
     let _sshd = sshd_in_policy(&t, &d, &host_ca);
     d.launch(&["--bastion-only"]);
     // No API on the bastion-only process.
-    assert!(std::net::TcpStream::connect(d.api).is_err());
+    assert!(
+        !d.server_log().contains("drawbridge: API on"),
+        "{}",
+        d.server_log()
+    );
 
     let key = t.keygen("alice");
     user_ca.sign_user(&key.public(), "alice", &["web-ops"], "-1m:+5m", 42, &[]);
@@ -594,9 +534,11 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
         "[groups.ops]\nmembers = [\"alice\"]\nprincipals = [\"web-ops\"]\n",
     )
     .unwrap();
-    wait_until(Duration::from_secs(15), || {
-        s.d.events("policy.reloaded").len() > reloads
-    });
+    wait_until(
+        Duration::from_secs(15),
+        || s.d.events("policy.reloaded").len() > reloads,
+        || d_log(&s.d),
+    );
     let out = ssh.run(&["web-1", "echo", "after"]);
     assert!(!out.success(), "bob still got in: {}", out.stdout);
     assert!(out.stderr.contains("open failed"), "{}", out.stderr);
@@ -612,9 +554,11 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
         "[groups.ops]\nmembrs = []\n",
     )
     .unwrap();
-    wait_until(Duration::from_secs(15), || {
-        !s.d.events("policy.rejected").is_empty()
-    });
+    wait_until(
+        Duration::from_secs(15),
+        || !s.d.events("policy.rejected").is_empty(),
+        || d_log(&s.d),
+    );
     let rejected = s.d.events("policy.rejected").pop().unwrap();
     let errors = rejected["errors"].as_array().unwrap();
     assert!(
@@ -638,7 +582,7 @@ fn group_removal_in_git_cuts_off_the_next_connection() {
 #[test]
 fn oidc_user_reaches_the_target_through_idp_groups() {
     let t = TestDir::new();
-    let idp = harness::idp::Idp::new();
+    let idp = crate::support::idp::Idp::new();
     let mut d = Drawbridge::prepare(&[], &idp.config());
     let (code, out, err) = d.cli(&["ca", "init"], None);
     assert_eq!(code, 0, "{out}{err}");
@@ -660,7 +604,7 @@ fn oidc_user_reaches_the_target_through_idp_groups() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     std::fs::write(key.cert(), &r.body).unwrap();
-    let info = harness::cert_info(d.path(), &r.text());
+    let info = crate::support::ssh::cert_info(d.path(), &r.text());
     assert!(info.contains("idp-groups@drawbridge"), "{info}");
 
     let mut ssh = SshClient::new(&t, "frank", &host_ca, d.ssh.port(), "frank", &key);

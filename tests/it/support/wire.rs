@@ -1,6 +1,5 @@
 //! A russh client, to send what the OpenSSH client will not: host certificates, "forever"
 //! certificates, empty principals, forged signatures, hostile user names, many channels.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

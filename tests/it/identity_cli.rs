@@ -1,31 +1,27 @@
 //! `drawbridge user add` run as the real binary.
-#![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use crate::support::drawbridge::BIN;
+use crate::support::process::{COMMAND_TIMEOUT, run_with_input};
 
 use drawbridge::identity::Secret;
 use drawbridge::identity::password::{UsersFile, verify_password};
 
 fn user_add(config: &Path, args: &[&str], stdin: &[u8]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .arg("--config")
-        .arg(config)
-        .args(["user", "add"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let out = run_with_input(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["user", "add"])
+            .args(args),
+        Some(stdin),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!out.timed_out, "user add did not finish: {out:?}");
+    (out.code(), out.text())
 }
 
 #[test]

@@ -1,0 +1,22 @@
+//! The integration tests: one binary (one link of the crate after a change to `src/`), a
+//! module per area, the helpers they share in `support`.
+//!
+//! Tests that need a real `sshd` fail when it or root is missing (`scripts/test` installs
+//! it), unless `DRAWBRIDGE_ALLOW_SKIP=1` is set.
+
+// A step that fails fails the test: panicking is how test code reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod api;
+mod audit_cli;
+mod bastion;
+mod e2e;
+mod faults_http;
+mod faults_ssh;
+mod identity_cli;
+mod issuer_cli;
+mod policy_cli;
+mod threats_http;
+mod threats_ssh;

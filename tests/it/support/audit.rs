@@ -1,0 +1,55 @@
+//! Reading drawbridge's audit log (one JSON record a line) from its file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::process::wait_until;
+
+/// The records of the audit log at `path` (none when it does not exist yet). A complete
+/// line that is not JSON fails the test; a last line without its newline is being written
+/// and is left for the next read.
+pub fn audit_records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Records of `event` in the log at `path` whose fields match every `(key, value)`.
+pub fn find_records(path: &Path, event: &str, fields: &[(&str, &str)]) -> Vec<Value> {
+    audit_records(path)
+        .into_iter()
+        .filter(|r| r["event"] == event)
+        .filter(|r| {
+            fields.iter().all(|(k, v)| match &r[*k] {
+                Value::String(s) => s == v,
+                Value::Number(n) => n.to_string() == *v,
+                _ => false,
+            })
+        })
+        .collect()
+}
+
+/// The first record of `event` matching `fields`, waiting up to 5 s for it (records of
+/// a closing connection or forward are written after the client has gone).
+#[track_caller]
+pub fn expect_record_in(path: &Path, event: &str, fields: &[(&str, &str)]) -> Value {
+    wait_until(
+        Duration::from_secs(5),
+        || !find_records(path, event, fields).is_empty(),
+        || {
+            let all: Vec<String> = audit_records(path).iter().map(Value::to_string).collect();
+            format!(
+                "no {event} record with {fields:?}; the log has:\n{}",
+                all.join("\n")
+            )
+        },
+    );
+    find_records(path, event, fields).swap_remove(0)
+}

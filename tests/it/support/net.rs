@@ -1,0 +1,142 @@
+//! Small network tools: how long a peer takes to close, a target that never reads, and
+//! a forward held open through the bastion by the OpenSSH client.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use super::process::{Output, wait_with_timeout};
+use super::ssh::SshClient;
+
+/// How long until the peer closes `s` (reading and discarding), at most `limit`; `None`
+/// when it is still open then. `s` must have a read timeout (e.g. 200 ms), so that a
+/// silent peer cannot hold a read past `limit`.
+pub fn time_to_close(s: &mut impl Read, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// A TCP listener on 127.0.0.1 that accepts and never reads (a target that stalls); it
+/// holds its connections until dropped (at most 120 s).
+pub struct Sink {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("sink address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if let Ok((c, _)) = l.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Sink {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `ssh -W TARGET bastion` with its stdin kept open: a forward that lasts until the
+/// bastion ends it or the test drops it (the client is killed then). What comes back
+/// from the target is read as it arrives.
+pub struct HeldForward {
+    child: Option<Child>,
+    /// The client's stdin, for a test that pushes data through the forward.
+    pub stdin: Option<ChildStdin>,
+    first: Receiver<String>,
+}
+
+impl SshClient {
+    /// Opens a held forward to `target` (`HOST:PORT` as the bastion is asked to dial it).
+    pub fn hold_forward(&self, target: &str) -> HeldForward {
+        let mut child = self
+            .command(&["-W", target, "bastion"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ssh -W");
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().expect("piped stdout");
+        let (tx, first) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let n = out.read(&mut buf).unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let mut rest = Vec::new();
+            let _ = out.read_to_end(&mut rest);
+        });
+        HeldForward {
+            child: Some(child),
+            stdin,
+            first,
+        }
+    }
+}
+
+impl HeldForward {
+    /// The first bytes the target sent (an sshd's banner), waiting at most `limit`; ""
+    /// when nothing came.
+    pub fn first_bytes(&self, limit: Duration) -> String {
+        self.first.recv_timeout(limit).unwrap_or_default()
+    }
+
+    /// Waits at most `limit` for the client to exit by itself (killed then: see
+    /// `timed_out`); the stdin is kept open meanwhile.
+    pub fn wait(mut self, limit: Duration) -> Output {
+        let child = self.child.take().expect("the client runs");
+        wait_with_timeout(child, limit)
+    }
+}
+
+impl Drop for HeldForward {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
