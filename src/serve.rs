@@ -17,7 +17,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Audit, CheckpointKey, Checkpointer, Event};
+use crate::audit::{Audit, AuditEvent, CheckpointKey, Checkpointer};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::policy::watch::{PolicyStore, ReloadOutcome};
@@ -68,13 +68,12 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let audit = Audit::open(&config.audit_path(), &config.audit.replica)
         .with_context(|| format!("opening the audit log {}", config.audit_path().display()))?;
     audit
-        .record(
-            Event::new("service.started")
-                .with("version", env!("CARGO_PKG_VERSION"))
-                .with("api", run_api)
-                .with("bastion", run_bastion)
-                .with("policy_version", &policy.current().version),
-        )
+        .record(AuditEvent::ServiceStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            api: run_api,
+            bastion: run_bastion,
+            policy_version: policy.current().version.clone(),
+        })
         .await
         .context("the audit log cannot be written; nothing starts without it")?;
     let checkpoints = Checkpointer::new(audit.clone(), checkpoint_key, &config.audit_path())
@@ -165,7 +164,9 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::time::timeout(grace, t).await;
     }
     let stopped = audit
-        .record(Event::new("service.stopped").with("policy_version", &policy.current().version))
+        .record(AuditEvent::ServiceStopped {
+            policy_version: policy.current().version.clone(),
+        })
         .await;
     if let Err(e) = stopped {
         tracing::error!(error = %e, "could not write service.stopped");
@@ -289,27 +290,25 @@ fn commit_reload(
     })
 }
 
-fn reload_event(outcome: &ReloadOutcome) -> Option<Event> {
+fn reload_event(outcome: &ReloadOutcome) -> Option<AuditEvent> {
     match outcome {
         ReloadOutcome::Unchanged | ReloadOutcome::Refused { .. } => None,
         ReloadOutcome::Applied {
             old_version,
             new_version,
-        } => Some(
-            Event::new("policy.reloaded")
-                .with("old_version", old_version)
-                .with("policy_version", new_version),
-        ),
+        } => Some(AuditEvent::PolicyReloaded {
+            old_version: old_version.clone(),
+            policy_version: new_version.clone(),
+        }),
         ReloadOutcome::Rejected {
             kept_version,
             errors,
         } => {
             let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
-            Some(
-                Event::new("policy.rejected")
-                    .with("policy_version", kept_version)
-                    .with("errors", list),
-            )
+            Some(AuditEvent::PolicyRejected {
+                policy_version: kept_version.clone(),
+                errors: list,
+            })
         }
     }
 }

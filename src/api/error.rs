@@ -7,12 +7,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::audit::RefusalCode;
+
 /// An error shown to an API client as `{"error": code, "message": message}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     /// Stable machine-readable code, also used as the refusal reason in metrics and audit.
-    pub code: &'static str,
+    pub code: RefusalCode,
     /// What went wrong and what to do, safe to show (no secret, no internals).
     pub message: String,
     /// For 429 and 503: when to try again.
@@ -28,7 +30,7 @@ struct Body<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: RefusalCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -38,21 +40,21 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: RefusalCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: RefusalCode, message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::UNAUTHORIZED, code, message);
         e.challenge = true;
         e
     }
 
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: RefusalCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry: Duration) -> Self {
+    pub fn too_many(code: RefusalCode, message: impl Into<String>, retry: Duration) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
         e.retry_after = Some(retry);
         e
@@ -62,7 +64,7 @@ impl ApiError {
     pub fn audit_unavailable() -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
+            RefusalCode::ApiAuditUnavailable,
             "the audit log cannot be written, so nothing is issued; try again shortly and tell the operator",
         );
         e.retry_after = Some(Duration::from_secs(5));
@@ -74,7 +76,7 @@ impl ApiError {
         tracing::error!(detail = %detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            RefusalCode::Internal,
             "internal error; the operator can find the detail in the service log",
         )
     }
@@ -95,7 +97,7 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_string(&Body {
-            error: self.code,
+            error: self.code.as_str(),
             message: &self.message,
         })
         .unwrap_or_else(|_| "{\"error\":\"internal\"}".to_string());

@@ -88,18 +88,19 @@ pub async fn write_repeats(state: Arc<AppState>, shutdown: tokio_util::sync::Can
             .repeats
             .take_ended(std::time::Instant::now(), stopping)
         {
-            let mut ev = crate::audit::Event::new("login.failed.repeated")
-                .with("client", r.key.client.to_string())
-                .with("reason", r.key.reason)
-                .with("method", r.key.method)
-                .with("repeats", r.repeats)
-                .with("since", crate::util::rfc3339(r.since))
-                .with("window_secs", repeats::WINDOW.as_secs());
-            if let Some(user) = &r.user {
-                ev = ev.with_peer("user", user);
-            }
+            let ev = crate::audit::AuditEvent::LoginFailedRepeated {
+                client: r.key.client.to_string(),
+                reason: r.key.reason,
+                method: r.key.method.to_string(),
+                repeats: r.repeats,
+                since: crate::util::rfc3339(r.since),
+                window_secs: repeats::WINDOW.as_secs(),
+                user: r.user.as_deref().map(crate::audit::PeerText::cut),
+                policy_version: state.policy.current().version.clone(),
+                rule: r.key.rule.to_string(),
+            };
             if let Err(e) = state.audit.record(ev).await {
-                tracing::error!(error = %e, repeats = r.repeats, reason = r.key.reason,
+                tracing::error!(error = %e, repeats = r.repeats, reason = %r.key.reason,
                     "could not record repeated login refusals");
             }
         }

@@ -20,6 +20,7 @@
 //! connection instead of thousands, so the CPU it costs (TLS, HTTP) stays small beside
 //! certificate issuance. A first refusal, and anyone else's request, is not delayed.
 
+use crate::audit::RefusalCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -35,7 +36,9 @@ pub const MAX_KEYS: usize = 65_536;
 /// What a repeated refusal is counted under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RepeatKey {
-    pub reason: &'static str,
+    pub reason: RefusalCode,
+    /// The rule that refused (a config key).
+    pub rule: &'static str,
     /// The client's source: its IPv4 address, or its IPv6 /64.
     pub client: IpAddr,
     pub method: &'static str,
@@ -43,9 +46,15 @@ pub struct RepeatKey {
 
 impl RepeatKey {
     /// The key of a refusal from `client` (counted per source, whatever name it claims).
-    pub fn new(reason: &'static str, client: IpAddr, method: &'static str) -> Self {
+    pub fn new(
+        reason: RefusalCode,
+        rule: &'static str,
+        client: IpAddr,
+        method: &'static str,
+    ) -> Self {
         Self {
             reason,
+            rule,
             client: source_of(client),
             method,
         }
@@ -163,7 +172,12 @@ mod tests {
     use super::*;
 
     fn key(client: &str) -> RepeatKey {
-        RepeatKey::new("busy", client.parse().unwrap(), "password")
+        RepeatKey::new(
+            RefusalCode::Busy,
+            "login.hash_queue",
+            client.parse().unwrap(),
+            "password",
+        )
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `{"public_key", "ttl", "principals", "reason"}`. Anything else is 415. `ttl`,
 //! `principals` and `reason` may come in the query instead (not both).
 
+use crate::audit::RefusalCode;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -66,7 +67,7 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         "application/json" => Ok(BodyKind::Json),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            RefusalCode::UnsupportedMediaType,
             format!(
                 "content type {:?} is not accepted; send the public key line as text/plain \
                  (curl --data-binary @key.pub) or JSON {{\"public_key\": ...}}",
@@ -102,7 +103,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
                 break;
             }
             return Err(ApiError::bad_request(
-                "bad_body",
+                RefusalCode::BadBody,
                 "the request body could not be read; send it again",
             ));
         };
@@ -123,7 +124,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     if over {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            RefusalCode::BodyTooLarge,
             format!("the request body is over {limit} bytes; send one public key line"),
         ));
     }
@@ -131,9 +132,12 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, ApiError> {
-    let d = parse_duration(s).map_err(|e| ApiError::bad_request("bad_ttl", e))?;
+    let d = parse_duration(s).map_err(|e| ApiError::bad_request(RefusalCode::BadTtl, e))?;
     if d.is_zero() {
-        return Err(ApiError::bad_request("bad_ttl", "ttl must be above zero"));
+        return Err(ApiError::bad_request(
+            RefusalCode::BadTtl,
+            "ttl must be above zero",
+        ));
     }
     Ok(d)
 }
@@ -159,7 +163,7 @@ pub fn parse_cert_request(
             .map(|q| q.0)
             .map_err(|e| {
                 ApiError::bad_request(
-                    "bad_query",
+                    RefusalCode::BadQuery,
                     format!(
                         "{}; the query takes ttl (e.g. 10m), principals (a,b) and reason (e.g. INC-4711)",
                         e.body_text()
@@ -177,7 +181,7 @@ pub fn parse_cert_request(
         BodyKind::Json => {
             let j: JsonBody = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::bad_request(
-                    "bad_json",
+                    RefusalCode::BadJson,
                     format!(
                         "the JSON body does not parse ({e}); send {{\"public_key\": \"ssh-ed25519 AAAA...\", \"ttl\": \"10m\", \"principals\": [\"role\"], \"reason\": \"INC-4711\"}}"
                     ),
@@ -194,7 +198,7 @@ pub fn parse_cert_request(
     if let Some(t) = &query.ttl {
         if req.ttl.is_some() {
             return Err(ApiError::bad_request(
-                "bad_request",
+                RefusalCode::BadRequest,
                 "ttl is given both in the query and in the body; give it once",
             ));
         }
@@ -203,7 +207,7 @@ pub fn parse_cert_request(
     if let Some(p) = &query.principals {
         if req.principals.is_some() {
             return Err(ApiError::bad_request(
-                "bad_request",
+                RefusalCode::BadRequest,
                 "principals are given both in the query and in the body; give them once",
             ));
         }
@@ -212,7 +216,7 @@ pub fn parse_cert_request(
     if let Some(r) = query.reason {
         if req.reason.is_some() {
             return Err(ApiError::bad_request(
-                "bad_request",
+                RefusalCode::BadRequest,
                 "reason is given both in the query and in the body; give it once",
             ));
         }
@@ -222,7 +226,7 @@ pub fn parse_cert_request(
         && p.is_empty()
     {
         return Err(ApiError::bad_request(
-            "bad_principals",
+            RefusalCode::BadPrincipals,
             "principals is empty; leave it out to get every role you hold",
         ));
     }

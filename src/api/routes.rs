@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::repeats::RepeatKey;
 use super::request::{MAX_CERT_BODY, MAX_DRAIN, parse_cert_request, read_body};
 use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
-use crate::audit::Event;
+use crate::audit::{AuditEvent, Grant, PeerText, RefusalCode};
 use crate::identity::{AuthError, Identity, Secret};
 use crate::issuer::plan::{CertRequest, IssueRefusal, TtlCap, plan_from_policy};
 use crate::util::{rfc3339, unix_secs};
@@ -54,7 +54,7 @@ async fn request_deadline(
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "timeout",
+            RefusalCode::Timeout,
             "the request took too long; send it again",
         )
         .into_response(),
@@ -64,7 +64,7 @@ async fn request_deadline(
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        RefusalCode::NotFound,
         "no such endpoint; see GET /v1/ca, POST /v1/certs, POST /v1/login, GET /v1/ssh_config",
     )
 }
@@ -72,7 +72,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        RefusalCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }
@@ -105,12 +105,12 @@ fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, A
         "authenticate with a password (curl -u USER)"
     };
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized("unauthenticated", how));
+        return Err(ApiError::unauthorized(RefusalCode::Unauthenticated, how));
     };
     if value.len() > MAX_AUTHORIZATION_BYTES {
         return Err(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "authorization_too_large",
+            RefusalCode::AuthorizationTooLarge,
             format!(
                 "the Authorization header is {} bytes; at most {MAX_AUTHORIZATION_BYTES} are accepted",
                 value.len()
@@ -119,18 +119,18 @@ fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, A
     }
     let value = value
         .to_str()
-        .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
+        .map_err(|_| ApiError::unauthorized(RefusalCode::BadCredentials, how))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(rest)
-            .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
+            .map_err(|_| ApiError::unauthorized(RefusalCode::BadCredentials, how))?;
         let text = String::from_utf8(decoded)
-            .map_err(|_| ApiError::unauthorized("bad_credentials", how))?;
+            .map_err(|_| ApiError::unauthorized(RefusalCode::BadCredentials, how))?;
         let (user, password) = text
             .split_once(':')
-            .ok_or_else(|| ApiError::unauthorized("bad_credentials", how))?;
+            .ok_or_else(|| ApiError::unauthorized(RefusalCode::BadCredentials, how))?;
         Ok(Credentials::Basic {
             user: user.to_string(),
             password: Secret::new(password.to_string()),
@@ -138,19 +138,19 @@ fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, A
     } else if scheme.eq_ignore_ascii_case("bearer") && allow_bearer {
         Ok(Credentials::Bearer(Secret::new(rest.to_string())))
     } else {
-        Err(ApiError::unauthorized("bad_credentials", how))
+        Err(ApiError::unauthorized(RefusalCode::BadCredentials, how))
     }
 }
 
 fn auth_error(e: &AuthError) -> ApiError {
     match e {
         AuthError::RateLimited { retry_after } => ApiError::too_many(
-            "rate_limited",
+            RefusalCode::RateLimited,
             "too many failed logins; wait and try again",
             *retry_after,
         ),
         AuthError::Busy => ApiError::too_many(
-            "busy",
+            RefusalCode::Busy,
             "too many password logins at once; try again in a moment, or use a bearer token",
             std::time::Duration::from_secs(1),
         ),
@@ -174,7 +174,7 @@ async fn authenticate(
     let creds = match credentials(&parts.headers, allow_bearer) {
         Ok(c) => c,
         Err(e) => {
-            state.metrics.login_failed(e.code);
+            state.metrics.login_failed(e.code.as_str());
             return Err(e);
         }
     };
@@ -188,7 +188,7 @@ async fn authenticate(
     match result {
         Ok(identity) => Ok(Caller { identity, client }),
         Err(e) => {
-            state.metrics.login_failed(e.code());
+            state.metrics.login_failed(e.code().as_str());
             let method = if claimed.is_some() {
                 "password"
             } else {
@@ -197,7 +197,7 @@ async fn authenticate(
             // Refusals made without looking at the credential: the first of each second
             // is recorded, the rest counted (see `repeats`).
             if matches!(e, AuthError::Busy | AuthError::RateLimited { .. }) {
-                let key = RepeatKey::new(e.code(), client, method);
+                let key = RepeatKey::new(e.code(), e.rule(), client, method);
                 if !state
                     .repeats
                     .record_now(key, claimed.as_deref(), Instant::now())
@@ -206,14 +206,15 @@ async fn authenticate(
                     return Err(auth_error(&e));
                 }
             }
-            let mut ev = Event::new("login.failed")
-                .with("client", client.to_string())
-                .with("reason", e.code())
-                .with("detail", e.audit_reason())
-                .with("method", method);
-            if let Some(user) = &claimed {
-                ev = ev.with_peer("user", user);
-            }
+            let ev = AuditEvent::LoginFailed {
+                client: client.to_string(),
+                reason: e.code(),
+                detail: e.audit_reason(),
+                method: method.to_string(),
+                user: claimed.as_deref().map(PeerText::cut),
+                policy_version: state.policy.current().version.clone(),
+                rule: e.rule().to_string(),
+            };
             if state.audit.record(ev).await.is_err() {
                 return Err(ApiError::audit_unavailable());
             }
@@ -247,27 +248,59 @@ impl FromRequestParts<Arc<AppState>> for PasswordCaller {
     }
 }
 
+/// The rule of a refusal made before the policy was asked: the request was malformed.
+const RULE_REQUEST: &str = "api.request";
+
 async fn refuse(state: &AppState, caller: &Caller, e: ApiError, policy_version: &str) -> ApiError {
-    refuse_with(state, caller, e, policy_version, Event::new("")).await
+    refuse_with(
+        state,
+        caller,
+        e,
+        policy_version,
+        Refused::rule(RULE_REQUEST),
+    )
+    .await
 }
 
-/// [`refuse`] with more fields in the `cert.refused` record (`extra`'s fields).
+/// What a `cert.refused` record says beyond the caller and the error: the rule that
+/// refused, and for a refusal about the key, which key (and what of a `[[revoked]]`
+/// entry matched).
+struct Refused {
+    rule: String,
+    key_fingerprint: Option<String>,
+    revoked_by: Option<String>,
+}
+
+impl Refused {
+    fn rule(rule: &str) -> Refused {
+        Refused {
+            rule: rule.to_string(),
+            key_fingerprint: None,
+            revoked_by: None,
+        }
+    }
+}
+
+/// [`refuse`] with the rule and key of the refusal.
 async fn refuse_with(
     state: &AppState,
     caller: &Caller,
     e: ApiError,
     policy_version: &str,
-    extra: Event,
+    extra: Refused,
 ) -> ApiError {
-    state.metrics.refuse(e.code);
-    let mut ev = Event::new("cert.refused")
-        .with("user", &caller.identity.user)
-        .with("client", caller.client.to_string())
-        .with("method", caller.identity.method.as_str())
-        .with("reason", e.code)
-        .with("message", &e.message)
-        .with("policy_version", policy_version);
-    ev.fields.extend(extra.fields);
+    state.metrics.refuse(e.code.as_str());
+    let ev = AuditEvent::CertRefused {
+        user: caller.identity.user.clone(),
+        client: caller.client.to_string(),
+        method: caller.identity.method.as_str().to_string(),
+        reason: e.code,
+        message: e.message.clone(),
+        policy_version: policy_version.to_string(),
+        rule: extra.rule,
+        key_fingerprint: extra.key_fingerprint,
+        revoked_by: extra.revoked_by,
+    };
     if state.audit.record(ev).await.is_err() {
         return ApiError::audit_unavailable();
     }
@@ -325,8 +358,9 @@ async fn post_certs(
     let key = match crate::issuer::accept::accept_user_key(&req.public_key) {
         Ok(k) => k,
         Err(e) => {
-            let e = ApiError::bad_request("bad_key", e.to_string());
-            return Err(refuse(&state, &caller, e, &version).await);
+            let e = ApiError::bad_request(RefusalCode::BadKey, e.to_string());
+            let rule = Refused::rule("issuer.accepted_keys");
+            return Err(refuse_with(&state, &caller, e, &version, rule).await);
         }
     };
     let now = SystemTime::now();
@@ -351,12 +385,14 @@ async fn post_certs(
         Err(r) => {
             let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN);
             let e = ApiError::new(status, r.code(), r.to_string());
-            let mut extra = Event::new("").with("key_fingerprint", &key_fingerprint);
-            if let IssueRefusal::Revoked { by, entry } = &r {
-                // The decision's rule: which [[revoked]] entry, and what of it matched.
-                extra = extra
-                    .with("rule", format!("[[revoked]] at {entry}"))
-                    .with("revoked_by", by.as_str());
+            let mut extra = Refused {
+                rule: r.rule(&id.user),
+                key_fingerprint: Some(key_fingerprint.clone()),
+                revoked_by: None,
+            };
+            if let IssueRefusal::Revoked { by, .. } = &r {
+                // What of the [[revoked]] entry (the rule) matched.
+                extra.revoked_by = Some(by.as_str().to_string());
             }
             return Err(refuse_with(&state, &caller, e, &version, extra).await);
         }
@@ -370,37 +406,33 @@ async fn post_certs(
         .signing_seconds
         .observe(started.elapsed().as_secs_f64());
     let line = signed.openssh_line().map_err(ApiError::internal)?;
-    let deciding: Vec<String> = policy
+    let deciding: Vec<Grant> = policy
         .held(&id.user, &id.groups, now)
         .iter()
         .filter(|g| plan.principals.contains(&g.principal))
-        .map(|g| format!("{}:{}", g.principal, via_name(&g.via)))
+        .map(|g| Grant::new(&g.principal, &g.via))
         .collect();
-    let ev = Event::new("cert.issued")
-        .with("user", &id.user)
-        .with("client", caller.client.to_string())
-        .with("method", id.method.as_str())
-        .with("serial", signed.serial)
-        .with("key_id", &plan.key_id)
-        .with("principals", &plan.principals)
-        .with("grants", deciding)
-        .with("valid_after", plan.valid_after)
-        .with("valid_before", plan.valid_before)
-        .with("ttl_secs", plan.ttl.as_secs())
-        .with(
-            "ttl_capped_by",
-            plan.capped_by
-                .as_ref()
-                .map(|c| cap_text(c, &policy, &id.user)),
-        )
-        .with("reason", req.reason.as_deref())
-        .with("key_type", key.algorithm().as_str())
-        .with(
-            "key_fingerprint",
-            key.fingerprint(Default::default()).to_string(),
-        )
-        .with("ca_fingerprint", keys.user_ca.fingerprint())
-        .with("policy_version", &version);
+    let ev = AuditEvent::CertIssued {
+        user: id.user.clone(),
+        client: caller.client.to_string(),
+        method: id.method.as_str().to_string(),
+        serial: signed.serial,
+        key_id: plan.key_id.clone(),
+        principals: plan.principals.clone(),
+        grants: deciding,
+        valid_after: plan.valid_after,
+        valid_before: plan.valid_before,
+        ttl_secs: plan.ttl.as_secs(),
+        ttl_capped_by: plan
+            .capped_by
+            .as_ref()
+            .map(|c| cap_text(c, &policy, &id.user)),
+        reason: req.reason.clone(),
+        key_type: key.algorithm().as_str().to_string(),
+        key_fingerprint: key.fingerprint(Default::default()).to_string(),
+        ca_fingerprint: keys.user_ca.fingerprint(),
+        policy_version: version.clone(),
+    };
     if state.audit.record(ev).await.is_err() {
         return Err(ApiError::audit_unavailable());
     }
@@ -426,16 +458,6 @@ fn cap_text(cap: &TtlCap, policy: &crate::policy::Policy, user: &str) -> String 
     }
 }
 
-fn via_name(via: &crate::policy::Via) -> String {
-    match via {
-        crate::policy::Via::User => "user".into(),
-        crate::policy::Via::Group(g) => format!("group {g}"),
-        crate::policy::Via::Temporary { until, reason } => {
-            format!("temporary until {} ({reason})", rfc3339(*until))
-        }
-    }
-}
-
 async fn post_login(
     State(state): State<Arc<AppState>>,
     caller: Result<PasswordCaller, ApiError>,
@@ -453,11 +475,14 @@ async fn post_login(
         .auth
         .issue_token(&caller.identity, now)
         .map_err(|e| auth_error(&e))?;
-    let ev = Event::new("login.ok")
-        .with("user", &caller.identity.user)
-        .with("client", caller.client.to_string())
-        .with("method", caller.identity.method.as_str())
-        .with("token_expires_at", rfc3339(expires));
+    let ev = AuditEvent::LoginOk {
+        user: caller.identity.user.clone(),
+        client: caller.client.to_string(),
+        method: caller.identity.method.as_str().to_string(),
+        token_expires_at: rfc3339(expires),
+        policy_version: state.policy.current().version.clone(),
+        rule: AuthError::InvalidCredentials.rule().to_string(),
+    };
     if state.audit.record(ev).await.is_err() {
         return Err(ApiError::audit_unavailable());
     }
@@ -510,14 +535,14 @@ async fn get_ssh_config(
         None | Some("") => SshConfigQuery::default(),
         Some(_) => axum::extract::Query::<SshConfigQuery>::try_from_uri(&uri)
             .map(|q| q.0)
-            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?,
+            .map_err(|e| ApiError::bad_request(RefusalCode::BadQuery, e.body_text()))?,
     };
     let identity_file = q
         .identity_file
         .unwrap_or_else(|| "~/.ssh/id_ed25519".to_string());
     if !valid_identity_file(&identity_file) {
         return Err(ApiError::bad_request(
-            "bad_identity_file",
+            RefusalCode::BadIdentityFile,
             "identity_file must be a plain path such as ~/.ssh/id_ed25519",
         ));
     }
@@ -570,7 +595,7 @@ async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
+            RefusalCode::ApiAuditUnavailable,
             "the audit log cannot be written; issuance and new connections are refused",
         )
         .into_response()

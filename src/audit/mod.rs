@@ -43,7 +43,9 @@
 pub mod anchor;
 pub mod checkpoint;
 pub mod cmd;
+pub mod event;
 pub mod record;
+pub mod refusal;
 pub mod search;
 pub mod sink;
 
@@ -58,7 +60,11 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 pub use checkpoint::{Checkpoint, CheckpointKey, Checkpointer};
+pub use event::{
+    AuditEvent, AuthFailed, Conn, Decided, ForwardBase, ForwardRefused, Grant, PeerText,
+};
 pub use record::{GENESIS, VerifyFailure, VerifySummary, verify};
+pub use refusal::RefusalCode;
 pub use sink::{AuditSink, FileSink, MemorySink, Recovery};
 
 /// Why a record could not be written. Callers fail closed on it.
@@ -68,12 +74,19 @@ pub enum AuditError {
     Unavailable(String),
 }
 
-/// One event to record: `event` names it (`cert.issued`, `ssh.auth.failed`, ...), the
-/// fields carry what happened. Never put a secret in a field.
+/// One record's kind and fields, as the writer takes them. Built from an [`AuditEvent`]
+/// (the schema); never put a secret in a field.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: String,
     pub fields: Map<String, Value>,
+}
+
+impl From<AuditEvent> for Event {
+    fn from(e: AuditEvent) -> Event {
+        let (kind, fields) = e.into_fields();
+        Event { kind, fields }
+    }
 }
 
 impl Event {
@@ -158,10 +171,11 @@ impl Audit {
             .map_err(|e| AuditError::Unavailable(e.to_string()))?;
         if let Some(r) = recovery {
             let (seq, prev) = next_of(&head);
-            let event = Event::new("audit.recovered")
-                .with("reason", "partial record at the end of the file truncated")
-                .with("dropped_bytes", r.dropped_bytes)
-                .with("dropped_prefix", r.dropped_prefix);
+            let event = Event::from(AuditEvent::AuditRecovered {
+                reason: "partial record at the end of the file truncated".into(),
+                dropped_bytes: r.dropped_bytes,
+                dropped_prefix: r.dropped_prefix,
+            });
             let (line, hash) =
                 record::build_line(seq, &now_ts(), replica, &event.kind, &event.fields, &prev);
             sink.append(&[line]).map_err(fail)?;
@@ -231,8 +245,8 @@ impl Audit {
 
     /// Appends `event` and returns once it is durably on disk (fsync, batched across
     /// concurrent callers). An error means nothing may proceed on its behalf.
-    pub async fn record(&self, event: Event) -> Result<(), AuditError> {
-        self.submit(event, None).await.map(|_| ())
+    pub async fn record(&self, event: impl Into<Event>) -> Result<(), AuditError> {
+        self.submit(event.into(), None).await.map(|_| ())
     }
 
     /// Writes an `audit.checkpoint` record carrying `key`'s signature over the chain's
@@ -240,7 +254,7 @@ impl Audit {
     /// checkpoint once the record is on disk. See [`checkpoint`].
     pub async fn checkpoint(&self, key: Arc<CheckpointKey>) -> Result<Checkpoint, AuditError> {
         match self
-            .submit(Event::new(checkpoint::EVENT), Some(key))
+            .submit(AuditEvent::AuditCheckpoint {}.into(), Some(key))
             .await?
         {
             Some(cp) => Ok(cp),
@@ -313,10 +327,9 @@ impl Audit {
             }
             *last = Some(now);
         }
-        let event = Event::new("audit.resumed").with(
-            "reason",
-            "a write succeeded again after failures (probed by /healthz)",
-        );
+        let event = AuditEvent::AuditResumed {
+            reason: "a write succeeded again after failures (probed by /healthz)".into(),
+        };
         self.record(event).await.is_ok()
     }
 }
@@ -420,5 +433,7 @@ fn writer(mut sink: Box<dyn AuditSink>, rx: Receiver<Request>, shared: Arc<Share
     }
 }
 
+#[cfg(test)]
+mod schema_tests;
 #[cfg(test)]
 mod tests;

@@ -116,7 +116,7 @@ pub fn authorize<'p>(
         .map_err(|lost| ForwardRefusal {
             rule: Some(lost.rule()),
             lost_principal: lost.principal().map(str::to_string),
-            ..prohibited(lost.code(), lost.message())
+            ..prohibited(lost.code().as_str(), lost.message())
         })?;
     if now >= id.valid_before {
         return Err(prohibited(

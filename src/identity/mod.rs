@@ -20,6 +20,7 @@ pub mod password;
 pub mod secret;
 pub mod tokens;
 
+use crate::audit::RefusalCode;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,12 +107,26 @@ impl AuthError {
     }
 
     /// A short machine code for the JSON error body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> RefusalCode {
         match self {
-            AuthError::InvalidCredentials => "invalid_credentials",
-            AuthError::RateLimited { .. } => "rate_limited",
-            AuthError::Busy => "busy",
-            AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::InvalidCredentials => RefusalCode::InvalidCredentials,
+            AuthError::RateLimited { .. } => RefusalCode::RateLimited,
+            AuthError::Busy => RefusalCode::Busy,
+            AuthError::InvalidToken(_) => RefusalCode::InvalidToken,
+            AuthError::Internal(_) => RefusalCode::Internal,
+        }
+    }
+
+    /// The rule that refused, for the audit record (a config key or the built-in check):
+    /// the password file for a bad password, `login.max_failures` (with `login.window`)
+    /// for the rate limit, `login.hash_queue` when the hashing queue is full, the token
+    /// check for a bad token.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            AuthError::InvalidCredentials => "paths.users",
+            AuthError::RateLimited { .. } => "login.max_failures",
+            AuthError::Busy => "login.hash_queue",
+            AuthError::InvalidToken(_) => "token",
             AuthError::Internal(_) => "internal",
         }
     }

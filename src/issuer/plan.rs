@@ -1,6 +1,7 @@
 //! What goes into a user certificate: pure (no I/O, no clock), so every rule of
 //! DESIGN "Certificates" is tested here without keys.
 
+use crate::audit::RefusalCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
@@ -192,18 +193,41 @@ impl IssueRefusal {
     }
 
     /// A stable machine-readable code for the JSON error body and the audit record.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> RefusalCode {
         match self {
-            IssueRefusal::PrincipalNotHeld(_) => "principal_not_held",
-            IssueRefusal::NoPrincipals(_) => "no_principals",
-            IssueRefusal::EmptyPrincipalList => "bad_principals",
-            IssueRefusal::InvalidTtl(_) => "bad_ttl",
-            IssueRefusal::InvalidUser => "bad_user",
-            IssueRefusal::UndefinedPrincipal(_) => "internal",
-            IssueRefusal::Revoked { .. } => "revoked",
-            IssueRefusal::ReasonRequired(_) => "reason_required",
-            IssueRefusal::BadReason(_) => "bad_reason",
-            IssueRefusal::GrantEnding(_) => "grant_ending",
+            IssueRefusal::PrincipalNotHeld(_) => RefusalCode::PrincipalNotHeld,
+            IssueRefusal::NoPrincipals(_) => RefusalCode::NoPrincipalsHeld,
+            IssueRefusal::EmptyPrincipalList => RefusalCode::BadPrincipals,
+            IssueRefusal::InvalidTtl(_) => RefusalCode::BadTtl,
+            IssueRefusal::InvalidUser => RefusalCode::BadUser,
+            IssueRefusal::UndefinedPrincipal(_) => RefusalCode::Internal,
+            IssueRefusal::Revoked { .. } => RefusalCode::Revoked,
+            IssueRefusal::ReasonRequired(_) => RefusalCode::ReasonRequired,
+            IssueRefusal::BadReason(_) => RefusalCode::BadReason,
+            IssueRefusal::GrantEnding(_) => RefusalCode::GrantEnding,
+        }
+    }
+}
+
+impl IssueRefusal {
+    /// The rule that refused, for the audit record: the `[[revoked]]` entry (file:line),
+    /// the policy table that decided, or `api.request` for a malformed request.
+    pub fn rule(&self, user: &str) -> String {
+        match self {
+            IssueRefusal::PrincipalNotHeld(p) => {
+                format!("policy: {user} holds no grant of principal {p}")
+            }
+            IssueRefusal::NoPrincipals(_) => format!("policy: {user} holds no principal"),
+            IssueRefusal::EmptyPrincipalList
+            | IssueRefusal::InvalidTtl(_)
+            | IssueRefusal::InvalidUser
+            | IssueRefusal::BadReason(_) => "api.request".to_string(),
+            IssueRefusal::UndefinedPrincipal(p) => format!("policy: principal {p} undefined"),
+            IssueRefusal::Revoked { entry, .. } => format!("[[revoked]] at {entry}"),
+            IssueRefusal::ReasonRequired(roles) => {
+                format!("[principals] require_reason of {}", roles.join(", "))
+            }
+            IssueRefusal::GrantEnding(p) => format!("[[temporary]] grant of {p} ends now"),
         }
     }
 }
@@ -1032,7 +1056,8 @@ key = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
                 entry: "policies/revoked.toml:12:1".into()
             }
         );
-        assert_eq!((e.status(), e.code()), (403, "revoked"));
+        assert_eq!((e.status(), e.code().as_str()), (403, "revoked"));
+        assert_eq!(e.rule("alice"), "[[revoked]] at policies/revoked.toml:12:1");
         let e = plan(
             "alice",
             "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",

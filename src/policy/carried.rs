@@ -9,6 +9,7 @@
 //! the certificate names, or a temporary grant not yet ended), each, when the age is
 //! given, within its `max_ttl`. Pure: the policy and the time are parameters.
 
+use crate::audit::RefusalCode;
 use std::time::{Duration, SystemTime};
 
 use super::{Grant, Policy, Revoked, Temporary, Via};
@@ -58,11 +59,11 @@ pub enum Lost<'p> {
 
 impl Lost<'_> {
     /// A stable code for audit records and metrics.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> RefusalCode {
         match self {
-            Lost::Revoked(_) => "revoked",
-            Lost::NotHeld { .. } => "denied",
-            Lost::TooOld { .. } => "ttl-exceeded",
+            Lost::Revoked(_) => RefusalCode::Revoked,
+            Lost::NotHeld { .. } => RefusalCode::Denied,
+            Lost::TooOld { .. } => RefusalCode::TtlExceeded,
         }
     }
 
