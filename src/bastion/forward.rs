@@ -23,7 +23,7 @@ use tracing::{debug, info};
 
 use super::BastionMetrics;
 use super::registry;
-use super::server::{ChannelSlot, Shared};
+use super::shared::{ChannelSlot, Shared};
 use super::targets::{malformed, resolve_for};
 use super::verify::CertIdentity;
 use crate::audit::Event;
@@ -211,7 +211,7 @@ pub(super) async fn run(req: Request) {
     opened.fields.extend(decided.fields.clone());
     if !shared.record(opened.clone()).await {
         let r = prohibited(
-            super::server::code::AUDIT_UNAVAILABLE,
+            super::codes::AUDIT_UNAVAILABLE,
             "the bastion cannot write its audit log; try again later".into(),
         );
         return refuse(&shared, &base, reply, r, decided).await;
