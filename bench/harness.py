@@ -604,7 +604,7 @@ def issuance_rows(r, p):
 
 
 def soak_rows(r, p):
-    """Rows of `scripts/soak` (THREATS.md F12): figure, value, goal, met?"""
+    """Rows of `scripts/soak` (docs/threats.md F12): figure, value, goal, met?"""
     MiB_kb = 1024
     fmt = lambda x: "—" if x is None else f"{x:.2f}"
     mem = r["memory_kb"]

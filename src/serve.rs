@@ -112,12 +112,18 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let cfg = config.ssh.clone();
         // The issuer backdates valid_after by 60 s: a certificate spans max_ttl + 60 s.
         let max = config.certs.max_ttl + crate::issuer::plan::CLOCK_SKEW;
-        let (p, a) = (policy.clone(), audit.clone());
-        let stop = watch_token(&shutdown);
+        let parts = crate::bastion::BastionParts {
+            listener,
+            cfg,
+            max_cert_validity: max,
+            keys,
+            policy: policy.clone(),
+            audit: audit.clone(),
+            metrics: bastion_metrics,
+            shutdown: watch_token(&shutdown),
+        };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                crate::bastion::run(listener, cfg, max, keys, p, a, bastion_metrics, stop).await
-            {
+            if let Err(e) = crate::bastion::run(parts).await {
                 tracing::error!(error = %format!("{e:#}"), "bastion stopped");
             }
         }));

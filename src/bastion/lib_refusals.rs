@@ -16,7 +16,7 @@
 //!    it is dropped at the end of the session (still inside that task), and audits them.
 //!
 //! The log line carries nothing about the certificate (no key id, serial, window or key),
-//! so neither can the audit record; see `server.rs` for what it does carry.
+//! so neither can the audit record; see `connection.rs` for what it does carry.
 //!
 //! The notes live in one process-wide map, bounded: at most [`MAX_PER_TASK`] per task and
 //! [`MAX_TASKS`] tasks; entries older than [`MAX_AGE`] are pruned when the map is full,

@@ -6,7 +6,14 @@
 //! |---|---|
 //! | [`verify`] | the pure certificate check (`verify_certificate`): CA, type, window, principals, options, revocation |
 //! | [`targets`] | inventory lookup for a `direct-tcpip` request, and the hosts a cert may reach (`hosts`) |
-//! | `server` | the accept loop (pre-auth caps, login grace), the russh `Handler` (auth, sessions, refusals) |
+//! | `accept` | the accept loop: pre-auth caps at accept, one task per connection, shutdown |
+//! | `connection` | one connection's lifecycle (login grace, eviction, certificate expiry and cut, shutdown) and its state |
+//! | `handler` | the russh `Handler`, kept thin: authentication, session and forwarding requests |
+//! | `commands` | the text of `whoami`, `hosts` and the help, as pure functions |
+//! | `russh_config` | russh's configuration: algorithm policy, auth methods, channel limits |
+//! | `killable` | the socket the bastion cuts from outside russh |
+//! | `shared` | the state every connection shares, and the places given back on drop |
+//! | `codes` | refusal codes besides the certificate check's |
 //! | `forward` | per-request authorization under the policy loaded now, dialing, byte pumping |
 //! | [`registry`] | the open forwards, and the live re-check that cuts those the policy in force no longer allows |
 //!
@@ -92,12 +99,19 @@
 //! layer), `run` logs a warning and these refusals are audited only as the fallback's
 //! `no-certificate`, as before.
 
+mod accept;
+mod codes;
+mod commands;
+mod connection;
 mod forward;
+mod handler;
+mod killable;
 pub mod lib_refusals;
 pub mod preauth;
 pub mod refusal_budget;
 pub mod registry;
-mod server;
+mod russh_config;
+mod shared;
 pub mod targets;
 pub mod verify;
 
@@ -199,37 +213,30 @@ impl BastionMetrics {
     }
 }
 
-/// Runs the bastion on `listener` until `shutdown` turns true (or its sender is dropped),
-/// then stops accepting, lets open forwards run for `cfg.shutdown_grace`, cuts the rest
-/// and returns.
-///
-/// - `max_cert_validity`: the longest certificate validity accepted, i.e. the global
-///   `certs.max_ttl` plus the issuer's 60 s backdating;
-/// - `policy`: read afresh for every authentication and every forward;
-/// - `audit`: every accept and refusal is recorded before it takes effect.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    cfg: SshConfig,
-    max_cert_validity: Duration,
-    keys: BastionKeysInput,
-    policy: Arc<PolicyStore>,
-    audit: Audit,
-    metrics: Arc<BastionMetrics>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+/// Everything [`run`] needs.
+pub struct BastionParts {
+    /// Where to accept SSH connections.
+    pub listener: tokio::net::TcpListener,
+    pub cfg: SshConfig,
+    /// The longest certificate validity accepted, i.e. the global `certs.max_ttl` plus
+    /// the issuer's 60 s backdating.
+    pub max_cert_validity: Duration,
+    pub keys: BastionKeysInput,
+    /// Read afresh for every authentication and every forward.
+    pub policy: Arc<PolicyStore>,
+    /// Every accept and refusal is recorded before it takes effect.
+    pub audit: Audit,
+    pub metrics: Arc<BastionMetrics>,
+    /// Turns true (or its sender is dropped) to stop the bastion.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Runs the bastion on `parts.listener` until `parts.shutdown` turns true (or its sender
+/// is dropped), then stops accepting, lets open forwards run for `cfg.shutdown_grace`,
+/// cuts the rest and returns.
+pub async fn run(parts: BastionParts) -> anyhow::Result<()> {
     // Embedders and tests that set up no tracing still get russh's own certificate
     // refusals audited (`drawbridge serve` installs the layer in `init_tracing`).
     lib_refusals::ensure_installed();
-    server::run(
-        listener,
-        cfg,
-        max_cert_validity,
-        keys,
-        policy,
-        audit,
-        metrics,
-        shutdown,
-    )
-    .await
+    accept::run(parts).await
 }

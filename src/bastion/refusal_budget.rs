@@ -6,7 +6,7 @@
 //! has a bucket of [`BURST`] records, refilled at [`PER_SECOND`]: a person fumbling with a
 //! key, or a test, never notices; a flood gets its first records whole and the rest
 //! counted per (source, reason) and written once a second as one
-//! `ssh.auth.failed.repeated` record with `repeats` (see `server::flush_refusals`). Every
+//! `ssh.auth.failed.repeated` record with `repeats` (see `accept::flush_refusals`). Every
 //! refusal still reaches the client and the metrics. At most [`MAX_SOURCES`] buckets and
 //! counters are kept; past that, refusals are recorded one by one again (never dropped).
 

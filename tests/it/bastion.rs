@@ -104,16 +104,16 @@ fn start_bastion_with(w: &Dmz, cfg: SshConfig, sink: Option<MemorySink>) -> Runn
     };
     let (s, m) = (store.clone(), metrics.clone());
     rt.spawn(async move {
-        let r = bastion::run(
+        let r = bastion::run(bastion::BastionParts {
             listener,
             cfg,
-            Duration::from_secs(3600 + 60),
+            max_cert_validity: Duration::from_secs(3600 + 60),
             keys,
-            s,
+            policy: s,
             audit,
-            m,
-            shutdown_rx,
-        )
+            metrics: m,
+            shutdown: shutdown_rx,
+        })
         .await;
         let _ = tx.send(r);
     });

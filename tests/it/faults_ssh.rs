@@ -360,14 +360,24 @@ fn f05_target_down_or_dropping_packets_fails_the_channel_open_within_5s_connecti
             drop(ch);
         }
     });
-    for (target, reason) in [("down", "connect-failed"), ("blackhole", "connect-timeout")] {
-        let rec = b.expect_record(
-            "forward.refused",
-            &[("reason", reason), ("target", target), ("serial", "5")],
-        );
+    // The forward was decided and recorded before the dial: a failed dial ends it with
+    // `forward.closed` (`end` = the failure), after its `forward.opened`; it is no refusal.
+    for (target, end) in [("down", "connect-failed"), ("blackhole", "connect-timeout")] {
+        let fields = [("target", target), ("serial", "5")];
+        let opened = b.expect_record("forward.opened", &fields);
+        let closed = b.expect_record("forward.closed", &[("end", end), fields[0], fields[1]]);
+        assert_eq!(closed["reason"], end, "{closed}");
         assert!(
-            rec["message"].as_str().unwrap().starts_with(target),
-            "{rec}"
+            closed["message"].as_str().unwrap().starts_with(target),
+            "{closed}"
+        );
+        assert_eq!(closed["bytes_client_to_target"], 0, "{closed}");
+        let records = b.records();
+        let at = |r: &serde_json::Value| records.iter().position(|x| x == r).unwrap();
+        assert!(at(&opened) < at(&closed), "{opened} after {closed}");
+        assert!(
+            b.find("forward.refused", &[("target", target)]).is_empty(),
+            "{target}: a failed dial recorded as a refusal"
         );
     }
     // What the OpenSSH user sees.

@@ -18,5 +18,7 @@ mod faults_ssh;
 mod identity_cli;
 mod issuer_cli;
 mod policy_cli;
+mod revocation_bastion;
+mod revocation_issuance;
 mod threats_http;
 mod threats_ssh;

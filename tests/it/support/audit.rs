@@ -1,7 +1,7 @@
 //! Reading drawbridge's audit log (one JSON record a line) from its file.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
@@ -40,8 +40,20 @@ pub fn find_records(path: &Path, event: &str, fields: &[(&str, &str)]) -> Vec<Va
 /// a closing connection or forward are written after the client has gone).
 #[track_caller]
 pub fn expect_record_in(path: &Path, event: &str, fields: &[(&str, &str)]) -> Value {
+    expect_record_within(path, event, fields, Duration::from_secs(5))
+}
+
+/// [`expect_record_in`], waiting up to `limit` (for a record due at a later time, e.g. a
+/// cut at a certificate's end).
+#[track_caller]
+pub fn expect_record_within(
+    path: &Path,
+    event: &str,
+    fields: &[(&str, &str)],
+    limit: Duration,
+) -> Value {
     wait_until(
-        Duration::from_secs(5),
+        limit,
         || !find_records(path, event, fields).is_empty(),
         || {
             let all: Vec<String> = audit_records(path).iter().map(Value::to_string).collect();
@@ -52,4 +64,13 @@ pub fn expect_record_in(path: &Path, event: &str, fields: &[(&str, &str)]) -> Va
         },
     );
     find_records(path, event, fields).swap_remove(0)
+}
+
+/// When a record was written (its `ts`).
+#[track_caller]
+pub fn record_time(r: &Value) -> SystemTime {
+    r["ts"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("no RFC 3339 ts in {r}"))
 }

@@ -8,14 +8,13 @@
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::Value;
 
 use super::audit::{audit_records, expect_record_in, find_records};
 use super::drawbridge::Drawbridge;
 use super::ports::free_port;
-use super::process::{Output, rss_kib, wait_until};
+use super::process::{Output, rss_kib};
 use super::ssh::{Ca, Key, SshClient, TestDir, refused};
 use super::sshd::{Sshd, need_sshd};
 use super::wire;
@@ -132,12 +131,7 @@ pub fn start_with(ssh_extra: &str, extra_hosts: &[(&str, String)]) -> Option<Bas
     let mut d = Drawbridge::prepare_with_ssh(&[], "", ssh_extra);
     let (code, out, err) = d.cli(&["ca", "init"], None);
     assert_eq!(code, 0, "ca init: {out}{err}");
-    let ca_key = |name: &str| Ca {
-        key: Key {
-            path: d.path().join("ca").join(name),
-        },
-    };
-    let (user_ca, host_ca) = (ca_key("user_ca"), ca_key("host_ca"));
+    let (user_ca, host_ca) = (d.ca("user_ca"), d.ca("host_ca"));
     let other_ca = Ca::new(&t, "other_ca");
     let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
     let dmz = Dmz::start(t, user_ca, host_ca, &trusted, &d.path().join("policies"));
@@ -241,15 +235,9 @@ impl Bastion {
     }
 
     /// Rewrites the policy, sends SIGHUP and waits for it to be applied.
-    pub fn reload_policy(&self, edit: impl FnOnce(&std::path::Path)) {
-        let before = self.find("policy.reloaded", &[]).len();
-        edit(&self.d.path().join("policies"));
-        self.d.signal("HUP");
-        wait_until(
-            Duration::from_secs(10),
-            || self.find("policy.reloaded", &[]).len() > before,
-            || format!("policy not reloaded: {}", self.d.server_log()),
-        );
+    #[track_caller]
+    pub fn reload_policy(&self, edit: impl FnOnce(&Path)) {
+        self.d.reload_policy(edit);
     }
 }
 

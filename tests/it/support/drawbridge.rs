@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::audit::audit_records;
-use super::process::{run_with_input, run_with_timeout};
-use super::ssh::keygen;
+use super::process::{run_with_input, run_with_timeout, wait_until};
+use super::ssh::{Ca, Key, keygen};
 use super::unique;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
@@ -398,6 +398,35 @@ impl Drawbridge {
             .with_no_client_auth();
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         std::sync::Arc::new(cfg)
+    }
+
+    /// One of the CA keys `ca init` or `serve` made in `ca/` (`user_ca`, `host_ca`).
+    pub fn ca(&self, name: &str) -> Ca {
+        Ca {
+            key: Key {
+                path: self.path().join("ca").join(name),
+            },
+        }
+    }
+
+    /// Rewrites the policy (`edit` gets the policy folder), sends SIGHUP and waits for
+    /// the reload to be applied; fails the test when it is not within 10 s.
+    #[track_caller]
+    pub fn reload_policy(&self, edit: impl FnOnce(&Path)) {
+        let before = self.events("policy.reloaded").len();
+        edit(&self.path().join("policies"));
+        self.signal("HUP");
+        wait_until(
+            Duration::from_secs(10),
+            || self.events("policy.reloaded").len() > before,
+            || {
+                format!(
+                    "policy not reloaded: {:?}\n{}",
+                    self.events("policy.rejected"),
+                    self.server_log()
+                )
+            },
+        );
     }
 
     /// Sends a signal (e.g. "HUP") to the server.

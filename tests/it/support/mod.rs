@@ -16,8 +16,10 @@ pub mod ports;
 pub mod process;
 pub mod rawssh;
 pub mod rawssh_session;
+pub mod softsk;
 pub mod ssh;
 pub mod sshd;
+pub mod users;
 pub mod wire;
 
 /// A name no other call of this process gets: `PREFIX-PID-N`.

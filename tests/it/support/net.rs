@@ -4,12 +4,12 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, ChildStdin, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::process::{Output, wait_with_timeout};
+use super::process::{Output, wait_until, wait_with_timeout};
 use super::ssh::SshClient;
 
 /// How long until the peer closes `s` (reading and discarding), at most `limit`; `None`
@@ -81,12 +81,14 @@ impl Drop for Sink {
 
 /// `ssh -W TARGET bastion` with its stdin kept open: a forward that lasts until the
 /// bastion ends it or the test drops it (the client is killed then). What comes back
-/// from the target is read as it arrives.
+/// from the target is read as it arrives; what the client prints on stderr (e.g. why the
+/// bastion cut the forward) is kept.
 pub struct HeldForward {
     child: Option<Child>,
     /// The client's stdin, for a test that pushes data through the forward.
     pub stdin: Option<ChildStdin>,
     first: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl SshClient {
@@ -96,10 +98,22 @@ impl SshClient {
             .command(&["-W", target, "bastion"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ssh -W");
         let stdin = child.stdin.take();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let kept = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = err.read(&mut buf) {
+                    if let Ok(mut s) = kept.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
         let mut out = child.stdout.take().expect("piped stdout");
         let (tx, first) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -113,6 +127,7 @@ impl SshClient {
             child: Some(child),
             stdin,
             first,
+            stderr,
         }
     }
 }
@@ -128,7 +143,41 @@ impl HeldForward {
     /// `timed_out`); the stdin is kept open meanwhile.
     pub fn wait(mut self, limit: Duration) -> Output {
         let child = self.child.take().expect("the client runs");
-        wait_with_timeout(child, limit)
+        let mut out = wait_with_timeout(child, limit);
+        out.stderr = self.stderr_so_far();
+        out
+    }
+
+    /// Whether the client has exited by itself (its forward ended), waiting at most
+    /// `limit` (`Duration::ZERO`: whether it has already).
+    pub fn ended_within(&mut self, limit: Duration) -> bool {
+        let child = self.child.as_mut().expect("the client runs");
+        let deadline = Instant::now() + limit;
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the client printed on stderr, once it holds `text` (the last of it may come
+    /// after the client ended); fails the test when it does not within `limit`.
+    #[track_caller]
+    pub fn expect_stderr(&self, text: &str, limit: Duration) -> String {
+        wait_until(
+            limit,
+            || self.stderr_so_far().contains(text),
+            || format!("the client never said {text:?}: {:?}", self.stderr_so_far()),
+        );
+        self.stderr_so_far()
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 

@@ -462,43 +462,12 @@ impl Session {
         key: &ssh_key::PrivateKey,
         cert: &ssh_key::Certificate,
     ) -> bool {
-        let mut p = vec![rawssh::MSG_SERVICE_REQUEST];
-        put_string(&mut p, b"ssh-userauth");
-        self.send(&p);
-        self.expect(&[MSG_SERVICE_ACCEPT], "service request");
-        let blob = cert.to_bytes().unwrap();
-        // The blob starts with its own algorithm name (PROTOCOL.certkeys).
-        let alg = take_string(&mut blob.as_slice()).to_vec();
-        let mut req = vec![rawssh::MSG_USERAUTH_REQUEST];
-        put_string(&mut req, user.as_bytes());
-        put_string(&mut req, b"ssh-connection");
-        put_string(&mut req, b"publickey");
-        req.push(1);
-        put_string(&mut req, &alg);
-        put_string(&mut req, &blob);
-        let mut signed = Vec::new();
-        put_string(&mut signed, &self.session_id);
-        signed.extend_from_slice(&req);
-        let sig: ssh_key::Signature = key.try_sign(&signed).unwrap();
-        let mut sig_blob = Vec::new();
-        sig.encode(&mut sig_blob).unwrap();
-        put_string(&mut req, &sig_blob);
-        self.send(&req);
-        loop {
-            let p = self.expect(
-                &[
-                    MSG_USERAUTH_SUCCESS,
-                    MSG_USERAUTH_FAILURE,
-                    MSG_USERAUTH_BANNER,
-                ],
-                "user authentication",
-            );
-            match p[0] {
-                MSG_USERAUTH_SUCCESS => return true,
-                MSG_USERAUTH_FAILURE => return false,
-                _ => {}
-            }
-        }
+        self.authenticate_signed(user, cert, |signed| {
+            let sig: ssh_key::Signature = key.try_sign(signed).unwrap();
+            let mut sig_blob = Vec::new();
+            sig.encode(&mut sig_blob).unwrap();
+            sig_blob
+        })
     }
 
     /// Like [`Session::authenticate`], with the signature blob made by `sign` from the
@@ -514,6 +483,7 @@ impl Session {
         self.send(&p);
         self.expect(&[MSG_SERVICE_ACCEPT], "service request");
         let blob = cert.to_bytes().unwrap();
+        // The blob starts with its own algorithm name (PROTOCOL.certkeys).
         let alg = take_string(&mut blob.as_slice()).to_vec();
         let mut req = vec![rawssh::MSG_USERAUTH_REQUEST];
         put_string(&mut req, user.as_bytes());

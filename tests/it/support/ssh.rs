@@ -30,6 +30,10 @@ impl TestDir {
         }
     }
 
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
         self.dir.path().join(p)
     }

@@ -153,6 +153,13 @@ impl Sshd {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Writes the principals file of `login` (read by sshd at each login).
+    pub fn set_principals(&self, login: &str, principals: &[&str]) {
+        let mut text = principals.join("\n");
+        text.push('\n');
+        fs::write(self.principals_dir.join(login), text).expect("principals file");
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

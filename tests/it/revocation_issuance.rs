@@ -1,22 +1,21 @@
-//! Issue 15, issuance side, against the real binary with curl, `ssh-keygen` as the judge
-//! of certificates and KRLs, and the OpenSSH client for the bastion's `whoami`:
-//! a certificate never outlives a temporary grant it carries, the revoked (by key id or
-//! by key) get nothing, the KRL lists revoked keys, reasons are required where the
-//! policy says so and travel in the certificate, and a host named like an IP address is
-//! a policy error.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Revocation, issuance side (docs/threats.md, T35, T36, T43, T46), against the real
+//! binary with curl, `ssh-keygen` as the judge of certificates and KRLs, and the OpenSSH
+//! client for the bastion's `whoami`: a certificate never outlives a temporary grant it
+//! carries, the revoked (by key id or by key) get nothing, the KRL lists revoked keys,
+//! reasons are required where the policy says so and travel in the certificate, a host
+//! named like an IP address is a policy error, and a security-key signature needs the
+//! touch.
 
-mod common;
-mod harness;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::{Ca, Key, SshClient, TestDir};
-use harness::{Drawbridge, cert_info, keygen};
-
-const PW: &str = "correct horse battery";
+use crate::support::drawbridge::{self, Drawbridge, PW, Resp, basic, user_key};
+use crate::support::process::{COMMAND_TIMEOUT, run_ok, run_with_timeout};
+use crate::support::softsk::SoftSk;
+use crate::support::ssh::{Ca, Key, SshClient, TestDir, cert_info};
+use crate::support::sshd::{Sshd, need_sshd};
+use crate::support::wire::now;
 
 const HOSTS: &str = r#"
 [hosts.web-1]
@@ -38,33 +37,29 @@ hosts  = ["db-1"]
 logins = ["postgres"]
 "#;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+/// `serve` with HOSTS, `principals`, `people` and `more` policy files, and `users` (with
+/// the tests' password).
+fn serve(principals: &str, people: &str, more: &[(&str, &str)], users: &[&str]) -> Drawbridge {
+    let mut files = vec![
+        ("hosts.toml", HOSTS),
+        ("principals.toml", principals),
+        ("people.toml", people),
+    ];
+    files.extend_from_slice(more);
+    let d = Drawbridge::start_with(&files, "", &[]);
+    for user in users {
+        d.add_user(user, PW);
+    }
+    d
 }
 
 fn rfc3339(secs: u64) -> String {
-    let out = Command::new("date")
-        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn ed25519_pub(dir: &Path, name: &str) -> PathBuf {
-    keygen(dir, name, &["-t", "ed25519"]).with_extension("pub")
+    ::drawbridge::util::rfc3339(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// `POST /v1/certs{query}` with `user`'s password and the public key file `key`.
-fn post_key(d: &Drawbridge, user: &str, key: &Path, query: &str) -> harness::Resp {
-    let data = format!("@{}", key.display());
-    let auth = format!("{user}:{PW}");
-    d.curl(
-        &format!("/v1/certs{query}"),
-        &["-u", &auth, "--data-binary", &data],
-    )
+fn post_key(d: &Drawbridge, user: &str, key: &Path, query: &str) -> Resp {
+    drawbridge::post_key(d, &["-u", &basic(user)], key, query)
 }
 
 /// "Valid: from A to B" of `ssh-keygen -L`, B as Unix seconds.
@@ -74,12 +69,9 @@ fn valid_to(info: &str) -> u64 {
         .find(|l| l.trim_start().starts_with("Valid:"))
         .unwrap_or_else(|| panic!("no Valid line: {info}"));
     let to = line.rsplit(" to ").next().unwrap().trim();
-    let out = Command::new("date")
-        .args(["-d", to, "+%s"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
+    // ssh-keygen prints local time; `date` reads it back in the same zone.
+    run_ok(Command::new("date").args(["-d", to, "+%s"]))
+        .stdout
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("date of {to:?}"))
@@ -87,36 +79,23 @@ fn valid_to(info: &str) -> u64 {
 
 /// Rewrites a policy file and waits (bounded) until the server has reloaded it.
 fn rewrite_policy(d: &Drawbridge, file: &str, text: &str) {
-    let before = d.events("policy.reloaded").len();
-    std::fs::write(d.path().join("policies").join(file), text).unwrap();
-    d.signal("HUP");
-    let ok = harness::wait_until(Duration::from_secs(10), || {
-        d.events("policy.reloaded").len() > before
-    });
-    assert!(
-        ok,
-        "policy not reloaded: {:?}\n{}",
-        d.events("policy.rejected"),
-        d.server_log()
-    );
+    d.reload_policy(|dir| std::fs::write(dir.join(file), text).unwrap());
 }
 
 /// `ssh-keygen -Q -f KRL FILE`: whether FILE (a key or a certificate) is revoked.
 fn krl_revokes(krl: &Path, file: &Path) -> bool {
-    let out = Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(krl)
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_with_timeout(
+        Command::new("ssh-keygen")
+            .arg("-Q")
+            .arg("-f")
+            .arg(krl)
+            .arg(file),
+        COMMAND_TIMEOUT,
     );
+    let text = out.text();
     let revoked = text.contains("REVOKED");
-    assert_eq!(revoked, !out.status.success(), "{text}");
+    assert!(!out.timed_out, "ssh-keygen -Q: {out:?}");
+    assert_eq!(revoked, !out.success(), "{text}");
     assert!(revoked || text.contains(": ok"), "{text}");
     revoked
 }
@@ -130,7 +109,7 @@ fn revoked_refusals(d: &Drawbridge, user: &str) -> Vec<serde_json::Value> {
 }
 
 // ---------------------------------------------------------------------------------------
-// A certificate never outlives a temporary grant it carries (THREATS row 35).
+// A certificate never outlives a temporary grant it carries (T35).
 
 #[test]
 fn a_temporary_grant_until_caps_valid_before() {
@@ -149,18 +128,8 @@ reason    = "INC-4711"
 "#,
         rfc3339(until)
     );
-    let d = Drawbridge::start_with(
-        &[
-            ("hosts.toml", HOSTS),
-            ("principals.toml", PRINCIPALS),
-            ("people.toml", &people),
-        ],
-        "",
-        &[],
-    );
-    d.add_user("ivy", PW);
-    d.add_user("alice", PW);
-    let key = ed25519_pub(d.path(), "ivy");
+    let d = serve(PRINCIPALS, &people, &[], &["ivy", "alice"]);
+    let key = user_key(&d, "ivy");
     let r = post_key(&d, "ivy", &key, "?ttl=30m");
     assert_eq!(r.status, 200, "{}", r.text());
     let to = valid_to(&cert_info(d.path(), &r.text()));
@@ -182,7 +151,7 @@ reason    = "INC-4711"
     );
 
     // A principal held permanently is not capped by anyone's grant.
-    let key = ed25519_pub(d.path(), "alice");
+    let key = user_key(&d, "alice");
     let r = post_key(&d, "alice", &key, "?ttl=30m");
     assert_eq!(r.status, 200, "{}", r.text());
     let to = valid_to(&cert_info(d.path(), &r.text()));
@@ -193,7 +162,7 @@ reason    = "INC-4711"
 }
 
 // ---------------------------------------------------------------------------------------
-// The revoked get nothing (THREATS row 36).
+// The revoked get nothing (T36).
 
 #[test]
 fn a_revoked_key_id_gets_403_revoked_whatever_the_serial() {
@@ -210,19 +179,13 @@ serial = 4242
 key_id = "mallory"
 reason = "left the company"
 "#;
-    let d = Drawbridge::start_with(
-        &[
-            ("hosts.toml", HOSTS),
-            ("principals.toml", PRINCIPALS),
-            ("people.toml", people),
-            ("revoked.toml", revoked),
-        ],
-        "",
-        &[],
+    let d = serve(
+        PRINCIPALS,
+        people,
+        &[("revoked.toml", revoked)],
+        &["mallory", "alice"],
     );
-    d.add_user("mallory", PW);
-    d.add_user("alice", PW);
-    let key = ed25519_pub(d.path(), "mallory");
+    let key = user_key(&d, "mallory");
     for query in ["", "?ttl=1m", "?principals=web-deploy"] {
         let r = post_key(&d, "mallory", &key, query);
         assert_eq!(r.status, 403, "{query}: a revoked key id got {}", r.text());
@@ -245,26 +208,17 @@ reason = "left the company"
             .all(|r| r["user"] != "mallory")
     );
     // Someone else is not affected.
-    let r = post_key(&d, "alice", &ed25519_pub(d.path(), "alice"), "");
+    let r = post_key(&d, "alice", &user_key(&d, "alice"), "");
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
 fn a_revoked_public_key_gets_403_and_the_krl_revokes_it() {
     let people = "[users.alice]\nprincipals = [\"web-deploy\"]\n";
-    let d = Drawbridge::start_with(
-        &[
-            ("hosts.toml", HOSTS),
-            ("principals.toml", PRINCIPALS),
-            ("people.toml", people),
-        ],
-        "",
-        &[],
-    );
-    d.add_user("alice", PW);
-    let lost = ed25519_pub(d.path(), "lost");
-    let stolen = ed25519_pub(d.path(), "stolen");
-    let kept = ed25519_pub(d.path(), "kept");
+    let d = serve(PRINCIPALS, people, &[], &["alice"]);
+    let lost = user_key(&d, "lost");
+    let stolen = user_key(&d, "stolen");
+    let kept = user_key(&d, "kept");
     // A certificate for the key that is about to be lost, and one for a kept key.
     let lost_cert = d.path().join("lost-cert.pub");
     let kept_cert = d.path().join("kept-cert.pub");
@@ -277,13 +231,8 @@ fn a_revoked_public_key_gets_403_and_the_krl_revokes_it() {
     // Revoked by its key line, and another by its SHA-256 fingerprint.
     let lost_line = std::fs::read_to_string(&lost).unwrap();
     let stolen_fp = {
-        let out = Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(&stolen)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
+        run_ok(Command::new("ssh-keygen").arg("-lf").arg(&stolen))
+            .stdout
             .split_whitespace()
             .nth(1)
             .unwrap()
@@ -338,11 +287,7 @@ fn a_revoked_public_key_gets_403_and_the_krl_revokes_it() {
 
     // The bastion refuses the lost key's unexpired certificate; the kept one gets in.
     let t = TestDir::new();
-    let host_ca = Ca {
-        key: Key {
-            path: d.path().join("ca/host_ca"),
-        },
-    };
+    let host_ca = d.ca("host_ca");
     for (name, ok) in [("lost", false), ("kept", true)] {
         let key = Key {
             path: d.path().join(name),
@@ -362,7 +307,7 @@ fn a_revoked_public_key_gets_403_and_the_krl_revokes_it() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Reasons (DESIGN, Certificates).
+// Reasons: required where the policy says so, carried in the certificate.
 
 #[test]
 fn require_reason_refuses_without_one_and_carries_it_to_the_cert_audit_and_whoami() {
@@ -370,16 +315,7 @@ fn require_reason_refuses_without_one_and_carries_it_to_the_cert_audit_and_whoam
         "{PRINCIPALS}\n[principals.prod-root]\nhosts = \"*\"\nlogins = [\"root\"]\nrequire_reason = true\n"
     );
     let people = "[users.bob]\nprincipals = [\"dba\", \"prod-root\"]\n";
-    let d = Drawbridge::start_with(
-        &[
-            ("hosts.toml", HOSTS),
-            ("principals.toml", &principals),
-            ("people.toml", people),
-        ],
-        "",
-        &[],
-    );
-    d.add_user("bob", PW);
+    let d = serve(&principals, people, &[], &["bob"]);
     let t = TestDir::new();
     let key = t.keygen("bob");
 
@@ -426,26 +362,11 @@ fn require_reason_refuses_without_one_and_carries_it_to_the_cert_audit_and_whoam
 
     // The JSON body works too.
     let body = serde_json::json!({"public_key": key.public_line(), "reason": "CHG-1"}).to_string();
-    let auth = format!("bob:{PW}");
-    let r = d.curl(
-        "/v1/certs",
-        &[
-            "-u",
-            &auth,
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-        ],
-    );
+    let r = drawbridge::post_json(&d, &["-u", &basic("bob")], &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(d.events("cert.issued").last().unwrap()["reason"], "CHG-1");
 
-    let host_ca = Ca {
-        key: Key {
-            path: d.path().join("ca/host_ca"),
-        },
-    };
+    let host_ca = d.ca("host_ca");
     let ssh = SshClient::new(&t, "bob", &host_ca, d.ssh.port(), "bob", &key);
     let out = ssh.run(&["bastion", "whoami"]);
     assert!(out.success(), "{out:?}\n{}", d.server_log());
@@ -461,7 +382,7 @@ fn hex(s: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// A host named like an IP address (THREATS row 43).
+// A host named like an IP address (T43).
 
 #[test]
 fn a_host_name_that_parses_as_an_ip_address_fails_policy_check() {
@@ -489,7 +410,7 @@ fn a_host_name_that_parses_as_an_ip_address_fails_policy_check() {
         )
         .unwrap();
         let (code, out, err) =
-            harness::run(&["policy", "check", dir.to_str().unwrap()], t.path(), None);
+            drawbridge::run(&["policy", "check", dir.to_str().unwrap()], t.path(), None);
         assert_eq!(
             code, 1,
             "policy check accepted a host named {name:?}: {out}{err}"
@@ -506,90 +427,22 @@ fn a_host_name_that_parses_as_an_ip_address_fails_policy_check() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Security keys (THREATS row 46): a signature without the user-presence flag.
-
-/// A software `sk-ssh-ed25519@openssh.com` authenticator (application `ssh:`): the
-/// public key line, and a signer of SSH signature blobs with chosen flags.
-struct SoftSk {
-    key: ed25519_dalek::SigningKey,
-}
-
-impl SoftSk {
-    const APPLICATION: &'static str = "ssh:";
-
-    fn new() -> SoftSk {
-        SoftSk {
-            key: harness::idp::signing_key(),
-        }
-    }
-
-    fn public_line(&self) -> String {
-        let pk = ssh_key::public::Ed25519PublicKey(self.key.verifying_key().to_bytes());
-        let data = ssh_key::public::KeyData::SkEd25519(ssh_key::public::SkEd25519::new(
-            pk,
-            Self::APPLICATION,
-        ));
-        ssh_key::PublicKey::new(data, "soft-sk")
-            .to_openssh()
-            .unwrap()
-    }
-
-    /// The signature blob (PROTOCOL.u2f): the authenticator signs SHA-256(application) ‖
-    /// flags ‖ counter ‖ SHA-256(data).
-    fn sign(&self, data: &[u8], flags: u8, counter: u32) -> Vec<u8> {
-        use ed25519_dalek::Signer;
-        use sha2::{Digest, Sha256};
-        let mut to_sign = Sha256::digest(Self::APPLICATION.as_bytes()).to_vec();
-        to_sign.push(flags);
-        to_sign.extend_from_slice(&counter.to_be_bytes());
-        to_sign.extend_from_slice(&Sha256::digest(data));
-        let sig = self.key.sign(&to_sign).to_bytes();
-        let mut blob = Vec::new();
-        for part in [b"sk-ssh-ed25519@openssh.com".as_slice(), sig.as_slice()] {
-            blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            blob.extend_from_slice(part);
-        }
-        blob.push(flags);
-        blob.extend_from_slice(&counter.to_be_bytes());
-        blob
-    }
-}
-
-/// Logs in to `addr` as `user` with `cert`, the signature made by `sk` with `flags`.
-fn sk_login(
-    addr: std::net::SocketAddr,
-    user: &str,
-    cert: &ssh_key::Certificate,
-    sk: &SoftSk,
-    flags: u8,
-) -> bool {
-    let mut s = common::rawssh_session::Session::connect(addr);
-    s.authenticate_signed(user, cert, |data| sk.sign(data, flags, 7))
-}
+// Security keys (T46): a signature without the user-presence flag.
 
 #[test]
 fn a_security_key_signature_without_user_presence_is_refused_as_sshd_does() {
-    if !common::need_sshd() {
+    if !need_sshd() {
         return;
     }
     let principals = format!(
         "{PRINCIPALS}\n[principals.kiosk]\nhosts = [\"web-1\"]\nlogins = [\"root\"]\nextensions = [\"permit-pty\", \"no-touch-required\"]\n"
     );
     let people = "[users.alice]\nprincipals = [\"web-deploy\", \"kiosk\"]\n";
-    let d = Drawbridge::start_with(
-        &[
-            ("hosts.toml", HOSTS),
-            ("principals.toml", &principals),
-            ("people.toml", people),
-        ],
-        "",
-        &[],
-    );
-    d.add_user("alice", PW);
+    let d = serve(&principals, people, &[], &["alice"]);
     let t = TestDir::new();
     let host_ca = Ca::new(&t, "host_ca");
     let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
-    let sshd = common::Sshd::start(
+    let sshd = Sshd::start(
         &t,
         "web-1",
         &[&trusted],
@@ -613,33 +466,29 @@ fn a_security_key_signature_without_user_presence_is_refused_as_sshd_does() {
     // OpenSSH's sshd, the reference: a touch is needed unless the certificate waives it.
     // (It also proves the software authenticator signs correctly.)
     assert!(
-        sk_login(sshd.addr(), "root", &touch, &sk, 0x01),
+        sk.login(sshd.addr(), "root", &touch, SoftSk::USER_PRESENT),
         "{}",
         sshd.log()
     );
     assert!(
-        !sk_login(sshd.addr(), "root", &touch, &sk, 0x00),
+        !sk.login(sshd.addr(), "root", &touch, 0),
         "sshd took no touch"
     );
     assert!(
-        sk_login(sshd.addr(), "root", &no_touch, &sk, 0x00),
+        sk.login(sshd.addr(), "root", &no_touch, 0),
         "{}",
         sshd.log()
     );
 
     // The bastion must agree.
     assert!(
-        sk_login(d.ssh, "alice", &touch, &sk, 0x01),
+        sk.login(d.ssh, "alice", &touch, SoftSk::USER_PRESENT),
         "{}",
         d.server_log()
     );
+    assert!(sk.login(d.ssh, "alice", &no_touch, 0), "{}", d.server_log());
     assert!(
-        sk_login(d.ssh, "alice", &no_touch, &sk, 0x00),
-        "{}",
-        d.server_log()
-    );
-    assert!(
-        !sk_login(d.ssh, "alice", &touch, &sk, 0x00),
+        !sk.login(d.ssh, "alice", &touch, 0),
         "the bastion accepted a security-key signature made without user presence"
     );
     let refused = d.events("ssh.auth.failed");

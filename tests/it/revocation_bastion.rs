@@ -1,85 +1,32 @@
-//! Revocation that really revokes, at the bastion (THREATS rows 34, 37, 44): a certificate
-//! is all or nothing, open forwards are cut when the policy in force stops allowing them,
-//! refusals describe no host the caller may not reach, and a forward's record is on disk
-//! before anything reaches its target.
+//! Revocation that really revokes, at the bastion (docs/threats.md, T34, T37, T44): a
+//! certificate is all or nothing, open forwards are cut when the policy in force stops
+//! allowing them, refusals describe no host the caller may not reach, and a forward's
+//! record is on disk before anything reaches its target.
 //!
-//! Against the real binary (`tests/dmz`) with a real OpenSSH `sshd` as web-1 and two real
-//! local logins on it: `root` (role web-admin) and a throw-away account made for the test
-//! (role web-deploy, standing for `deploy`). The audit-failure test runs the bastion in
-//! process with an in-memory audit sink that fails on demand, and a TCP listener that
+//! Against the real binary (`support::dmz`) with a real OpenSSH `sshd` as web-1 and two
+//! real local logins on it: `root` (role web-admin) and a throw-away account made for the
+//! test (role web-deploy, standing for `deploy`). The audit-failure test runs the bastion
+//! in process with an in-memory audit sink that fails on demand, and a TCP listener that
 //! counts accepts as the target.
 //!
 //! Fails when `sshd` is missing or we are not root (`DRAWBRIDGE_ALLOW_SKIP=1` skips).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod dmz;
-mod harness;
-
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::wire::{self, bounded};
-use common::{Key, SshClient, refused};
-use dmz::Bastion;
 use serde_json::Value;
 
-/// A local account for the test (`useradd`), removed on drop. Its password field is `*`
-/// (no password, not locked), so sshd lets it log in with a certificate.
-struct OsUser {
-    name: String,
-}
-
-impl OsUser {
-    fn create() -> OsUser {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "rvb{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let _ = Command::new("userdel").arg(&name).output();
-        // useradd fails while another process holds the password file's lock (tests run
-        // in parallel): retry for a while.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("useradd")
-                .args(["-M", "-d", "/nonexistent", "-s", "/bin/sh", "-p", "*"])
-                .arg(&name)
-                .output()
-                .expect("useradd");
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "useradd: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        OsUser { name }
-    }
-}
-
-impl Drop for OsUser {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !Command::new("userdel")
-            .arg(&self.name)
-            .output()
-            .is_ok_and(|o| o.status.success() || o.status.code() == Some(6))
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
+use crate::support::audit::{expect_record_within, record_time as ts};
+use crate::support::dmz::{self, Bastion};
+use crate::support::net::HeldForward;
+use crate::support::ports::free_port;
+use crate::support::process::{wait_for_port, wait_until};
+use crate::support::ssh::{Ca, Key, SshClient, TestDir, refused};
+use crate::support::users::OsUser;
+use crate::support::wire::{self, bounded};
 
 /// The policy of these tests. web-1 is the test sshd (role web), db-1 a dead port (role
 /// db), echo-1 another host on 127.0.0.1 (role echo). Roles: web-admin (role web, root),
@@ -105,7 +52,7 @@ impl Pol {
         Pol {
             sshd_port: b.sshd.port,
             dead_port: b.dead_port,
-            echo_port: common::free_port(),
+            echo_port: free_port(),
             deploy: deploy.name.clone(),
             alice_in_ops: true,
             admin_max_ttl: None,
@@ -178,6 +125,14 @@ fn world_with(ssh_extra: &str, edit: impl FnOnce(&mut Pol)) -> Option<World> {
     Some(World { b, deploy, pol })
 }
 
+/// [`world`] with bob also holding web-admin through a temporary grant ending in about 10
+/// s; and that end.
+fn bob_admin_until_in_10s() -> Option<(World, SystemTime)> {
+    let until = in_secs(10);
+    let w = world_with("", |p| p.temporary = Some(("bob", "web-admin", until)))?;
+    Some((w, until))
+}
+
 fn world() -> Option<World> {
     world_with("", |_| {})
 }
@@ -212,110 +167,38 @@ impl World {
     }
 }
 
-/// `ts` of an audit record.
-fn ts(r: &Value) -> SystemTime {
-    humantime::parse_rfc3339(r["ts"].as_str().unwrap()).unwrap()
-}
-
 /// The OpenSSH client holding a forward to web-1 open (`ssh -W`, stdin kept open): returns
 /// once sshd's banner came back through it.
-struct HeldForward {
-    child: Child,
-    _stdin: ChildStdin,
-    stderr: Arc<std::sync::Mutex<String>>,
+fn hold(c: &SshClient) -> HeldForward {
+    let f = c.hold_forward("web-1:22");
+    let banner = f.first_bytes(Duration::from_secs(20));
+    assert!(
+        banner.starts_with("SSH-2.0-OpenSSH"),
+        "no forward: {banner:?}"
+    );
+    f
 }
 
-impl HeldForward {
-    fn open(c: &SshClient) -> HeldForward {
-        let mut child = c
-            .command(&["-W", "web-1:22", "bastion"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            let n = out.read(&mut buf).unwrap_or(0);
-            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
-            let mut rest = Vec::new();
-            let _ = out.read_to_end(&mut rest);
-        });
-        let banner = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        assert!(
-            banner.starts_with("SSH-2.0-OpenSSH"),
-            "no forward: {banner:?}"
-        );
-        HeldForward {
-            child,
-            _stdin: stdin,
-            stderr,
-        }
-    }
-
-    /// What the client printed on stderr so far (waits a little for the last of it).
-    fn stderr_with(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let s = self.stderr.lock().unwrap().clone();
-            if s.contains(text) || Instant::now() >= deadline {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the client has ended (its forward was cut), waiting up to `limit`.
-    fn ended_within(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for HeldForward {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits up to `limit` for a record of `event` with `fields`.
-fn wait_record(w: &World, event: &str, fields: &[(&str, &str)], limit: Duration) -> Option<Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(r) = w.records(event, fields).pop() {
-            return Some(r);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The `forward.cut` record of `key_id` (waiting up to `limit` for it) and how long after
+/// `since` it was written, which must be under a second (`what` names `since`).
+#[track_caller]
+fn cut_within_1s(
+    w: &World,
+    key_id: &str,
+    since: SystemTime,
+    limit: Duration,
+    what: &str,
+) -> (Value, Duration) {
+    let cut = expect_record_within(
+        &w.b.audit_path(),
+        "forward.cut",
+        &[("key_id", key_id)],
+        limit,
+    );
+    let after = ts(&cut).duration_since(since).unwrap_or_default();
+    println!("{key_id}: forward.cut {after:?} after {what}");
+    assert!(after < Duration::from_secs(1), "cut {after:?} after {what}");
+    (cut, after)
 }
 
 /// A whole second at least `secs` from now (policy times have whole seconds).
@@ -329,7 +212,7 @@ fn lost_role(role: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Row 34: a certificate is all or nothing
+// T34: a certificate is all or nothing
 
 #[test]
 fn t34_a_role_removed_from_a_group_refuses_the_whole_certificate() {
@@ -398,12 +281,9 @@ fn t34_a_role_removed_from_a_group_refuses_the_whole_certificate() {
 
 #[test]
 fn t34_an_ended_temporary_grant_refuses_the_whole_certificate() {
-    let Some(w) = world_with("", |p| {
-        p.temporary = Some(("bob", "web-admin", in_secs(10)))
-    }) else {
+    let Some((w, until)) = bob_admin_until_in_10s() else {
         return;
     };
-    let until = w.pol.temporary.unwrap().2;
     // bob's certificate outlives his temporary grant of web-admin.
     let (c, _) = w.client("bob", "bob", &["web-deploy", "web-admin"], "-1m:+10m");
     let out = c.run(&["web-1", "whoami"]);
@@ -474,15 +354,15 @@ fn t34_a_lowered_max_ttl_refuses_the_whole_certificate() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Row 37: live cut-off
+// T37: live cut-off
 
 #[test]
 fn t37_an_open_forward_is_cut_within_1s_of_a_group_removal_and_not_by_an_unrelated_edit() {
     let Some(mut w) = world() else { return };
     let (alice, _) = w.client("alice", "alice", &["web-deploy", "web-admin"], "-1m:+10m");
     let (carol, _) = w.client("carol", "carol", &["web-deploy", "web-admin"], "-1m:+10m");
-    let mut a = HeldForward::open(&alice);
-    let mut c = HeldForward::open(&carol);
+    let mut a = hold(&alice);
+    let mut c = hold(&carol);
 
     // An unrelated edit: a new host. Nothing is cut.
     w.change(|p| {
@@ -500,25 +380,19 @@ fn t37_an_open_forward_is_cut_within_1s_of_a_group_removal_and_not_by_an_unrelat
     let asked = Instant::now();
     w.change(|p| p.alice_in_ops = false);
     let reloaded = w.records("policy.reloaded", &[]).pop().unwrap();
-    let cut = wait_record(
+    let (cut, after) = cut_within_1s(
         &w,
-        "forward.cut",
-        &[("key_id", "alice")],
+        "alice",
+        ts(&reloaded),
         Duration::from_secs(5),
-    )
-    .expect("no forward.cut for alice");
-    let after = ts(&cut).duration_since(ts(&reloaded)).unwrap_or_default();
-    assert!(
-        after < Duration::from_secs(1),
-        "cut {after:?} after the reload"
+        "the reload (group removal)",
     );
     assert!(
         a.ended_within(Duration::from_secs(3)),
         "alice's forward still open"
     );
     // The client is told why.
-    let said = a.stderr_with(&lost_role("web-admin"));
-    assert!(said.contains(&lost_role("web-admin")), "{said:?}");
+    a.expect_stderr(&lost_role("web-admin"), Duration::from_secs(3));
     println!(
         "group removal: forward.cut {after:?} after policy.reloaded, client gone {:?} after SIGHUP",
         asked.elapsed()
@@ -546,28 +420,21 @@ fn t37_an_open_forward_is_cut_within_1s_of_a_group_removal_and_not_by_an_unrelat
 fn t37_an_open_forward_is_cut_within_1s_of_a_revocation() {
     let Some(mut w) = world() else { return };
     let (alice, _) = w.client("alice", "alice", &["web-admin"], "-1m:+10m");
-    let mut a = HeldForward::open(&alice);
+    let mut a = hold(&alice);
     w.change(|p| p.revoked_key_ids.push("alice"));
     let reloaded = w.records("policy.reloaded", &[]).pop().unwrap();
-    let cut = wait_record(
+    let (cut, _) = cut_within_1s(
         &w,
-        "forward.cut",
-        &[("key_id", "alice")],
+        "alice",
+        ts(&reloaded),
         Duration::from_secs(5),
-    )
-    .expect("no forward.cut for alice");
-    let after = ts(&cut).duration_since(ts(&reloaded)).unwrap_or_default();
-    println!("revocation: forward.cut {after:?} after policy.reloaded");
-    assert!(
-        after < Duration::from_secs(1),
-        "cut {after:?} after the reload"
+        "the reload (revocation)",
     );
     assert!(
         a.ended_within(Duration::from_secs(3)),
         "the forward is still open"
     );
-    let said = a.stderr_with("your certificate is revoked");
-    assert!(said.contains("your certificate is revoked"), "{said:?}");
+    a.expect_stderr("your certificate is revoked", Duration::from_secs(3));
     assert_eq!(cut["reason"], "revoked");
     assert_eq!(cut["policy_version"], reloaded["policy_version"]);
     let rule = cut["rule"].as_str().unwrap();
@@ -582,38 +449,22 @@ fn t37_an_open_forward_is_cut_within_1s_of_a_revocation() {
 
 #[test]
 fn t37_a_temporary_grant_reaching_its_until_cuts_with_no_file_change() {
-    let Some(w) = world_with("", |p| {
-        p.temporary = Some(("bob", "web-admin", in_secs(10)))
-    }) else {
+    let Some((w, until)) = bob_admin_until_in_10s() else {
         return;
     };
-    let until = w.pol.temporary.unwrap().2;
     let (bob, _) = w.client("bob", "bob", &["web-deploy", "web-admin"], "-1m:+10m");
-    let mut f = HeldForward::open(&bob);
+    let mut f = hold(&bob);
     let reloads = w.records("policy.reloaded", &[]).len();
     let left = until.duration_since(SystemTime::now()).unwrap_or_default();
     assert!(
         !f.ended_within(left.saturating_sub(Duration::from_millis(300))),
         "cut before the grant's end"
     );
-    let cut = wait_record(
-        &w,
-        "forward.cut",
-        &[("key_id", "bob")],
-        Duration::from_secs(5),
-    )
-    .expect("no forward.cut at the grant's end");
-    let after = ts(&cut).duration_since(until).unwrap_or_default();
-    println!("temporary grant end: forward.cut {after:?} after its until");
-    assert!(
-        after < Duration::from_secs(1),
-        "cut {after:?} after the grant's end"
-    );
+    let (cut, _) = cut_within_1s(&w, "bob", until, Duration::from_secs(5), "the grant's end");
     assert!(ts(&cut) >= until, "cut before the grant's end: {cut}");
     assert!(f.ended_within(Duration::from_secs(3)));
     assert_eq!(cut["reason"], "role-lost");
-    let said = f.stderr_with(&lost_role("web-admin"));
-    assert!(said.contains(&lost_role("web-admin")), "{said:?}");
+    f.expect_stderr(&lost_role("web-admin"), Duration::from_secs(3));
     assert_eq!(cut["lost_principal"], "web-admin");
     assert!(cut["rule"].as_str().unwrap().contains("ended at"), "{cut}");
     assert_eq!(
@@ -631,30 +482,24 @@ fn t37_disconnect_on_cert_expiry_cuts_at_the_certificates_end() {
     let (alice, key) = w.client("alice", "alice", &["web-admin"], "-1m:+8s");
     let cert = ssh_key::Certificate::read_file(&key.cert()).unwrap();
     let valid_before = UNIX_EPOCH + Duration::from_secs(cert.valid_before());
-    let mut f = HeldForward::open(&alice);
-    let cut = wait_record(
+    let mut f = hold(&alice);
+    let (cut, _) = cut_within_1s(
         &w,
-        "forward.cut",
-        &[("key_id", "alice")],
+        "alice",
+        valid_before,
         Duration::from_secs(20),
-    )
-    .expect("no forward.cut at the certificate's end");
-    let after = ts(&cut).duration_since(valid_before).unwrap_or_default();
-    println!("certificate end: forward.cut {after:?} after valid_before");
+        "the certificate's end",
+    );
     assert!(
         ts(&cut) >= valid_before - Duration::from_millis(10),
         "{cut}"
-    );
-    assert!(
-        after < Duration::from_secs(1),
-        "cut {after:?} after the certificate's end"
     );
     assert_eq!(cut["reason"], "certificate-expired");
     assert!(f.ended_within(Duration::from_secs(3)));
 }
 
 // ---------------------------------------------------------------------------------------
-// Row 44: refusals that reveal nothing
+// T44: refusals that reveal nothing
 
 #[test]
 fn t44_refusals_for_unreachable_hosts_hold_no_inventory_name_or_address() {
@@ -732,7 +577,7 @@ fn t44_refusals_for_unreachable_hosts_hold_no_inventory_name_or_address() {
 #[test]
 fn a_forward_whose_record_cannot_be_written_never_reaches_the_target() {
     use drawbridge::audit::{Audit, MemorySink};
-    let t = common::TestDir::new();
+    let t = TestDir::new();
     // The target: counts the TCP connections it accepts.
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let target_port = target.local_addr().unwrap().port();
@@ -755,7 +600,7 @@ fn a_forward_whose_record_cannot_be_written_never_reaches_the_target() {
         ),
     )
     .unwrap();
-    let user_ca = common::Ca::new(&t, "user_ca");
+    let user_ca = Ca::new(&t, "user_ca");
     let host_key = t.keygen("bastion_host_key");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -788,10 +633,10 @@ fn a_forward_whose_record_cannot_be_written_never_reaches_the_target() {
         drawbridge::bastion::BastionMetrics::new(),
         stop_rx,
     ));
-    assert!(common::wait_for_port(
+    wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(5)
-    ));
+        Duration::from_secs(5),
+    );
 
     let ca = wire::read_key(&user_ca.key.path);
     let user = wire::read_key(&t.keygen("alice").path);
@@ -807,10 +652,12 @@ fn a_forward_whose_record_cannot_be_written_never_reaches_the_target() {
             .await
             .expect("forward refused while the log works");
         drop(ch);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while accepts.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // (Blocking this thread is fine: the session runs on the runtime's workers.)
+        wait_until(
+            Duration::from_secs(5),
+            || accepts.load(Ordering::SeqCst) >= 1,
+            || "the target saw no connection".into(),
+        );
         assert_eq!(accepts.load(Ordering::SeqCst), 1);
         // The log fails: refused, and nothing reaches the target.
         sink.set_failing(true);
