@@ -258,7 +258,7 @@ mod tests {
         for i in 0..64 {
             let a = audit.clone();
             tasks.push(tokio::spawn(async move {
-                a.record(Event::new("test.event").with("i", i))
+                a.record_raw(Event::new("test.event").with("i", i))
                     .await
                     .unwrap();
             }));
@@ -291,7 +291,7 @@ mod tests {
         let (k, public) = key(&dir.path().join("ca"));
         let log = dir.path().join("audit.log");
         let audit = Audit::open(&log, "r1").unwrap();
-        audit.record(Event::new("test.event")).await.unwrap();
+        audit.record_raw(Event::new("test.event")).await.unwrap();
         let cp = audit.checkpoint(k).await.unwrap();
         drop(audit);
         let text = std::fs::read_to_string(&log).unwrap();
@@ -315,7 +315,7 @@ mod tests {
         let cps = crate::audit::Checkpointer::new(audit.clone(), k, &log).unwrap();
         assert!(cps.write_if_new().await.unwrap().is_some(), "the first one");
         assert!(cps.write_if_new().await.unwrap().is_none(), "idle");
-        audit.record(Event::new("test.event")).await.unwrap();
+        audit.record_raw(Event::new("test.event")).await.unwrap();
         let cp = cps.write_if_new().await.unwrap().unwrap();
         assert_eq!(cp.seq, 2, "signs the test record");
         let s = verify_anchored(&log, &checkpoint::checkpoints_path(&log), &[public]).unwrap();

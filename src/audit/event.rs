@@ -54,6 +54,12 @@ impl PeerText {
     }
 }
 
+impl std::fmt::Display for PeerText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
 impl Serialize for PeerText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

@@ -55,7 +55,6 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -75,7 +74,7 @@ pub enum AuditError {
 }
 
 /// One record's kind and fields, as the writer takes them. Built from an [`AuditEvent`]
-/// (the schema); never put a secret in a field.
+/// (the schema), the only thing [`Audit::record`] takes; never put a secret in a field.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: String,
@@ -89,7 +88,10 @@ impl From<AuditEvent> for Event {
     }
 }
 
+#[cfg(test)]
 impl Event {
+    /// A record of any kind with any fields: for tests of the log itself (the product
+    /// writes [`AuditEvent`]s only).
     pub fn new(kind: &str) -> Event {
         Event {
             kind: kind.to_string(),
@@ -97,28 +99,11 @@ impl Event {
         }
     }
 
-    /// Adds a field (later values replace earlier ones of the same name). A field named
-    /// like a chain key (`seq`, `ts`, `replica`, `event`, `prev`, `hash`) is stored as
-    /// `field.<name>`.
-    pub fn with(mut self, key: &str, value: impl Serialize) -> Event {
+    /// Adds a field (later values replace earlier ones of the same name).
+    pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Event {
         let v = serde_json::to_value(value).unwrap_or(Value::Null);
         self.fields.insert(key.to_string(), v);
         self
-    }
-
-    /// Adds a string a peer chose (claimed user name, key id, host name, ...), bounded:
-    /// `key` holds it escaped and cut to 256 bytes ([`crate::util::shown`]); when cut,
-    /// `<key>_len` and `<key>_sha256` hold its full length and SHA-256
-    /// ([`crate::util::peer_text`]). So a record stays small whatever the peer sent.
-    pub fn with_peer(self, key: &str, value: &str) -> Event {
-        let t = crate::util::peer_text(value);
-        let ev = self.with(key, crate::util::shown(value));
-        match t.cut {
-            Some((len, sha)) => ev
-                .with(&format!("{key}_len"), len)
-                .with(&format!("{key}_sha256"), sha),
-            None => ev,
-        }
     }
 }
 
@@ -245,8 +230,14 @@ impl Audit {
 
     /// Appends `event` and returns once it is durably on disk (fsync, batched across
     /// concurrent callers). An error means nothing may proceed on its behalf.
-    pub async fn record(&self, event: impl Into<Event>) -> Result<(), AuditError> {
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         self.submit(event.into(), None).await.map(|_| ())
+    }
+
+    /// [`record`](Self::record) of any kind and fields, for tests of the log itself.
+    #[cfg(test)]
+    pub(crate) async fn record_raw(&self, event: Event) -> Result<(), AuditError> {
+        self.submit(event, None).await.map(|_| ())
     }
 
     /// Writes an `audit.checkpoint` record carrying `key`'s signature over the chain's

@@ -62,6 +62,7 @@ refusal_codes! {
     PreAuthShare = "pre-auth-share",
     PreAuthEarlyDrop = "pre-auth-early-drop",
     PreAuthPenalty = "pre-auth-penalty",
+    PreAuthEvicted = "pre-auth-evicted",
     // Forwards (`bastion::forward`, `bastion::targets`, `bastion::registry`,
     // `policy::carried`).
     Denied = "denied",

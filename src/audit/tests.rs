@@ -15,7 +15,7 @@ fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
 async fn write_n(audit: &Audit, n: usize) {
     for i in 0..n {
         audit
-            .record(Event::new("test.event").with("i", i).with("user", "alice"))
+            .record_raw(Event::new("test.event").with("i", i).with("user", "alice"))
             .await
             .unwrap();
     }
@@ -96,7 +96,7 @@ async fn control_characters_stay_on_one_line() {
     let audit = Audit::open(&path, "r1").unwrap();
     let evil = "mallory\n{\"seq\":99}\u{1b}[31m\0end\r";
     audit
-        .record(
+        .record_raw(
             Event::new("ssh.auth.failed")
                 .with("user", evil)
                 .with("key_id", evil),
@@ -117,7 +117,7 @@ async fn reserved_field_names_cannot_forge_the_chain() {
     let (_d, path) = temp();
     let audit = Audit::open(&path, "r1").unwrap();
     audit
-        .record(
+        .record_raw(
             Event::new("x")
                 .with("seq", 77)
                 .with("hash", "abc")
@@ -285,7 +285,7 @@ async fn concurrent_records_form_one_valid_chain() {
         handles.push(tokio::spawn(async move {
             for i in 0..per_task {
                 audit
-                    .record(Event::new("load").with("task", t).with("i", i))
+                    .record_raw(Event::new("load").with("task", t).with("i", i))
                     .await
                     .unwrap();
             }
@@ -321,12 +321,12 @@ async fn failing_sink_fails_closed_then_recovers() {
 
     sink.set_failing(true);
     let started = Instant::now();
-    let err = audit.record(Event::new("cert.issued")).await;
+    let err = audit.record_raw(Event::new("cert.issued")).await;
     assert!(matches!(err, Err(AuditError::Unavailable(_))));
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(!audit.healthy());
     // Still failing, still closed.
-    assert!(audit.record(Event::new("cert.issued")).await.is_err());
+    assert!(audit.record_raw(Event::new("cert.issued")).await.is_err());
     assert!(!audit.healthy());
 
     sink.set_failing(false);
@@ -348,7 +348,7 @@ async fn probe_restores_health_without_other_traffic() {
     assert_eq!(sink.lines().len(), 1);
 
     sink.set_failing(true);
-    assert!(audit.record(Event::new("cert.issued")).await.is_err());
+    assert!(audit.record_raw(Event::new("cert.issued")).await.is_err());
     assert!(!audit.probe().await, "still failing");
     sink.set_failing(false);
     // At most one try per PROBE_EVERY, whoever asks.
@@ -375,7 +375,7 @@ async fn stalled_sink_answers_within_the_timeout() {
     let audit = audit.with_timeout(Duration::from_millis(200));
     sink.set_delay(Duration::from_millis(800));
     let started = Instant::now();
-    let r = audit.record(Event::new("cert.issued")).await;
+    let r = audit.record_raw(Event::new("cert.issued")).await;
     assert!(matches!(r, Err(AuditError::Unavailable(_))));
     assert!(started.elapsed() < Duration::from_millis(700));
     assert!(!audit.healthy());

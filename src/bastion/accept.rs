@@ -17,7 +17,7 @@ use super::russh_config::russh_config;
 use super::shared::Shared;
 use super::verify::TrustedCas;
 use super::{BastionMetrics, BastionParts};
-use crate::audit::Event;
+use crate::audit::AuditEvent;
 
 /// Resolves once shutdown is asked for.
 pub(super) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
@@ -89,7 +89,7 @@ pub(super) async fn run(parts: BastionParts) -> anyhow::Result<()> {
                             // the log), a metric instead.
                             BastionMetrics::inc(&metrics.connections_dropped);
                             metrics.refused(refused.code());
-                            debug!(%peer, reason = refused.code(), "no pre-auth place; connection dropped");
+                            debug!(%peer, reason = %refused.code(), "no pre-auth place; connection dropped");
                             drop(socket);
                             continue;
                         }
@@ -143,11 +143,14 @@ pub(super) async fn run(parts: BastionParts) -> anyhow::Result<()> {
 /// `ssh.auth.failed.repeated` record per source and reason.
 async fn flush_refusals(shared: &Shared) {
     for c in shared.refusals.take_counted() {
-        let ev = Event::new("ssh.auth.failed.repeated")
-            .with("source", c.source.to_string())
-            .with("reason", c.reason)
-            .with("repeats", c.repeats)
-            .with("since", crate::util::rfc3339(c.since));
+        let ev = AuditEvent::SshAuthFailedRepeated {
+            source: c.source.to_string(),
+            reason: c.reason,
+            repeats: c.repeats,
+            since: crate::util::rfc3339(c.since),
+            policy_version: shared.policy.current().version.clone(),
+            rule: super::codes::rule_of(c.reason),
+        };
         let _ = shared.record(ev).await;
     }
 }

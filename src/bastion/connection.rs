@@ -23,7 +23,7 @@ use super::preauth;
 use super::russh_config::MAX_CHANNEL_PACKET;
 use super::shared::{ChannelSlot, Gauge, Shared, UnauthSlot, UserSlot};
 use super::verify::CertIdentity;
-use crate::audit::Event;
+use crate::audit::{AuditEvent, AuthFailed, Conn, ForwardRefused, PeerText, RefusalCode};
 
 /// Serves one TCP connection: the login grace timer (F2), certificate expiry (optional)
 /// and graceful shutdown around russh's session task.
@@ -68,7 +68,7 @@ pub(super) async fn serve_connection(
         channels: Arc::new(AtomicUsize::new(0)),
         forwards: forwards.clone(),
         sessions: HashMap::new(),
-        ssh_user: String::new(),
+        ssh_user: PeerText::cut(""),
         lib_refusals: Vec::new(),
     };
 
@@ -133,7 +133,7 @@ pub(super) async fn serve_connection(
             }
             _ = tokio::time::sleep_until(expiry.unwrap_or(grace_deadline)), if expiry.is_some() => {
                 let cut = super::registry::Cut {
-                    code: "certificate-expired",
+                    code: RefusalCode::CertificateExpired,
                     rule: format!(
                         "ssh.disconnect_on_cert_expiry: the certificate expired at {}",
                         valid_before.map(crate::util::rfc3339).unwrap_or_default()
@@ -209,8 +209,8 @@ pub(super) struct Connection {
     /// Forwards open on this connection (for graceful shutdown).
     pub(super) forwards: Arc<AtomicUsize>,
     pub(super) sessions: HashMap<ChannelId, ChannelSlot>,
-    /// The SSH user name given by the client, escaped: logged, grants nothing.
-    pub(super) ssh_user: String,
+    /// The SSH user name given by the client, cut: logged, grants nothing.
+    pub(super) ssh_user: PeerText,
     /// Certificates russh refused on this connection before calling us, not audited yet
     /// (see `lib_refusals`).
     pub(super) lib_refusals: Vec<LibRefusal>,
@@ -225,7 +225,7 @@ impl Drop for Connection {
         if self.lib_refusals.is_empty() {
             return;
         }
-        let events: Vec<Event> = std::mem::take(&mut self.lib_refusals)
+        let events: Vec<AuditEvent> = std::mem::take(&mut self.lib_refusals)
             .into_iter()
             .filter_map(|r| self.lib_refusal_event(r, None))
             .collect();
@@ -249,8 +249,8 @@ pub(super) fn reject() -> Auth {
     }
 }
 
-pub(super) fn shown_user(user: &str) -> String {
-    crate::util::shown(user)
+pub(super) fn shown_user(user: &str) -> PeerText {
+    PeerText::cut(user)
 }
 
 impl Connection {
@@ -271,7 +271,7 @@ impl Connection {
         &self,
         refusal: LibRefusal,
         key: Option<&ssh_key::PublicKey>,
-    ) -> Option<Event> {
+    ) -> Option<AuditEvent> {
         let code = refusal.code();
         self.shared.metrics.refused(code);
         if let Some(u) = &self.unauth {
@@ -280,31 +280,32 @@ impl Connection {
         if !self.record_refusal_now(code) {
             return None;
         }
-        info!(peer = %self.peer, user = %self.ssh_user, code, "SSH certificate refused by russh");
-        let mut e = self
-            .event("ssh.auth.failed")
-            .with("reason", code)
-            .with("message", refusal.message())
-            .with("refused_by", "russh");
+        info!(peer = %self.peer, user = %self.ssh_user, code = %code, "SSH certificate refused by russh");
+        let policy = self.shared.policy.current();
+        let mut f = AuthFailed::new(
+            self.conn_fields(),
+            code,
+            refusal.message(),
+            &policy.version,
+            refusal.rule(),
+        );
+        f.refused_by = Some("russh");
         if let Some(key) = key {
-            e = e.with(
-                "key_fingerprint",
-                key.fingerprint(HashAlg::Sha256).to_string(),
-            );
+            f.conn.key_fingerprint = Some(key.fingerprint(HashAlg::Sha256).to_string());
         }
-        Some(e)
+        Some(AuditEvent::SshAuthFailed(f))
     }
 
     /// Whether a refusal with `code` is recorded now, or counted for this source's next
     /// `ssh.auth.failed.repeated` (see `refusal_budget`).
-    pub(super) fn record_refusal_now(&self, code: &'static str) -> bool {
+    pub(super) fn record_refusal_now(&self, code: RefusalCode) -> bool {
         let source = self.shared.unauth.source(self.peer.ip());
         let now = self
             .shared
             .refusals
             .record_now(source, code, std::time::Instant::now());
         if !now {
-            debug!(peer = %self.peer, code, "SSH refusal counted, not recorded");
+            debug!(peer = %self.peer, code = %code, "SSH refusal counted, not recorded");
         }
         now
     }
@@ -355,26 +356,34 @@ impl Connection {
     }
 
     /// Fields every record about this connection carries.
-    pub(super) fn event(&self, kind: &str) -> Event {
-        let mut e = Event::new(kind)
-            .with("conn", self.conn)
-            .with("peer", self.peer.to_string())
-            .with("ssh_user", &self.ssh_user);
+    pub(super) fn conn_fields(&self) -> Conn {
+        let mut c = Conn {
+            conn: self.conn,
+            peer: self.peer.to_string(),
+            ssh_user: self.ssh_user.clone(),
+            key_id: None,
+            serial: None,
+            key_fingerprint: None,
+            ca_fingerprint: None,
+        };
         if let Some(id) = &self.identity {
-            e = e
-                .with_peer("key_id", &id.key_id)
-                .with("serial", id.serial)
-                .with("key_fingerprint", &id.key_fingerprint)
-                .with("ca_fingerprint", &id.ca_fingerprint);
+            c.key_id = Some(PeerText::cut(&id.key_id));
+            c.serial = Some(id.serial);
+            c.key_fingerprint = Some(id.key_fingerprint.clone());
+            c.ca_fingerprint = Some(id.ca_fingerprint.clone());
         }
-        e
+        c
     }
 
+    /// Refuses an authentication: counts it, and (within the source's budget) writes
+    /// `ssh.auth.failed` with the policy version in force and `rule`; `extra` adds the
+    /// certificate's or key's fields.
     pub(super) async fn refuse_auth(
         &self,
-        code: &'static str,
+        code: RefusalCode,
+        rule: &str,
         message: &str,
-        extra: Event,
+        extra: impl FnOnce(&mut AuthFailed),
     ) -> Auth {
         self.shared.metrics.refused(code);
         if let Some(u) = &self.unauth {
@@ -384,13 +393,11 @@ impl Connection {
         if !self.record_refusal_now(code) {
             return reject();
         }
-        info!(peer = %self.peer, user = %self.ssh_user, code, "SSH authentication refused");
-        let mut e = self.event("ssh.auth.failed");
-        e.fields.extend(extra.fields);
-        let _ = self
-            .shared
-            .record(e.with("reason", code).with("message", message))
-            .await;
+        info!(peer = %self.peer, user = %self.ssh_user, code = %code, "SSH authentication refused");
+        let policy = self.shared.policy.current();
+        let mut f = AuthFailed::new(self.conn_fields(), code, message, &policy.version, rule);
+        extra(&mut f);
+        let _ = self.shared.record(AuditEvent::SshAuthFailed(f)).await;
         reject()
     }
 
@@ -399,18 +406,29 @@ impl Connection {
         self.shared.metrics.refused(codes::SESSION);
         let _ = self
             .shared
-            .record(
-                self.event("ssh.session.refused")
-                    .with("request", request)
-                    .with("reason", codes::SESSION),
-            )
+            .record(AuditEvent::SshSessionRefused {
+                conn: self.conn_fields(),
+                request: request.to_string(),
+                reason: codes::SESSION,
+                policy_version: self.shared.policy.current().version.clone(),
+                rule: codes::RULE_FORWARD_ONLY.to_string(),
+            })
             .await;
     }
 
-    /// Counts a refused forwarding request and audits it with `fields`.
-    pub(super) async fn note_forward_refusal(&self, reason: &'static str, fields: Event) {
-        self.shared.metrics.refused(reason);
-        let _ = self.shared.record(fields.with("reason", reason)).await;
+    /// A `forward.refused` record about this connection, for the caller to complete.
+    pub(super) fn forward_refused(&self, code: RefusalCode, rule: &str) -> ForwardRefused {
+        let policy = self.shared.policy.current();
+        ForwardRefused::new(self.conn_fields(), code, &policy.version, rule)
+    }
+
+    /// Counts a refused forwarding request and audits it.
+    pub(super) async fn note_forward_refusal(&self, refused: ForwardRefused) {
+        self.shared.metrics.refused(refused.reason);
+        let _ = self
+            .shared
+            .record(AuditEvent::ForwardRefused(refused))
+            .await;
     }
 
     /// Refuses a session request with a message the user sees on stderr, exit status 1.

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -23,11 +22,14 @@ use tracing::{debug, info};
 
 use super::BastionMetrics;
 use super::registry;
+use super::registry::ForwardFields;
 use super::shared::{ChannelSlot, Shared};
 use super::targets::{malformed, resolve_for};
 use super::verify::CertIdentity;
-use crate::audit::Event;
-use crate::policy::{Carried, Held, Host, Policy, Via};
+use crate::audit::{
+    AuditEvent, Conn, Decided, ForwardBase, ForwardRefused, Grant, PeerText, RefusalCode,
+};
+use crate::policy::{Carried, Held, Host, Policy};
 use crate::util::escape;
 
 /// Largest read from the target at once (PERF-NOTES: 64 KiB buffers); russh cuts it into
@@ -41,8 +43,8 @@ pub(super) struct Request {
     pub conn: u64,
     /// Ends the SSH connection with a message (a cut of the certificate itself).
     pub cert_cut: Arc<tokio::sync::watch::Sender<Option<String>>>,
-    /// A `forward.refused` event with the connection's fields, to extend.
-    pub base: Event,
+    /// The connection's fields of every record about this forward.
+    pub fields: Conn,
     pub host: String,
     pub port: u32,
     pub channel: Channel<Msg>,
@@ -52,9 +54,9 @@ pub(super) struct Request {
 }
 
 /// Why a forward is refused: a stable code, a message for the user, and the SSH reason.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardRefusal {
-    pub code: &'static str,
+    pub code: RefusalCode,
     /// For the user: never names a host they may not reach.
     pub message: String,
     /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED (1) or SSH_OPEN_CONNECT_FAILED (2).
@@ -67,12 +69,34 @@ pub struct ForwardRefusal {
     pub detail: Option<String>,
 }
 
-fn prohibited(code: &'static str, message: String) -> ForwardRefusal {
+fn prohibited(code: RefusalCode, message: String) -> ForwardRefusal {
     ForwardRefusal {
         code,
         message,
         ssh_code: 1,
-        ..ForwardRefusal::default()
+        rule: None,
+        lost_principal: None,
+        detail: None,
+    }
+}
+
+impl ForwardRefusal {
+    /// The rule that decided, for the audit record: the one set when refusing, else the
+    /// rule behind the code.
+    fn rule(&self) -> String {
+        if let Some(r) = &self.rule {
+            return r.clone();
+        }
+        match self.code {
+            RefusalCode::UnknownHost => "policy: [hosts] inventory and port".into(),
+            RefusalCode::Denied => "policy: no principal of the certificate grants the host".into(),
+            RefusalCode::CertExpired => "certificate valid_before".into(),
+            RefusalCode::AuditUnavailable => super::codes::RULE_AUDIT_FIRST.into(),
+            RefusalCode::ConnectFailed | RefusalCode::ConnectTimeout => {
+                "ssh.connect_timeout".into()
+            }
+            other => format!("bastion.{other}"),
+        }
     }
 }
 
@@ -116,11 +140,11 @@ pub fn authorize<'p>(
         .map_err(|lost| ForwardRefusal {
             rule: Some(lost.rule()),
             lost_principal: lost.principal().map(str::to_string),
-            ..prohibited(lost.code().as_str(), lost.message())
+            ..prohibited(lost.code(), lost.message())
         })?;
     if now >= id.valid_before {
         return Err(prohibited(
-            "cert-expired",
+            RefusalCode::CertExpired,
             "your certificate has expired; get a new one and reconnect".into(),
         ));
     }
@@ -143,34 +167,13 @@ pub fn authorize<'p>(
     Ok(Allowed { target, grants })
 }
 
-fn via(v: &Via) -> String {
-    match v {
-        Via::User => "user".into(),
-        Via::Group(g) => format!("group:{g}"),
-        Via::Temporary { reason, .. } => format!("temporary:{reason}"),
-    }
-}
-
-/// The `grants` field of `forward.opened`: each granting principal and how it is held.
-fn grants_field(grants: &[Held]) -> serde_json::Value {
-    grants
-        .iter()
-        .map(|g| {
-            json!({
-                "principal": g.principal,
-                "via": g.via.iter().map(via).collect::<Vec<_>>(),
-            })
-        })
-        .collect()
-}
-
 pub(super) async fn run(req: Request) {
     let Request {
         shared,
         identity,
         conn,
         cert_cut,
-        base,
+        fields,
         host,
         port,
         channel,
@@ -180,44 +183,45 @@ pub(super) async fn run(req: Request) {
     } = req;
     let _slot = slot;
     let metrics = shared.metrics.clone();
-    let shown_host = escape(&host);
     let policy = shared.policy.current();
     let now = SystemTime::now();
-    let base = base
-        .with("host", &shown_host)
-        .with("port", port)
-        .with("policy_version", &policy.version);
+    let base = ForwardBase {
+        conn: fields,
+        host: PeerText::cut(&host),
+        port,
+        policy_version: policy.version.clone(),
+    };
 
     let allowed = match authorize(&policy, &identity, &host, port, now) {
         Ok(ok) => ok,
-        Err(r) => return refuse(&shared, &base, reply, r, Event::new("")).await,
+        Err(r) => return refuse(&shared, &base, reply, r, None).await,
     };
     let target = allowed.target;
     let Some(first) = allowed.grants.first() else {
         // `authorize` never allows without a granting principal; refuse if it ever did.
-        let r = prohibited("denied", super::targets::not_reachable(&host));
-        return refuse(&shared, &base, reply, r, Event::new("")).await;
+        let r = prohibited(RefusalCode::Denied, super::targets::not_reachable(&host));
+        return refuse(&shared, &base, reply, r, None).await;
     };
-    let decided = Event::new("")
-        .with("target", &target.name)
-        .with("address", format!("{}:{}", target.address, target.port))
-        .with("principal", &first.principal)
-        .with("via", first.via.first().map(via).unwrap_or_default())
-        .with("grants", grants_field(&allowed.grants));
+    let decided = Decided {
+        target: target.name.clone(),
+        address: format!("{}:{}", target.address, target.port),
+        principal: first.principal.clone(),
+        grants: Grant::all(&allowed.grants),
+    };
 
     // The record is on disk before anything reaches the target (fail closed).
-    let mut opened = Event::new("forward.opened");
-    opened.fields = base.fields.clone();
-    opened.fields.extend(decided.fields.clone());
-    if !shared.record(opened.clone()).await {
+    let opened = AuditEvent::ForwardOpened {
+        base: base.clone(),
+        decided: decided.clone(),
+    };
+    if !shared.record(opened).await {
         let r = prohibited(
             super::codes::AUDIT_UNAVAILABLE,
             "the bastion cannot write its audit log; try again later".into(),
         );
-        return refuse(&shared, &base, reply, r, decided).await;
+        return refuse(&shared, &base, reply, r, Some(decided)).await;
     }
-    let mut closed = Event::new("forward.closed");
-    closed.fields = opened.fields;
+    let closed = ForwardFields { base, decided };
     let started = Instant::now();
 
     // From here on live re-checks see this forward. It was decided under `policy` at
@@ -246,24 +250,22 @@ pub(super) async fn run(req: Request) {
 
     // F5: dial with a deadline; the SSH connection stays up whatever happens here.
     let dial = TcpStream::connect((target.address.as_str(), target.port));
-    let failed = |code: &'static str, message: String| ForwardRefusal {
-        code,
-        message,
+    let failed = |code: RefusalCode, message: String| ForwardRefusal {
         ssh_code: 2,
-        ..ForwardRefusal::default()
+        ..prohibited(code, message)
     };
     let stream = match tokio::time::timeout(shared.cfg.connect_timeout, dial).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let r = failed(
-                "connect-failed",
+                RefusalCode::ConnectFailed,
                 format!("{}: cannot connect: {e}", target.name),
             );
             return end_unopened(&shared, closed, reply, r, started).await;
         }
         Err(_) => {
             let r = failed(
-                "connect-timeout",
+                RefusalCode::ConnectTimeout,
                 format!(
                     "{}: no answer within {}",
                     target.name,
@@ -311,28 +313,62 @@ pub(super) async fn run(req: Request) {
     forwards.fetch_sub(1, Ordering::SeqCst);
     BastionMetrics::dec(&metrics.forwards_active);
 
-    let mut closed = closed
-        .with("bytes_client_to_target", up.load(Ordering::Relaxed))
-        .with("bytes_target_to_client", down.load(Ordering::Relaxed))
-        .with("duration_ms", started.elapsed().as_millis() as u64)
-        .with("end", end);
+    let mut ended = Ended {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        started,
+        end: end.to_string(),
+        rule: None,
+        reason: None,
+        message: None,
+    };
     // A forward whose connection was ended for its cut (the reason goes first) is cut too.
     if let Some(cut) = registration_cut {
-        closed = closed.with("end", "cut").with("rule", &cut.rule);
+        ended.end = "cut".into();
+        ended.rule = Some(cut.rule.clone());
     }
-    let _ = shared.record(closed).await;
+    let _ = shared.record(ended.record(closed)).await;
+}
+
+/// How a forward ended, for its `forward.closed`.
+struct Ended {
+    up: u64,
+    down: u64,
+    started: Instant,
+    end: String,
+    rule: Option<String>,
+    reason: Option<RefusalCode>,
+    message: Option<String>,
+}
+
+impl Ended {
+    fn record(self, fields: ForwardFields) -> AuditEvent {
+        AuditEvent::ForwardClosed {
+            base: fields.base,
+            decided: fields.decided,
+            bytes_client_to_target: self.up,
+            bytes_target_to_client: self.down,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            end: self.end,
+            rule: self.rule,
+            reason: self.reason,
+            message: self.message,
+        }
+    }
 }
 
 /// Ends a forward cut before its channel was accepted.
 async fn end_cut_unopened(
     shared: &Shared,
-    closed: Event,
+    closed: ForwardFields,
     reply: ChannelOpenHandle,
     cut: &registry::Cut,
     started: Instant,
 ) {
-    let r = prohibited("cut", cut.message.clone());
-    let closed = closed.with("rule", &cut.rule);
+    let r = ForwardRefusal {
+        rule: Some(cut.rule.clone()),
+        ..prohibited(RefusalCode::Cut, cut.message.clone())
+    };
     end_unopened(shared, closed, reply, r, started).await
 }
 
@@ -340,21 +376,23 @@ async fn end_cut_unopened(
 /// with `end` = the code, then the channel-open failure.
 async fn end_unopened(
     shared: &Shared,
-    closed: Event,
+    closed: ForwardFields,
     reply: ChannelOpenHandle,
     r: ForwardRefusal,
     started: Instant,
 ) {
     shared.metrics.refused(r.code);
-    let closed = closed
-        .with("bytes_client_to_target", 0)
-        .with("bytes_target_to_client", 0)
-        .with("duration_ms", started.elapsed().as_millis() as u64)
-        .with("end", r.code)
-        .with("reason", r.code)
-        .with("message", &r.message);
-    let _ = shared.record(closed).await;
-    info!(code = r.code, message = %r.message, "forward failed");
+    let ended = Ended {
+        up: 0,
+        down: 0,
+        started,
+        end: r.code.as_str().to_string(),
+        rule: Some(r.rule()),
+        reason: Some(r.code),
+        message: Some(r.message.clone()),
+    };
+    let _ = shared.record(ended.record(closed)).await;
+    info!(code = %r.code, message = %r.message, "forward failed");
     reply
         .reject(ChannelOpenFailure::Other {
             code: r.ssh_code,
@@ -365,26 +403,23 @@ async fn end_unopened(
 
 async fn refuse(
     shared: &Shared,
-    base: &Event,
+    base: &ForwardBase,
     reply: ChannelOpenHandle,
     r: ForwardRefusal,
-    extra: Event,
+    decided: Option<Decided>,
 ) {
     shared.metrics.refused(r.code);
-    let mut event = base.clone();
-    event.fields.extend(extra.fields);
-    let mut event = event.with("reason", r.code).with("message", &r.message);
-    if let Some(rule) = &r.rule {
-        event = event.with("rule", rule);
-    }
-    if let Some(p) = &r.lost_principal {
-        event = event.with("lost_principal", escape(p));
-    }
-    if let Some(d) = &r.detail {
-        event = event.with("detail", d);
-    }
+    let event = AuditEvent::ForwardRefused(ForwardRefused {
+        host: Some(base.host.clone()),
+        port: Some(base.port),
+        message: Some(r.message.clone()),
+        lost_principal: r.lost_principal.as_deref().map(escape),
+        detail: r.detail.clone(),
+        decided,
+        ..ForwardRefused::new(base.conn.clone(), r.code, &base.policy_version, &r.rule())
+    });
     let _ = shared.record(event).await;
-    info!(code = r.code, message = %r.message, "forward refused");
+    info!(code = %r.code, message = %r.message, "forward refused");
     reply
         .reject(ChannelOpenFailure::Other {
             code: r.ssh_code,

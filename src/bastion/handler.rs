@@ -17,7 +17,7 @@ use super::codes;
 use super::commands;
 use super::connection::{Connection, reject, shown_user};
 use super::verify::{check_security_key_flags, security_key_flags, verify_certificate};
-use crate::audit::Event;
+use crate::audit::PeerText;
 use crate::util::escape;
 
 impl Handler for Connection {
@@ -38,16 +38,17 @@ impl Handler for Connection {
         ) {
             // Audited like every other refusal (THREATS row 13). The key is only offered
             // here, not proven: the record says so by its `offered` field.
-            let extra = Event::new("")
-                .with("algorithm", escape(offer.algorithm.as_str()))
-                .with(
-                    "key_fingerprint",
-                    offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
-                )
-                .with("offered", true);
+            let algorithm = escape(offer.algorithm.as_str());
+            let fingerprint = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+            let extra = |f: &mut crate::audit::AuthFailed| {
+                f.algorithm = Some(algorithm);
+                f.conn.key_fingerprint = Some(fingerprint);
+                f.offered = true;
+            };
             return Ok(self
                 .refuse_auth(
                     codes::WEAK_ALGORITHM,
+                    codes::RULE_SIGNATURE_ALGORITHMS,
                     "signature algorithm not accepted (no DSA, no SHA-1 ssh-rsa); use \
                      ssh-ed25519, ecdsa, or RSA with rsa-sha2-256/512",
                     extra,
@@ -66,13 +67,14 @@ impl Handler for Connection {
         // The OpenSSH client's fallback after russh refused its certificate: audit that
         // refusal first, with this (signature-checked) key's fingerprint.
         self.audit_lib_refusals(Some(key.public_key)).await;
-        let extra = Event::new("").with(
-            "key_fingerprint",
-            key.public_key.fingerprint(HashAlg::Sha256).to_string(),
-        );
+        let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        let extra = |f: &mut crate::audit::AuthFailed| {
+            f.conn.key_fingerprint = Some(fingerprint);
+        };
         Ok(self
             .refuse_auth(
                 codes::NO_CERTIFICATE,
+                codes::RULE_CERTIFICATE_REQUIRED,
                 "a plain key is not accepted; get a certificate from drawbridge",
                 extra,
             )
@@ -110,36 +112,41 @@ impl Handler for Connection {
         let id = match verdict {
             Ok(id) => id,
             Err(refusal) => {
-                let mut extra = Event::new("")
-                    .with_peer("key_id", cert.key_id())
-                    .with("serial", cert.serial())
-                    .with(
-                        "key_fingerprint",
-                        cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
-                    )
-                    .with(
-                        "ca_fingerprint",
+                let key_fingerprint = cert.public_key().fingerprint(HashAlg::Sha256).to_string();
+                // A revocation names the `[[revoked]]` entry that matched.
+                let rule = match &refusal {
+                    super::verify::Refusal::Revoked => policy
+                        .revocation(Some(cert.serial()), cert.key_id(), &key_fingerprint)
+                        .map(|(r, _)| crate::policy::carried::Lost::Revoked(r).rule())
+                        .unwrap_or_else(|| refusal.rule()),
+                    other => other.rule(),
+                };
+                let extra = |f: &mut crate::audit::AuthFailed| {
+                    f.conn.key_id = Some(PeerText::cut(cert.key_id()));
+                    f.conn.serial = Some(cert.serial());
+                    f.conn.key_fingerprint = Some(key_fingerprint);
+                    f.conn.ca_fingerprint = Some(
                         cert.signature_key()
                             .fingerprint(HashAlg::Sha256)
                             .to_string(),
-                    )
-                    .with("policy_version", &policy.version);
-                if let Some(flags) = sk_flags {
-                    extra = extra.with("sk_flags", flags);
-                }
+                    );
+                    f.sk_flags = sk_flags;
+                };
                 return Ok(self
-                    .refuse_auth(refusal.code(), &refusal.to_string(), extra)
+                    .refuse_auth(refusal.code(), &rule, &refusal.to_string(), extra)
                     .await);
             }
         };
         let Some(user_slot) = self.shared.take_user_slot(&id.key_id) else {
-            let extra = Event::new("")
-                .with_peer("key_id", &id.key_id)
-                .with("serial", id.serial)
-                .with("key_fingerprint", &id.key_fingerprint);
+            let extra = |f: &mut crate::audit::AuthFailed| {
+                f.conn.key_id = Some(PeerText::cut(&id.key_id));
+                f.conn.serial = Some(id.serial);
+                f.conn.key_fingerprint = Some(id.key_fingerprint.clone());
+            };
             return Ok(self
                 .refuse_auth(
                     codes::TOO_MANY_CONNECTIONS,
+                    codes::RULE_MAX_CONNECTIONS_PER_USER,
                     "too many connections for this user",
                     extra,
                 )
@@ -147,12 +154,15 @@ impl Handler for Connection {
         };
         let id = Arc::new(id);
         self.identity = Some(id.clone());
-        let record = self
-            .event("ssh.auth.ok")
-            .with("principals", &id.principals)
-            .with("groups", &id.groups)
-            .with("valid_before", crate::util::rfc3339(id.valid_before))
-            .with("policy_version", &policy.version);
+        // The groups the certificate carries from its issuance are not recorded: the
+        // bastion never decides on them (it asks the policy in force).
+        let record = crate::audit::AuditEvent::SshAuthOk {
+            conn: self.conn_fields(),
+            principals: id.principals.clone(),
+            valid_before: crate::util::rfc3339(id.valid_before),
+            policy_version: policy.version.clone(),
+            rule: codes::RULE_CERTIFICATE_ACCEPTED.to_string(),
+        };
         if !self.shared.record(record).await {
             self.identity = None;
             self.shared.metrics.refused(codes::AUDIT_UNAVAILABLE);
@@ -335,13 +345,11 @@ impl Handler for Connection {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let fields = self
-            .event("forward.refused")
-            .with("kind", "remote")
-            .with_peer("host", address)
-            .with("port", *port);
-        self.note_forward_refusal(codes::REMOTE_FORWARD, fields)
-            .await;
+        let mut fields = self.forward_refused(codes::REMOTE_FORWARD, codes::RULE_NO_REMOTE_FORWARD);
+        fields.kind = Some("remote");
+        fields.host = Some(PeerText::cut(address));
+        fields.port = Some(*port);
+        self.note_forward_refusal(fields).await;
         Ok(false)
     }
 
@@ -350,11 +358,10 @@ impl Handler for Connection {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let fields = self
-            .event("forward.refused")
-            .with("kind", "streamlocal-remote")
-            .with_peer("path", socket_path);
-        self.note_forward_refusal(codes::STREAMLOCAL, fields).await;
+        let mut fields = self.forward_refused(codes::STREAMLOCAL, codes::RULE_NO_STREAMLOCAL);
+        fields.kind = Some("streamlocal-remote");
+        fields.path = Some(PeerText::cut(socket_path));
+        self.note_forward_refusal(fields).await;
         Ok(false)
     }
 
@@ -365,11 +372,10 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let fields = self
-            .event("forward.refused")
-            .with("kind", "streamlocal")
-            .with_peer("path", socket_path);
-        self.note_forward_refusal(codes::STREAMLOCAL, fields).await;
+        let mut fields = self.forward_refused(codes::STREAMLOCAL, codes::RULE_NO_STREAMLOCAL);
+        fields.kind = Some("streamlocal");
+        fields.path = Some(PeerText::cut(socket_path));
+        self.note_forward_refusal(fields).await;
         reply
             .reject(ChannelOpenFailure::Other {
                 code: 1,
@@ -396,17 +402,13 @@ impl Handler for Connection {
                 .await;
             return Ok(());
         };
-        let base = self.event("forward.refused");
         let Some(slot) = self.take_channel() else {
-            self.shared.metrics.refused(codes::TOO_MANY_CHANNELS);
-            let _ = self
-                .shared
-                .record(
-                    base.with_peer("host", host_to_connect)
-                        .with("port", port_to_connect)
-                        .with("reason", codes::TOO_MANY_CHANNELS),
-                )
-                .await;
+            let mut fields =
+                self.forward_refused(codes::TOO_MANY_CHANNELS, codes::RULE_MAX_CHANNELS);
+            fields.host = Some(PeerText::cut(host_to_connect));
+            fields.port = Some(port_to_connect);
+            fields.message = Some("too many channels on this connection".into());
+            self.note_forward_refusal(fields).await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 4,
@@ -421,7 +423,7 @@ impl Handler for Connection {
             identity,
             conn: self.conn,
             cert_cut: self.cert_cut.clone(),
-            base,
+            fields: self.conn_fields(),
             host: host_to_connect.to_string(),
             port: port_to_connect,
             channel,

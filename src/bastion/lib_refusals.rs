@@ -23,6 +23,7 @@
 //! then the oldest. A task with no drawbridge handler (another russh server in the same
 //! process) leaves notes that only ever get pruned.
 
+use crate::audit::RefusalCode;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -57,10 +58,18 @@ pub enum LibRefusal {
 
 impl LibRefusal {
     /// The audit/metrics reason code (the same codes as [`super::Refusal::code`]).
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> RefusalCode {
         match self {
-            LibRefusal::Expired => "expired",
-            LibRefusal::BadSignature => "bad-signature",
+            LibRefusal::Expired => RefusalCode::Expired,
+            LibRefusal::BadSignature => RefusalCode::BadSignature,
+        }
+    }
+
+    /// The rule that refused: the SSH library's own check.
+    pub fn rule(self) -> &'static str {
+        match self {
+            LibRefusal::Expired => "russh.certificate-validity",
+            LibRefusal::BadSignature => "russh.certificate-signature",
         }
     }
 

@@ -186,9 +186,9 @@ impl BastionMetrics {
     }
 
     /// Counts one refusal under `code` (a stable, low-cardinality name).
-    pub fn refused(&self, code: &'static str) {
+    pub fn refused(&self, code: crate::audit::RefusalCode) {
         let mut m = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(code).or_insert(0) += 1;
+        *m.entry(code.as_str()).or_insert(0) += 1;
     }
 
     /// Refusal counts by reason code, sorted by code.

@@ -37,6 +37,7 @@
 //! penalized source is refused only while the table is under pressure: a penalty never
 //! locks anyone out of an idle bastion. At most [`MAX_PENALIZED`] sources are tracked.
 
+use crate::audit::RefusalCode;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -89,7 +90,7 @@ impl Limits {
 
 /// The metrics reason of a connection closed because its place was taken
 /// ([`Slot::eviction`]).
-pub const EVICTED: &str = "pre-auth-evicted";
+pub const EVICTED: RefusalCode = RefusalCode::PreAuthEvicted;
 
 /// Why a connection got no place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,12 +107,12 @@ pub enum Refused {
 
 impl Refused {
     /// The metrics reason.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> RefusalCode {
         match self {
-            Refused::Cap => "pre-auth-cap",
-            Refused::Share => "pre-auth-share",
-            Refused::EarlyDrop => "pre-auth-early-drop",
-            Refused::Penalty => "pre-auth-penalty",
+            Refused::Cap => RefusalCode::PreAuthCap,
+            Refused::Share => RefusalCode::PreAuthShare,
+            Refused::EarlyDrop => RefusalCode::PreAuthEarlyDrop,
+            Refused::Penalty => RefusalCode::PreAuthPenalty,
         }
     }
 }

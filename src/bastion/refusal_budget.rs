@@ -10,6 +10,7 @@
 //! refusal still reaches the client and the metrics. At most [`MAX_SOURCES`] buckets and
 //! counters are kept; past that, refusals are recorded one by one again (never dropped).
 
+use crate::audit::RefusalCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -31,7 +32,7 @@ struct Bucket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
     pub source: IpAddr,
-    pub reason: &'static str,
+    pub reason: RefusalCode,
     pub since: SystemTime,
     pub repeats: u64,
 }
@@ -39,7 +40,7 @@ pub struct Counted {
 #[derive(Default)]
 struct Inner {
     buckets: HashMap<IpAddr, Bucket>,
-    counted: HashMap<(IpAddr, &'static str), Counted>,
+    counted: HashMap<(IpAddr, RefusalCode), Counted>,
 }
 
 /// The buckets and the counts. Cheap to call from every refusal.
@@ -51,7 +52,7 @@ pub struct Budget {
 impl Budget {
     /// True when this refusal from `source` is to be recorded now; false when it was
     /// counted for the next `ssh.auth.failed.repeated`.
-    pub fn record_now(&self, source: IpAddr, reason: &'static str, now: Instant) -> bool {
+    pub fn record_now(&self, source: IpAddr, reason: RefusalCode, now: Instant) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if !inner.buckets.contains_key(&source) && inner.buckets.len() >= MAX_SOURCES {
             // Forget the buckets that have refilled: they hold nothing a new one would not.
@@ -113,31 +114,31 @@ mod tests {
         let src: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..32 {
-            assert!(b.record_now(src, "untrusted-ca", t0));
+            assert!(b.record_now(src, RefusalCode::UntrustedCa, t0));
         }
         for _ in 0..10 {
-            assert!(!b.record_now(src, "untrusted-ca", t0));
+            assert!(!b.record_now(src, RefusalCode::UntrustedCa, t0));
         }
-        assert!(!b.record_now(src, "no-certificate", t0));
+        assert!(!b.record_now(src, RefusalCode::NoCertificate, t0));
         // Another source has its own bucket.
-        assert!(b.record_now("192.0.2.2".parse().unwrap(), "untrusted-ca", t0));
+        assert!(b.record_now("192.0.2.2".parse().unwrap(), RefusalCode::UntrustedCa, t0));
         let mut counted = b.take_counted();
-        counted.sort_by_key(|c| c.reason);
+        counted.sort_by_key(|c| c.reason.as_str());
         assert_eq!(counted.len(), 2);
         assert_eq!(
             (counted[0].reason, counted[0].repeats),
-            ("no-certificate", 1)
+            (RefusalCode::NoCertificate, 1)
         );
         assert_eq!(
             (counted[1].reason, counted[1].repeats),
-            ("untrusted-ca", 10)
+            (RefusalCode::UntrustedCa, 10)
         );
         assert!(b.take_counted().is_empty());
         // A second later, four more are recorded one by one.
         let t1 = t0 + Duration::from_secs(1);
         for _ in 0..4 {
-            assert!(b.record_now(src, "untrusted-ca", t1));
+            assert!(b.record_now(src, RefusalCode::UntrustedCa, t1));
         }
-        assert!(!b.record_now(src, "untrusted-ca", t1));
+        assert!(!b.record_now(src, RefusalCode::UntrustedCa, t1));
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::verify::CertIdentity;
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, AuditEvent, Decided, ForwardBase, RefusalCode};
 use crate::policy::watch::PolicyStore;
 use crate::policy::{Carried, Lost, Policy};
 
@@ -35,7 +35,7 @@ pub const CUT_RECORD_WAIT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cut {
     /// `revoked`, `role-lost`, `host-not-granted` or `certificate-expired`.
-    pub code: &'static str,
+    pub code: RefusalCode,
     /// The rule that decided: the `[[revoked]]` entry, the lost principal and why.
     pub rule: String,
     /// The principal lost, if one was.
@@ -55,7 +55,7 @@ pub struct OpenForward {
     /// The inventory name of its target.
     pub target: String,
     /// The fields of the forward's records (connection, key id, host, target, ...).
-    pub fields: Event,
+    pub fields: ForwardFields,
     /// Ends the forward's SSH connection with a message: used when the certificate itself
     /// no longer stands (revoked, a role lost), since every forward it could open would be
     /// refused. The client shows the message.
@@ -139,6 +139,14 @@ impl Drop for Registration {
     }
 }
 
+/// What every record of one forward carries: the connection and the request (with the
+/// policy version that allowed it), and what it was decided on.
+#[derive(Debug, Clone)]
+pub struct ForwardFields {
+    pub base: ForwardBase,
+    pub decided: Decided,
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Registers a forward; the receiver turns `Some` when it is to be cut.
@@ -148,7 +156,7 @@ pub fn register(
     connection: Arc<watch::Sender<Option<String>>>,
     identity: Arc<CertIdentity>,
     target: &str,
-    fields: Event,
+    fields: ForwardFields,
 ) -> (Registration, watch::Receiver<Option<Arc<Cut>>>) {
     let (tx, rx) = watch::channel(None);
     let forward = Arc::new(OpenForward {
@@ -194,8 +202,8 @@ pub fn check_one(policy: &Policy, f: &OpenForward, now: SystemTime) -> Option<Cu
     match policy.still_holds(&carried, now, None) {
         Err(lost) => {
             let code = match lost {
-                Lost::Revoked(_) => "revoked",
-                _ => "role-lost",
+                Lost::Revoked(_) => RefusalCode::Revoked,
+                _ => RefusalCode::RoleLost,
             };
             cut(
                 code,
@@ -217,7 +225,7 @@ pub fn check_one(policy: &Policy, f: &OpenForward, now: SystemTime) -> Option<Cu
                 None
             } else {
                 cut(
-                    "host-not-granted",
+                    RefusalCode::HostNotGranted,
                     format!(
                         "no principal of the certificate grants host {} any more",
                         f.target
@@ -252,22 +260,23 @@ pub async fn cut_forward(audit: &Audit, f: Arc<OpenForward>, cut: Cut) {
     if f.claimed.swap(true, Ordering::SeqCst) {
         return;
     }
-    let mut event = f.fields.clone();
-    event.kind = "forward.cut".to_string();
-    let mut event = event
-        .with("reason", cut.code)
-        .with("rule", &cut.rule)
-        .with("policy_version", &cut.policy_version);
-    if let Some(p) = &cut.principal {
-        event = event.with("lost_principal", crate::util::escape(p));
-    }
+    let mut base = f.fields.base.clone();
+    // The version that cut, not the one that allowed.
+    base.policy_version = cut.policy_version.clone();
+    let event = AuditEvent::ForwardCut {
+        base,
+        decided: f.fields.decided.clone(),
+        reason: cut.code,
+        rule: cut.rule.clone(),
+        lost_principal: cut.principal.as_deref().map(crate::util::escape),
+    };
     match tokio::time::timeout(CUT_RECORD_WAIT, audit.record(event)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "forward.cut not recorded; cutting anyway"),
         Err(_) => warn!("forward.cut not recorded in time; cutting anyway"),
     }
-    info!(key_id = %crate::util::escape(&f.identity.key_id), target = %f.target, code = cut.code, rule = %cut.rule, "forward cut");
-    let whole_certificate = matches!(cut.code, "revoked" | "role-lost");
+    info!(key_id = %crate::util::escape(&f.identity.key_id), target = %f.target, code = %cut.code, rule = %cut.rule, "forward cut");
+    let whole_certificate = matches!(cut.code, RefusalCode::Revoked | RefusalCode::RoleLost);
     let message = cut.message.clone();
     let _ = f.decided.set(Arc::new(cut));
     if !whole_certificate {
@@ -357,6 +366,32 @@ mod tests {
         Arc::new(watch::channel(None).0)
     }
 
+    fn fields() -> ForwardFields {
+        use crate::audit::{Conn, PeerText};
+        ForwardFields {
+            base: ForwardBase {
+                conn: Conn {
+                    conn: 1,
+                    peer: "127.0.0.1:1".into(),
+                    ssh_user: PeerText::cut("alice"),
+                    key_id: None,
+                    serial: None,
+                    key_fingerprint: None,
+                    ca_fingerprint: None,
+                },
+                host: PeerText::cut("web-1"),
+                port: 22,
+                policy_version: "v".into(),
+            },
+            decided: Decided {
+                target: "web-1".into(),
+                address: "10.0.0.1:22".into(),
+                principal: "web-admin".into(),
+                grants: Vec::new(),
+            },
+        }
+    }
+
     fn policy(text: &str) -> Policy {
         Policy::from_toml("p.toml", text).unwrap()
     }
@@ -387,8 +422,8 @@ principals = ["web-deploy"]
         let reg: Arc<dyn ForwardRegistry> = Arc::new(MemoryRegistry::default());
         let both = identity("alice", &["web-admin", "web-deploy"]);
         let admin = identity("alice", &["web-admin"]);
-        let (r1, _rx1) = register(&reg, 1, conn(), both.clone(), "web-1", Event::new(""));
-        let (r2, _rx2) = register(&reg, 2, conn(), admin.clone(), "web-2", Event::new(""));
+        let (r1, _rx1) = register(&reg, 1, conn(), both.clone(), "web-1", fields());
+        let (r2, _rx2) = register(&reg, 2, conn(), admin.clone(), "web-2", fields());
         let now = UNIX_EPOCH + Duration::from_secs(1000);
         // An unrelated edit (a new host) cuts nothing.
         let p = policy(&format!("{BASE}[hosts.web-3]\naddress = \"10.0.0.3\"\n"));
@@ -476,7 +511,7 @@ principals = ["web-deploy"]
                 conn(),
                 id,
                 &format!("h{}", u % 50),
-                Event::new(""),
+                fields(),
             ));
         }
         let now = UNIX_EPOCH + Duration::from_secs(1000);

@@ -14,7 +14,7 @@ use super::BastionMetrics;
 use super::preauth;
 use super::refusal_budget::Budget;
 use super::verify::TrustedCas;
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, AuditEvent};
 use crate::config::SshConfig;
 use crate::policy::watch::PolicyStore;
 
@@ -93,7 +93,7 @@ impl Shared {
     }
 
     /// Writes an audit record; `false` (and a log line) when the log cannot be written.
-    pub async fn record(&self, event: Event) -> bool {
+    pub async fn record(&self, event: AuditEvent) -> bool {
         match self.audit.record(event).await {
             Ok(()) => true,
             Err(e) => {

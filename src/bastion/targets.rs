@@ -16,6 +16,7 @@
 //! address a host shares with others, the port of a host, and spelling hints are told
 //! only about hosts the caller may reach. The audit record keeps the whole truth.
 
+use crate::audit::RefusalCode;
 use std::time::SystemTime;
 
 use crate::policy::{Decision, Host, Policy, Query, Unresolved, eval::wrong_port};
@@ -36,7 +37,7 @@ pub fn resolve_target<'p>(policy: &'p Policy, host: &str, port: u32) -> Result<&
 pub struct TargetRefusal {
     /// `unknown-host` (nothing in the inventory answers the request) or `denied` (an
     /// inventory host the caller may not reach).
-    pub code: &'static str,
+    pub code: RefusalCode,
     /// For the caller: names no host they may not reach.
     pub message: String,
     /// For the audit log: the inventory host concerned, when there is one.
@@ -69,7 +70,7 @@ pub fn malformed(host: &str, port: u32) -> Option<TargetRefusal> {
         return None;
     };
     Some(TargetRefusal {
-        code: "unknown-host",
+        code: RefusalCode::UnknownHost,
         message,
         detail: None,
     })
@@ -85,13 +86,13 @@ pub fn resolve_for<'p>(
 ) -> Result<&'p Host, TargetRefusal> {
     let Ok(port) = u16::try_from(port) else {
         return Err(TargetRefusal {
-            code: "unknown-host",
+            code: RefusalCode::UnknownHost,
             message: format!("port {port} is not a TCP port"),
             detail: None,
         });
     };
     let denied = |h: &Host| TargetRefusal {
-        code: "denied",
+        code: RefusalCode::Denied,
         message: not_reachable(host),
         detail: Some(format!(
             "inventory host {}: no principal of the certificate grants it",
@@ -102,7 +103,7 @@ pub fn resolve_for<'p>(
         Ok(h) if may_reach(h) => Ok(h),
         Ok(h) => Err(denied(h)),
         Err(Unresolved::WrongPort(h)) if may_reach(h) => Err(TargetRefusal {
-            code: "unknown-host",
+            code: RefusalCode::UnknownHost,
             message: wrong_port(h, port),
             detail: None,
         }),
@@ -120,13 +121,13 @@ pub fn resolve_for<'p>(
             ));
             if yours.is_empty() {
                 return Err(TargetRefusal {
-                    code: "denied",
+                    code: RefusalCode::Denied,
                     message: not_reachable(host),
                     detail,
                 });
             }
             Err(TargetRefusal {
-                code: "unknown-host",
+                code: RefusalCode::UnknownHost,
                 message: format!(
                     "address \"{}\" is not forwarded by address; connect by host name: {}",
                     escape(host),
@@ -136,7 +137,7 @@ pub fn resolve_for<'p>(
             })
         }
         Err(Unresolved::NotFound) => Err(TargetRefusal {
-            code: "unknown-host",
+            code: RefusalCode::UnknownHost,
             message: policy
                 .spelling_hint(host, may_reach)
                 .unwrap_or_else(|| not_reachable(host)),

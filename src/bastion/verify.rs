@@ -14,6 +14,7 @@
 //! - a [`Refusal`]'s `Display` is safe to show the peer (it never echoes peer-chosen text
 //!   unescaped and never names a policy detail beyond "revoked").
 
+use crate::audit::RefusalCode;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -122,47 +123,57 @@ pub enum Refusal {
 
 impl Refusal {
     /// A stable, short name for audit records and metrics labels.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> RefusalCode {
         match self {
-            Refusal::UntrustedCa => "untrusted-ca",
-            Refusal::CaIsCertificate => "ca-is-certificate",
-            Refusal::BadSignature => "bad-signature",
-            Refusal::NotUserCertificate => "not-user-certificate",
-            Refusal::KeyType(_) => "key-type",
-            Refusal::NotYetValid => "not-yet-valid",
-            Refusal::Expired => "expired",
-            Refusal::NoExpiry => "no-expiry",
-            Refusal::ValidityTooLong { .. } => "validity-too-long",
-            Refusal::NoPrincipals => "no-principals",
-            Refusal::ForceCommand => "force-command",
-            Refusal::UnknownCriticalOption(_) => "unknown-critical-option",
-            Refusal::BadSourceAddress => "bad-source-address",
-            Refusal::SourceAddressMismatch => "source-address-mismatch",
-            Refusal::Revoked => "revoked",
-            Refusal::SkNoUserPresence => "sk-no-user-presence",
-            Refusal::SkNoUserVerification => "sk-no-user-verification",
+            Refusal::UntrustedCa => RefusalCode::UntrustedCa,
+            Refusal::CaIsCertificate => RefusalCode::CaIsCertificate,
+            Refusal::BadSignature => RefusalCode::BadSignature,
+            Refusal::NotUserCertificate => RefusalCode::NotUserCertificate,
+            Refusal::KeyType(_) => RefusalCode::KeyType,
+            Refusal::NotYetValid => RefusalCode::NotYetValid,
+            Refusal::Expired => RefusalCode::Expired,
+            Refusal::NoExpiry => RefusalCode::NoExpiry,
+            Refusal::ValidityTooLong { .. } => RefusalCode::ValidityTooLong,
+            Refusal::NoPrincipals => RefusalCode::NoPrincipals,
+            Refusal::ForceCommand => RefusalCode::ForceCommand,
+            Refusal::UnknownCriticalOption(_) => RefusalCode::UnknownCriticalOption,
+            Refusal::BadSourceAddress => RefusalCode::BadSourceAddress,
+            Refusal::SourceAddressMismatch => RefusalCode::SourceAddressMismatch,
+            Refusal::Revoked => RefusalCode::Revoked,
+            Refusal::SkNoUserPresence => RefusalCode::SkNoUserPresence,
+            Refusal::SkNoUserVerification => RefusalCode::SkNoUserVerification,
+        }
+    }
+
+    /// The rule that refused, for the audit record: the certificate check by name, or
+    /// the config key it enforces. (For [`Refusal::Revoked`] the caller names the
+    /// `[[revoked]]` entry instead.)
+    pub fn rule(&self) -> String {
+        match self {
+            Refusal::ValidityTooLong { .. } => "certs.max_ttl".to_string(),
+            other => format!("certificate.{}", other.code()),
         }
     }
 
     /// Every code, for metrics that pre-register their labels.
-    pub const CODES: &'static [&'static str] = &[
-        "untrusted-ca",
-        "ca-is-certificate",
-        "bad-signature",
-        "not-user-certificate",
-        "key-type",
-        "not-yet-valid",
-        "expired",
-        "no-expiry",
-        "validity-too-long",
-        "no-principals",
-        "force-command",
-        "unknown-critical-option",
-        "bad-source-address",
-        "source-address-mismatch",
-        "revoked",
-        "sk-no-user-presence",
-        "sk-no-user-verification",
+    pub const CODES: &'static [RefusalCode] = &[
+        RefusalCode::UntrustedCa,
+        RefusalCode::CaIsCertificate,
+        RefusalCode::BadSignature,
+        RefusalCode::NotUserCertificate,
+        RefusalCode::KeyType,
+        RefusalCode::NotYetValid,
+        RefusalCode::Expired,
+        RefusalCode::NoExpiry,
+        RefusalCode::ValidityTooLong,
+        RefusalCode::NoPrincipals,
+        RefusalCode::ForceCommand,
+        RefusalCode::UnknownCriticalOption,
+        RefusalCode::BadSourceAddress,
+        RefusalCode::SourceAddressMismatch,
+        RefusalCode::Revoked,
+        RefusalCode::SkNoUserPresence,
+        RefusalCode::SkNoUserVerification,
     ];
 }
 

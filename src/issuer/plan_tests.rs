@@ -508,7 +508,7 @@ key = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
         }
     );
     assert_eq!((e.status(), e.code().as_str()), (403, "revoked"));
-        assert_eq!(e.rule("alice"), "[[revoked]] at policies/revoked.toml:12:1");
+    assert_eq!(e.rule("alice"), "[[revoked]] at policies/revoked.toml:12:1");
     let e = plan(
         "alice",
         "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",

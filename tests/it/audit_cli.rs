@@ -3,7 +3,7 @@
 use crate::support::drawbridge::run;
 use std::path::Path;
 
-use drawbridge::audit::{Audit, Event};
+use drawbridge::audit::{Audit, AuditEvent};
 
 fn verify_cmd(file: &Path) -> (i32, String, String) {
     let dir = file.parent().unwrap();
@@ -17,7 +17,14 @@ async fn audit_verify_ok_then_names_the_edited_line() {
     let audit = Audit::open(&path, "test-1").unwrap();
     for i in 0..4 {
         audit
-            .record(Event::new("cert.issued").with("user", "alice").with("n", i))
+            .record(AuditEvent::LoginOk {
+                user: "alice".into(),
+                client: "127.0.0.1".into(),
+                method: "password".into(),
+                token_expires_at: format!("t{i}"),
+                policy_version: "v".into(),
+                rule: "paths.users".into(),
+            })
             .await
             .unwrap();
     }
