@@ -5,14 +5,14 @@
 //! bounded; time bounds are the ones THREATS states.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::dmz::{self, Bastion};
 use crate::support::drawbridge::PW;
-use crate::support::net::{Sink, time_to_close};
+use crate::support::net::{Sink, connect_from_blocking, time_to_close};
 use crate::support::process::wait_until;
 use crate::support::ssh::{fingerprint, refused};
 use crate::support::wire::{self, bounded};
@@ -23,22 +23,6 @@ fn with_role(bld: &mut ssh_key::certificate::Builder) {
 
 fn bastion_addr(b: &Bastion) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], b.port()))
-}
-
-/// A TCP connection to `to` from the loopback address `from` (e.g. 127.0.0.2).
-fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
-    let rt = wire::runtime();
-    let s = rt.block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), sock.connect(to))
-            .await
-            .expect("connect timed out")
-            .unwrap()
-    });
-    let s = s.into_std().unwrap();
-    s.set_nonblocking(false).unwrap();
-    s
 }
 
 /// What the bastion sent first on `s` within 5 s ("" when it closed without a banner).
@@ -79,15 +63,18 @@ fn f01_stalled_unauthenticated_flood_capped_at_accept_and_logins_from_elsewhere_
     let mut flood: Vec<TcpStream> = (0..1000)
         .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap())
         .collect();
-    let banners = flood
+    let served: Vec<usize> = flood
         .iter_mut()
         .map(banner)
-        .filter(|b| b.starts_with("SSH-2.0-drawbridge"))
-        .count();
+        .enumerate()
+        .filter(|(_, b)| b.starts_with("SSH-2.0-drawbridge"))
+        .map(|(i, _)| i)
+        .collect();
     // The per-source cap: 3 got a banner, the rest were closed at accept without one.
     assert_eq!(
-        banners, 3,
-        "connections past the per-source cap were served"
+        served.len(),
+        3,
+        "connections past the per-source cap were served: {served:?}"
     );
     assert!(b.metric("drawbridge_bastion_connections_dropped_total") >= 997);
     assert_eq!(b.metric("drawbridge_bastion_unauthenticated_active"), 3);
@@ -105,27 +92,67 @@ fn f01_stalled_unauthenticated_flood_capped_at_accept_and_logins_from_elsewhere_
         "{rec}"
     );
 
-    // The global cap: 3 (127.0.0.1) + 3 (127.0.0.3) + 2 (127.0.0.4) = 8 held; the next
-    // one, from a fourth address, is dropped.
+    // The global cap: 3 (127.0.0.1) + 3 (127.0.0.3) + 2 (127.0.0.4) = 8 held, the table
+    // full. A connection from a fourth address holds less than its share (8 places / 4
+    // sources = 2), so it is not dropped: it takes the place of the oldest stalled
+    // connection of the biggest holder (127.0.0.1 and 127.0.0.3 hold 3 each; among equals
+    // the one waiting longest, the flood).
     let mut more: Vec<TcpStream> = (0..3)
-        .map(|_| connect_from([127, 0, 0, 3], addr))
-        .chain((0..2).map(|_| connect_from([127, 0, 0, 4], addr)))
+        .map(|_| connect_from_blocking([127, 0, 0, 3], addr))
+        .chain((0..2).map(|_| connect_from_blocking([127, 0, 0, 4], addr)))
         .collect();
     for s in &mut more {
         assert!(banner(s).starts_with("SSH-2.0-drawbridge"));
     }
-    let mut over = connect_from([127, 0, 0, 5], addr);
-    assert_eq!(banner(&mut over), "", "served past the global cap");
+    assert_eq!(b.metric("drawbridge_bastion_unauthenticated_active"), 8);
+    let mut newcomer = connect_from_blocking([127, 0, 0, 5], addr);
+    let first = banner(&mut newcomer);
+    assert!(
+        first.starts_with("SSH-2.0-drawbridge"),
+        "127.0.0.5, below its share, was not served with the table full: {first:?}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        || b.refusals("pre-auth-evicted") >= 1,
+        || "no connection was evicted for 127.0.0.5".to_string(),
+    );
+    assert_eq!(b.refusals("pre-auth-evicted"), 1, "one place, one eviction");
+    assert_eq!(b.metric("drawbridge_bastion_unauthenticated_active"), 8);
+    // The one evicted is the flood's oldest: the bastion closed it; every other place
+    // (the flood's other two, 127.0.0.3's and 127.0.0.4's) is still held.
+    let open_after = |s: &mut TcpStream, limit| {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        time_to_close(s, limit).is_none()
+    };
+    let closed: Vec<usize> = served
+        .iter()
+        .copied()
+        .filter(|&i| !open_after(&mut flood[i], Duration::from_secs(1)))
+        .collect();
+    assert_eq!(
+        closed,
+        vec![served[0]],
+        "not the oldest of the biggest holder evicted (served {served:?})"
+    );
+    for s in &mut more {
+        assert!(
+            open_after(s, Duration::from_millis(300)),
+            "a connection of a source within its share was closed"
+        );
+    }
 
     // The flood leaves no audit record (it must not drive the log).
     assert!(b.find("ssh.auth.failed", &[]).is_empty());
     // Places are given back: a login from 127.0.0.1 works once the flood is gone.
     drop(flood);
     drop(more);
+    drop(newcomer);
     wait_unauth_idle(&b);
     let out = c.run(&["bastion", "whoami"]);
     assert!(out.success(), "{out:?}");
-    assert!(b.refusals("pre-auth-cap") >= 998);
+    // Refused at the cap: the flood past its 3 places, and nothing else.
+    assert_eq!(b.refusals("pre-auth-cap"), 997);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ mod support;
 
 mod api;
 mod audit_cli;
+mod audit_trail;
 mod bastion;
 mod e2e;
+mod exhaustion;
 mod faults_http;
 mod faults_ssh;
 mod identity_cli;

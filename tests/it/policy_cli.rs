@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::drawbridge::BIN;
+use crate::support::git::git;
 use crate::support::process::{COMMAND_TIMEOUT, Output, run_with_timeout};
 
 const HOSTS: &str = r#"[hosts.web-1]
@@ -309,26 +310,6 @@ fn principals_prints_and_writes_files() {
         "{}",
         stderr(&o)
     );
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let o = run_with_timeout(
-        Command::new("git")
-            .current_dir(dir)
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE"),
-        COMMAND_TIMEOUT,
-    );
-    assert!(o.success(), "git {args:?}: {}", o.stderr);
 }
 
 #[test]

@@ -140,18 +140,17 @@ until     = "2099-12-01T00:00:00Z"
 reason    = "INC-4711"
 "#;
 
+/// The fixture policy as files of `policies/`.
+pub const FIXTURE_POLICY: [(&str, &str); 3] = [
+    ("hosts.toml", POLICY_HOSTS),
+    ("principals.toml", POLICY_PRINCIPALS),
+    ("people.toml", POLICY_PEOPLE),
+];
+
 impl Drawbridge {
     /// Writes the default test policy plus `extra_config` and starts the server.
     pub fn start(extra_config: &str) -> Drawbridge {
-        Self::start_with(
-            &[
-                ("hosts.toml", POLICY_HOSTS),
-                ("principals.toml", POLICY_PRINCIPALS),
-                ("people.toml", POLICY_PEOPLE),
-            ],
-            extra_config,
-            &[],
-        )
+        Self::start_with(&FIXTURE_POLICY, extra_config, &[])
     }
 
     /// `policy`: files under `policies/`; `extra_config`: more drawbridge.toml (it may
@@ -174,6 +173,23 @@ impl Drawbridge {
         extra_config: &str,
         ssh_extra: &str,
     ) -> Drawbridge {
+        Self::prepare_sections(policy, extra_config, "", ssh_extra)
+    }
+
+    /// The default test policy with more `[api]` keys in `api_extra` (e.g.
+    /// `max_connections = 16`), started.
+    pub fn start_with_api(api_extra: &str) -> Drawbridge {
+        let mut d = Self::prepare_sections(&FIXTURE_POLICY, "", api_extra, "");
+        d.spawn(&[]);
+        d
+    }
+
+    fn prepare_sections(
+        policy: &[(&str, &str)],
+        extra_config: &str,
+        api_extra: &str,
+        ssh_extra: &str,
+    ) -> Drawbridge {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -184,7 +200,7 @@ impl Drawbridge {
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let (api, ssh) = (unbound, unbound);
         let config = format!(
-            "[api]\nlisten = \"{api}\"\n\n[ssh]\nlisten = \"{ssh}\"\nhost_names = [\"localhost\", \"127.0.0.1\"]\n{ssh_extra}\n\n{extra_config}\n"
+            "[api]\nlisten = \"{api}\"\n{api_extra}\n\n[ssh]\nlisten = \"{ssh}\"\nhost_names = [\"localhost\", \"127.0.0.1\"]\n{ssh_extra}\n\n{extra_config}\n"
         );
         std::fs::write(dir.path().join("drawbridge.toml"), config).expect("write config");
         let mut d = Drawbridge {

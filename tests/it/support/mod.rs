@@ -1,7 +1,8 @@
 //! What the integration tests share: one bounded process runner, the real `drawbridge`
 //! binary, a real `sshd`, the OpenSSH client and `ssh-keygen`, the audit log reader, a
-//! test identity provider, raw SSH and HTTP/2 clients, and the small network tools (a
-//! sink server, a held forward, the time a peer takes to close).
+//! test identity provider, raw SSH and HTTP/2 clients, API clients that hold a connection
+//! idle, Git for policy repositories, and the small network tools (a connection from a
+//! chosen source address, a sink server, a held forward, the time a peer takes to close).
 //!
 //! Every wait is bounded and fails the test, saying what it waited for, when it runs out;
 //! every child process is killed on drop.
@@ -9,7 +10,9 @@
 pub mod audit;
 pub mod dmz;
 pub mod drawbridge;
+pub mod git;
 pub mod h2raw;
+pub mod idle_api;
 pub mod idp;
 pub mod net;
 pub mod ports;

@@ -1,8 +1,9 @@
-//! Small network tools: how long a peer takes to close, a target that never reads, and
-//! a forward held open through the bastion by the OpenSSH client.
+//! Small network tools: a connection from a chosen loopback source, how long a peer takes
+//! to close, a target that never reads, and a forward held open through the bastion by
+//! the OpenSSH client.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -11,6 +12,31 @@ use std::time::{Duration, Instant};
 
 use super::process::{Output, wait_until, wait_with_timeout};
 use super::ssh::SshClient;
+
+/// A TCP connection to `to` from the loopback address `from` (e.g. 127.0.1.1, so a test
+/// can play several clients), within 5 s; `None` when it cannot be made then.
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+    sock.bind(SocketAddr::new(from, 0)).ok()?;
+    tokio::time::timeout(Duration::from_secs(5), sock.connect(to))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// [`connect_from`] as a blocking socket; fails the test when the connection cannot be
+/// made within 5 s.
+#[track_caller]
+pub fn connect_from_blocking(from: impl Into<IpAddr>, to: SocketAddr) -> TcpStream {
+    let from = from.into();
+    let rt = super::wire::runtime();
+    let s = rt
+        .block_on(connect_from(from, to))
+        .unwrap_or_else(|| panic!("no connection from {from} to {to} within 5 s"));
+    let s = s.into_std().expect("a std socket");
+    s.set_nonblocking(false).expect("blocking");
+    s
+}
 
 /// How long until the peer closes `s` (reading and discarding), at most `limit`; `None`
 /// when it is still open then. `s` must have a read timeout (e.g. 200 ms), so that a

@@ -2,22 +2,21 @@
 //! policy file is an error), `policy.reloaded` is on disk before the new policy decides,
 //! signed checkpoints anchor the log's end (`audit verify --checkpoints`), and
 //! `audit search` answers questions without jq.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-mod dmz;
-mod harness;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drawbridge::audit::record::{canonical, record_hash};
 use drawbridge::audit::{Audit, MemorySink};
 use drawbridge::policy::watch::{PolicyStore, ReloadOutcome};
-use harness::{Drawbridge, POLICY_HOSTS, POLICY_PEOPLE, POLICY_PRINCIPALS, wait_until};
 use serde_json::Value;
+
+use crate::support::dmz;
+use crate::support::drawbridge::{Drawbridge, POLICY_HOSTS, POLICY_PEOPLE, POLICY_PRINCIPALS, run};
+use crate::support::git::{git, head, policy_repo};
+use crate::support::process::wait_until;
+use crate::support::ssh::with_suffix;
 
 /// Grants the user `mallory` the `dba` principal: what an override must never slip in.
 const OVERRIDE: &str = r#"
@@ -25,63 +24,12 @@ const OVERRIDE: &str = r#"
 principals = ["dba"]
 "#;
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn head(dir: &Path) -> String {
-    let o = Command::new("git")
-        .current_dir(dir)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
-/// A Git repository at `root` whose `policies/` holds the harness policy, committed, and
-/// a `.gitignore` that ignores `policies/local-*.toml` (and everything the service writes).
-fn policy_repo(root: &Path) -> String {
-    let p = root.join("policies");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join("hosts.toml"), POLICY_HOSTS).unwrap();
-    std::fs::write(p.join("principals.toml"), POLICY_PRINCIPALS).unwrap();
-    std::fs::write(p.join("people.toml"), POLICY_PEOPLE).unwrap();
-    std::fs::write(
-        root.join(".gitignore"),
-        "policies/local-*.toml\nca/\nvar/\n*.log\ndrawbridge.toml\n",
-    )
-    .unwrap();
-    git(root, &["init", "-q"]);
-    git(root, &["add", ".gitignore", "policies"]);
-    git(root, &["commit", "-q", "-m", "policy"]);
-    head(root)
-}
-
 fn cli(cwd: &Path, args: &[&str]) -> (i32, String, String) {
-    harness::run(args, cwd, None)
+    run(args, cwd, None)
 }
 
-/// THREATS 42: a Git-ignored `local-override.toml` granting a new user a principal was
-/// loaded, and `policy check` reported the clean commit.
+/// T42: a Git-ignored `local-override.toml` granting a new user a principal is a load
+/// error (it was once loaded while `policy check` reported the clean commit).
 #[test]
 fn ignored_toml_in_a_git_policy_folder_fails_policy_check() {
     let tmp = tempfile::tempdir().unwrap();
@@ -180,12 +128,10 @@ fn ignored_toml_is_a_rejected_reload_last_good_kept_and_audited() {
     assert_eq!(started[0]["policy_version"], commit.as_str());
     std::fs::write(d.path().join("policies/local-override.toml"), OVERRIDE).unwrap();
     d.signal("HUP");
-    assert!(
-        wait_until(Duration::from_secs(10), || !d
-            .events("policy.rejected")
-            .is_empty()),
-        "no policy.rejected: {}",
-        d.server_log()
+    wait_until(
+        Duration::from_secs(10),
+        || !d.events("policy.rejected").is_empty(),
+        || format!("no policy.rejected: {}", d.server_log()),
     );
     let rec = &d.events("policy.rejected")[0];
     assert_eq!(rec["policy_version"], commit.as_str(), "{rec}");
@@ -201,12 +147,10 @@ fn ignored_toml_is_a_rejected_reload_last_good_kept_and_audited() {
     // Tracking the file makes it policy (the watcher sees the Git index change): the
     // version is the commit plus the hash of what is loaded; committing it, the commit.
     git(d.path(), &["add", "-f", "policies/local-override.toml"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || !d
-            .events("policy.reloaded")
-            .is_empty()),
-        "git add did not reload: {}",
-        d.server_log()
+    wait_until(
+        Duration::from_secs(10),
+        || !d.events("policy.reloaded").is_empty(),
+        || format!("git add did not reload: {}", d.server_log()),
     );
     let staged = d.events("policy.reloaded")[0]["policy_version"]
         .as_str()
@@ -215,13 +159,10 @@ fn ignored_toml_is_a_rejected_reload_last_good_kept_and_audited() {
     assert!(staged.starts_with(&format!("{commit}+sha256:")), "{staged}");
     git(d.path(), &["commit", "-q", "-m", "override"]);
     let committed = head(d.path());
-    assert!(
-        wait_until(Duration::from_secs(10), || d
-            .events("policy.reloaded")
-            .len()
-            == 2),
-        "git commit did not reload: {}",
-        d.server_log()
+    wait_until(
+        Duration::from_secs(10),
+        || d.events("policy.reloaded").len() == 2,
+        || format!("git commit did not reload: {}", d.server_log()),
     );
     assert_eq!(
         d.events("policy.reloaded")[1]["policy_version"],
@@ -304,7 +245,7 @@ fn reload_commit_runs_before_the_swap() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Signed checkpoints (THREATS 45)
+// Signed checkpoints (T45)
 
 fn lines_of(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -359,7 +300,7 @@ fn checkpoints_catch_a_cut_tail_and_a_rechained_log() {
     }
     assert_eq!(d.stop(), 0, "{}", d.server_log());
     let log = d.audit_path();
-    let cps = harness_path(&log, ".checkpoints");
+    let cps = with_suffix(&log, ".checkpoints");
     let key = d.path().join("ca/audit_key");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -392,7 +333,7 @@ fn checkpoints_catch_a_cut_tail_and_a_rechained_log() {
     // The last 3 records cut.
     let cut = d.path().join("cut.log");
     write_lines(&cut, &records[..n - 3]);
-    std::fs::copy(&cps, harness_path(&cut, ".checkpoints")).unwrap();
+    std::fs::copy(&cps, with_suffix(&cut, ".checkpoints")).unwrap();
     let (code, out, _) = verify(&cut, &[]);
     assert_eq!(code, 0, "the chain alone cannot see a cut tail: {out}");
     let (code, out, err) = verify(&cut, &["--checkpoints"]);
@@ -408,7 +349,7 @@ fn checkpoints_catch_a_cut_tail_and_a_rechained_log() {
     // Re-chained after an edit of record 3.
     let re = d.path().join("rechained.log");
     write_lines(&re, &rechained(&records, 3));
-    std::fs::copy(&cps, harness_path(&re, ".checkpoints")).unwrap();
+    std::fs::copy(&cps, with_suffix(&re, ".checkpoints")).unwrap();
     let (code, out, _) = verify(&re, &[]);
     assert_eq!(code, 0, "the chain alone cannot see a re-chaining: {out}");
     let (code, out, err) = verify(&re, &["--checkpoints"]);
@@ -440,12 +381,6 @@ fn checkpoints_catch_a_cut_tail_and_a_rechained_log() {
     let (code, _, err) = verify(&cut, &["--checkpoints-file", copy.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(":2: the signature does not verify"), "{err}");
-}
-
-fn harness_path(p: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    s.into()
 }
 
 /// A checkpoint key that group or others may read is refused at start, like every other
@@ -484,7 +419,7 @@ fn audit_search_answers_who_reached_web_1() {
     let log = b.audit_path();
     let log = log.to_str().unwrap();
 
-    let (code, out, err) = harness::run(
+    let (code, out, err) = run(
         &[
             "audit",
             "search",
@@ -511,7 +446,7 @@ fn audit_search_answers_who_reached_web_1() {
     );
     assert!(err.contains("1 of "), "{err}");
 
-    let (code, out, err) = harness::run(
+    let (code, out, err) = run(
         &[
             "audit", "search", log, "--host", "web-1", "--event", "forward", "--json",
         ],
@@ -535,7 +470,7 @@ fn audit_search_answers_who_reached_web_1() {
         "{out}"
     );
     // The same question by user, bounded in time.
-    let (code, out, _) = harness::run(
+    let (code, out, _) = run(
         &[
             "audit", "search", log, "--user", "bob", "--since", "1h", "--json",
         ],
@@ -547,7 +482,7 @@ fn audit_search_answers_who_reached_web_1() {
         !out.is_empty() && !out.contains("\"forward.opened\""),
         "{out}"
     );
-    let (_, out, _) = harness::run(
+    let (_, out, _) = run(
         &[
             "audit",
             "search",
