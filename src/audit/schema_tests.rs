@@ -100,9 +100,11 @@ fn the_refusal_code_table_matches_the_enum() {
     let doc_set: BTreeSet<&str> = doc.iter().map(String::as_str).collect();
     assert_eq!(doc.len(), doc_set.len(), "a code is listed twice");
     let code: BTreeSet<&str> = RefusalCode::ALL.iter().map(|c| c.as_str()).collect();
-    assert_eq!(
-        doc_set, code,
-        "docs/audit-events.md and RefusalCode disagree"
+    let missing: Vec<_> = code.difference(&doc_set).collect();
+    let extra: Vec<_> = doc_set.difference(&code).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/audit-events.md and RefusalCode disagree.\nin RefusalCode, not in the table: {missing:?}\nin the table, not in RefusalCode: {extra:?}"
     );
 }
 
