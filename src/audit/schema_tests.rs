@@ -143,3 +143,32 @@ fn a_cut_peer_text_spreads_into_three_fields() {
     assert_eq!(short.fields["user"], Value::from("bob\\n"));
     assert!(!short.fields.contains_key("user_len"));
 }
+
+/// Every record kind is asserted by some test: its name appears, quoted, in an
+/// integration test (`tests/it/`) or in the audit module's own tests. (Those tests read
+/// the records a real run wrote; every run of the binary in `tests/it` is also checked
+/// against the table, in `support::drawbridge`'s `Drop`.)
+#[test]
+fn every_record_kind_is_asserted_by_some_test() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut text = String::new();
+    for dir in ["tests/it", "src/audit"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let is_test = dir == "tests/it" || name.contains("tests");
+            if is_test && name.ends_with(".rs") && name != "schema_tests.rs" {
+                text.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let kinds: BTreeSet<String> = from_doc().into_iter().map(|(k, _, _)| k).collect();
+    let missing: Vec<&String> = kinds
+        .iter()
+        .filter(|k| !text.contains(&format!("\"{k}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no test asserts these kinds: {missing:?}"
+    );
+}

@@ -359,11 +359,8 @@ async fn probe_restores_health_without_other_traffic() {
     assert!(audit.healthy());
     let lines = sink.lines();
     assert_eq!(lines.len(), 2);
-    assert!(
-        lines[1].contains("\"event\":\"audit.resumed\""),
-        "{}",
-        lines[1]
-    );
+    let resumed: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(resumed["event"], "audit.resumed", "{}", lines[1]);
     verify_reader(sink.text().as_bytes()).unwrap();
 }
 

@@ -146,6 +146,17 @@ fn bearer_token_from_login() {
     d.add_user("alice", PW);
     let r = d.curl("/v1/login", &["-u", &format!("alice:{PW}"), "-X", "POST"]);
     assert_eq!(r.status, 200, "{}", r.text());
+    let ok = d.events("login.ok");
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(
+        (ok[0]["user"].as_str(), ok[0]["rule"].as_str()),
+        (Some("alice"), Some("paths.users"))
+    );
+    assert!(
+        ok[0]["policy_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
     let j = r.json();
     let token = j["token"].as_str().unwrap().to_string();
     assert!(j["expires_at"].as_str().unwrap().ends_with('Z'));

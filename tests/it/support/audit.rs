@@ -74,3 +74,84 @@ pub fn record_time(r: &Value) -> SystemTime {
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .unwrap_or_else(|| panic!("no RFC 3339 ts in {r}"))
 }
+
+/// The record kinds of `docs/audit-events.md` and the fields each may carry.
+fn documented() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let doc = include_str!("../../../docs/audit-events.md");
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut in_table = false;
+    for l in doc.lines() {
+        let l = l.trim();
+        if l.starts_with("## ") {
+            in_table = l == "## Record kinds";
+            continue;
+        }
+        if !in_table || !l.starts_with("| `") {
+            continue;
+        }
+        let cells: Vec<&str> = l
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().trim_matches('`'))
+            .collect();
+        out.entry(cells[0].to_string())
+            .or_default()
+            .insert(cells[1].to_string());
+    }
+    out
+}
+
+/// Kinds that record a decision: each names its policy version and its rule (`rule`,
+/// or `grants` for an allow).
+const DECISIONS: &[&str] = &[
+    "login.ok",
+    "login.failed",
+    "login.failed.repeated",
+    "cert.issued",
+    "cert.refused",
+    "ssh.auth.ok",
+    "ssh.auth.failed",
+    "ssh.auth.failed.repeated",
+    "ssh.session.refused",
+    "forward.opened",
+    "forward.closed",
+    "forward.cut",
+    "forward.refused",
+];
+
+/// Checks every record against `docs/audit-events.md`: a documented kind, only
+/// documented fields, and for a decision a non-empty `policy_version` and its rule.
+/// Returns what is wrong, one line per record.
+pub fn schema_problems(records: &[Value]) -> Vec<String> {
+    const CHAIN: &[&str] = &["seq", "ts", "replica", "event", "prev", "hash"];
+    let doc = documented();
+    let mut problems = Vec::new();
+    for r in records {
+        let kind = r["event"].as_str().unwrap_or_default();
+        let Some(fields) = doc.get(kind) else {
+            problems.push(format!("undocumented kind {kind:?}: {r}"));
+            continue;
+        };
+        let Some(map) = r.as_object() else {
+            problems.push(format!("not an object: {r}"));
+            continue;
+        };
+        let extra: Vec<&String> = map
+            .keys()
+            .filter(|k| !CHAIN.contains(&k.as_str()) && !fields.contains(*k))
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!("{kind}: undocumented fields {extra:?}: {r}"));
+        }
+        if DECISIONS.contains(&kind) {
+            if !r["policy_version"].as_str().is_some_and(|v| !v.is_empty()) {
+                problems.push(format!("{kind}: no policy_version: {r}"));
+            }
+            if !r["rule"].is_string() && !r["grants"].is_array() {
+                problems.push(format!("{kind}: no rule: {r}"));
+            }
+        }
+    }
+    problems
+}

@@ -463,11 +463,23 @@ fn send_signal(pid: u32, sig: &str) {
 }
 
 impl Drop for Drawbridge {
+    /// Stops the process, then checks every record it wrote against
+    /// `docs/audit-events.md` (kinds, fields, and the policy version and rule of every
+    /// decision): every test that runs the binary checks the audit schema too.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            return;
+        }
+        let problems = super::audit::schema_problems(&self.audit());
+        assert!(
+            problems.is_empty(),
+            "the audit log does not match docs/audit-events.md:\n{}",
+            problems.join("\n")
+        );
     }
 }
 
