@@ -145,7 +145,7 @@ pub fn schema_problems(records: &[Value]) -> Vec<String> {
             problems.push(format!("{kind}: undocumented fields {extra:?}: {r}"));
         }
         if DECISIONS.contains(&kind) {
-            if !r["policy_version"].as_str().is_some_and(|v| !v.is_empty()) {
+            if r["policy_version"].as_str().is_none_or(|v| v.is_empty()) {
                 problems.push(format!("{kind}: no policy_version: {r}"));
             }
             if !r["rule"].is_string() && !r["grants"].is_array() {
