@@ -310,6 +310,14 @@ fn f04_more_than_10_channels_refused() {
         &[("reason", "too-many-channels"), ("key_id", "alice")],
     );
     assert_eq!(rec["host"], "web-1");
+    // Refused before any policy question: the config key, under the version in force.
+    assert_eq!(rec["rule"], "ssh.max_channels_per_connection", "{rec}");
+    assert!(
+        rec["policy_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{rec}"
+    );
     assert_eq!(b.find("forward.opened", &[("serial", "4")]).len(), 10);
     assert!(b.refusals("too-many-channels") >= 2);
 }

@@ -53,6 +53,16 @@ fn unkeyed(b: &Bastion, reason: &str) -> usize {
 fn refused_then_fallback(b: &Bastion, reason: &str, fp: &str) -> Value {
     let rec = b.auth_failed(reason, fp);
     let fallback = b.auth_failed("no-certificate", fp);
+    assert_eq!(
+        fallback["rule"], "bastion.certificate-required",
+        "{fallback}"
+    );
+    assert!(
+        fallback["policy_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{fallback}"
+    );
     assert_eq!(fallback["conn"], rec["conn"], "{rec}\n{fallback}");
     assert!(
         b.find("ssh.auth.ok", &[("key_fingerprint", fp)]).is_empty(),
@@ -180,6 +190,15 @@ fn refuse_certs(b: &Bastion, row: u8) -> Vec<(&'static str, Key)> {
             let rec = refused_then_fallback(b, c.reason, &fingerprint(&key));
             assert_eq!(rec["serial"], c.serial, "{}: {rec}", c.name);
             assert_eq!(rec["key_id"], c.key_id, "{}: {rec}", c.name);
+            // The rule that refused: the [[revoked]] entry with its file and line, or
+            // the certificate check by name (the config key for a too-long validity).
+            let rule = rec["rule"].as_str().unwrap_or_default();
+            let expected = match c.reason {
+                "revoked" => rule.starts_with("[[revoked]] ") && rule.contains("revoked.toml:"),
+                "validity-too-long" => rule == "certs.max_ttl",
+                other => rule == format!("certificate.{other}"),
+            };
+            assert!(expected, "{}: rule {rule:?} in {rec}", c.name);
             assert!(
                 rec["message"]
                     .as_str()
@@ -1167,6 +1186,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
                 ("key_id", "alice"),
                 ("request", request),
                 ("reason", "session-refused"),
+                ("rule", "bastion.forward-only"),
             ],
         )
     };
@@ -1265,6 +1285,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
             ("key_id", "alice"),
             ("kind", "remote"),
             ("reason", "remote-forward"),
+            ("rule", "bastion.no-remote-forward"),
         ],
     );
     let remote_sock = b.t.join("remote.sock");
@@ -1284,6 +1305,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
             ("key_id", "alice"),
             ("kind", "streamlocal-remote"),
             ("reason", "streamlocal"),
+            ("rule", "bastion.no-streamlocal"),
         ],
     );
     // A local forward to a unix socket on the bastion (direct-streamlocal).
@@ -1313,6 +1335,7 @@ fn t18_sessions_exec_pty_x11_agent_subsystem_remote_and_streamlocal_refused() {
             ("key_id", "alice"),
             ("kind", "streamlocal"),
             ("reason", "streamlocal"),
+            ("rule", "bastion.no-streamlocal"),
         ],
     );
     let _ = child.kill();
