@@ -623,16 +623,18 @@ fn a_forward_whose_record_cannot_be_written_never_reaches_the_target() {
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    rt.spawn(drawbridge::bastion::run(drawbridge::bastion::BastionParts {
-        listener,
-        cfg: drawbridge::config::SshConfig::default(),
-        max_cert_validity: Duration::from_secs(3660),
-        keys,
-        policy: store,
-        audit,
-        metrics: drawbridge::bastion::BastionMetrics::new(),
-        shutdown: stop_rx,
-    }));
+    rt.spawn(drawbridge::bastion::run(
+        drawbridge::bastion::BastionParts {
+            listener,
+            cfg: drawbridge::config::SshConfig::default(),
+            max_cert_validity: Duration::from_secs(3660),
+            keys,
+            policy: store,
+            audit,
+            metrics: drawbridge::bastion::BastionMetrics::new(),
+            shutdown: stop_rx,
+        },
+    ));
     wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(5),
