@@ -17,7 +17,8 @@ use std::time::SystemTime;
 
 use toml::de::{DeTable, DeValue};
 
-use super::load::{Ctx, check_name, sort_errors, type_name};
+use super::names::check_name;
+use super::spanned::{Ctx, sort_errors, type_name};
 use super::{Decision, LoadError, Origin, Policy, Query, Via};
 
 /// One expectation.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 
-use super::load::{SourceFile, git};
+use super::folder::{SourceFile, git};
 use super::{LoadErrors, Policy};
 
 /// The policy folder `dir` as it was at `rev`. `Ok(Err(..))` when it does not load;

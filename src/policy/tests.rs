@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::load::{SourceFile, parse_address, parse_time};
 use super::*;
+use super::{SourceFile, parse_address, parse_time};
 
 const HOSTS: &str = r#"[hosts.web-1]
 address = "10.20.0.11"

@@ -72,7 +72,7 @@ fn drawbridge_extensions_are_reserved() {
 #[test]
 fn revoked_key_as_a_line_or_a_fingerprint() {
     const LINE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHR3AVRDyQeLDGsfzVQK8m+Dtt+9wsDV6pFQ1MqgcE8o lost@laptop";
-    let fp = load::revoked_key_fingerprint(LINE).unwrap();
+    let fp = super::revoked_key_fingerprint(LINE).unwrap();
     assert!(fp.starts_with("SHA256:") && fp.len() == 50, "{fp}");
     let p = Policy::from_toml(
         "p.toml",
