@@ -920,7 +920,7 @@ impl Connection {
         for r in list {
             out.push_str(&format!(
                 "{}\tlogins: {}\t(via {})\n",
-                escape(&r.host),
+                escape(r.host),
                 r.logins.join(", "),
                 r.principals.join(", ")
             ));

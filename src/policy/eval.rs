@@ -87,10 +87,14 @@ struct GrantRef<'a> {
     via: ViaRef<'a>,
 }
 
-/// A host a user may reach, with the logins and the principals that allow it.
+/// A host a user may reach, with the logins and the principals that allow it: what the
+/// bastion's `hosts` command lists and `GET /v1/ssh_config` writes a block for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reach<'a> {
-    pub host: &'a Host,
+    /// The inventory name.
+    pub host: &'a str,
+    /// The inventory port.
+    pub port: u16,
     /// Sorted, without duplicates.
     pub logins: Vec<&'a str>,
     /// The principals granting this host, sorted.
@@ -293,15 +297,18 @@ impl Policy {
     }
 
     /// The hosts `user` may reach at `now`, sorted by host name, each with its logins and
-    /// the principals granting it (for the bastion's `hosts` command and `ssh_config`).
+    /// the principals granting it. With `within` (a certificate's principals), only those
+    /// of the held principals count: a certificate may carry a subset of what its holder
+    /// holds. The one computation behind the bastion's `hosts` command and `ssh_config`.
     pub fn reachable(
         &self,
         user: &str,
         extra_groups: &[String],
+        within: Option<&[String]>,
         now: SystemTime,
     ) -> Vec<Reach<'_>> {
         let mut by_host: BTreeMap<&str, (&Host, BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
-        for ((host, login), principals) in self.access_of(user, extra_groups, now) {
+        for ((host, login), principals) in self.access_within(user, extra_groups, within, now) {
             let Some(h) = self.hosts.get(host) else {
                 continue;
             };
@@ -314,7 +321,8 @@ impl Policy {
         by_host
             .into_values()
             .map(|(host, logins, principals)| Reach {
-                host,
+                host: &host.name,
+                port: host.port,
                 logins: logins.into_iter().collect(),
                 principals: principals.into_iter().collect(),
             })
@@ -328,10 +336,23 @@ impl Policy {
         extra_groups: &[String],
         now: SystemTime,
     ) -> BTreeMap<(&str, &str), Vec<&str>> {
+        self.access_within(user, extra_groups, None, now)
+    }
+
+    /// [`Policy::access_of`] counting only the held principals in `within` (all when
+    /// `None`).
+    fn access_within(
+        &self,
+        user: &str,
+        extra_groups: &[String],
+        within: Option<&[String]>,
+        now: SystemTime,
+    ) -> BTreeMap<(&str, &str), Vec<&str>> {
         let mut names: Vec<&str> = self
             .held_refs(user, extra_groups, now)
             .iter()
             .map(|g| g.principal)
+            .filter(|p| within.is_none_or(|w| w.iter().any(|c| c == p)))
             .collect();
         names.dedup();
         let mut out: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
