@@ -151,13 +151,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>, errors: &mut 
                 continue;
             }
             walk(root, &path, out, errors);
-        } else if name.ends_with(".toml") && (ft.is_file() || path.is_file()) {
+        } else if ft.is_file() || path.is_file() {
             let rel = rel_path
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push((rel, path));
+            if counts_as_policy(&rel) {
+                out.push((rel, path));
+            }
         }
     }
 }
@@ -339,9 +341,10 @@ fn git_state(dir: &Path, files: &[SourceFile]) -> Result<GitState, Vec<LoadError
     Ok(GitState::Commit { commit, same })
 }
 
-/// Whether a path relative to the policy folder names a policy file by the walk's rule
-/// (`*.toml`, not hidden, not under the top-level `tests/`).
-fn counts_as_policy(rel: &str) -> bool {
+/// Whether a path relative to the policy folder (`/`-separated) names a policy file:
+/// `*.toml`, not hidden, not under the top-level `tests/`. The one rule for the walk on
+/// disk, for what Git lists at `HEAD`, and for `policy diff` at a revision.
+pub(crate) fn counts_as_policy(rel: &str) -> bool {
     rel.ends_with(".toml")
         && !rel.starts_with("tests/")
         && !rel.split('/').any(|c| c.starts_with('.'))
