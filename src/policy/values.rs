@@ -11,8 +11,9 @@ use ipnet::IpNet;
 /// address. Returns the host (IPv6 without brackets) and the port (22 by default).
 ///
 /// The address must be written in one canonical form, so that the bastion's exact
-/// comparison (THREATS row 16) is well defined: IP addresses as `Display` prints them,
-/// host names in lower case without a trailing dot and never in a numeric form.
+/// comparison (a host is reached only by its exact inventory name or address) is well
+/// defined: IP addresses as `Display` prints them, host names in lower case without a
+/// trailing dot and never in a numeric form.
 pub fn parse_address(s: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let Some((inner, after)) = rest.split_once(']') else {
