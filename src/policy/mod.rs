@@ -18,6 +18,7 @@ pub mod ip_like;
 mod load;
 pub mod model;
 pub mod names;
+pub mod reach;
 mod sections_hosts;
 mod sections_people;
 pub(crate) mod spanned;
@@ -25,10 +26,11 @@ pub mod values;
 pub mod watch;
 
 pub use carried::{Carried, Held, Lost};
-pub use eval::{PolicyIndex, Reach, Unresolved};
+pub use eval::{PolicyIndex, Unresolved};
 pub use folder::SourceFile;
 pub use model::*;
 pub use names::check_name;
+pub use reach::Reach;
 pub use values::{parse_address, parse_source, parse_time, revoked_key_fingerprint, selector_text};
 
 use std::path::Path;
