@@ -105,17 +105,20 @@ async fn unknown_user_takes_as_long_as_a_wrong_password() {
         let auth = &auth;
         async move {
             let t = Instant::now();
-            for _ in 0..3 {
-                let _ = auth
-                    .basic(user, &Secret::new("nope".into()), ip("192.0.2.1"))
-                    .await;
-            }
+            let _ = auth
+                .basic(user, &Secret::new("nope".into()), ip("192.0.2.1"))
+                .await;
             t.elapsed()
         }
     };
-    let wrong = time("alice").await;
-    let unknown = time("nobody").await;
-    eprintln!("3 wrong passwords {wrong:?}, 3 unknown users {unknown:?}");
+    // The fastest of several interleaved tries of each: other work on a busy machine only
+    // ever adds time, so the minimum is what the login itself costs.
+    let (mut wrong, mut unknown) = (Duration::MAX, Duration::MAX);
+    for _ in 0..7 {
+        wrong = wrong.min(time("alice").await);
+        unknown = unknown.min(time("nobody").await);
+    }
+    eprintln!("fastest wrong password {wrong:?}, fastest unknown user {unknown:?}");
     let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
     assert!((0.5..2.0).contains(&ratio), "ratio {ratio}");
 }
