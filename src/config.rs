@@ -207,7 +207,7 @@ impl Default for SshConfig {
             listen: ([127, 0, 0, 1], 2222).into(),
             host_names: vec!["localhost".into(), "127.0.0.1".into()],
             idle_timeout: Duration::from_secs(15 * 60),
-            max_connections_per_user: 20,
+            max_connections_per_user: 256,
             disconnect_on_cert_expiry: false,
             login_grace_time: Duration::from_secs(30),
             max_unauthenticated: 256,

@@ -111,7 +111,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::make_mut(&mut config).ssh.listen = bound;
         let cfg = config.ssh.clone();
         // The issuer backdates valid_after by 60 s: a certificate spans max_ttl + 60 s.
-        let max = config.certs.max_ttl + crate::issuer::plan::CLOCK_SKEW;
+        let max = config.certs.max_ttl + crate::issuer::cert_fields::BACKDATING;
         let parts = crate::bastion::BastionParts {
             listener,
             cfg,

@@ -66,7 +66,7 @@ fn fixture() -> &'static Fixture {
             ..Config::default()
         };
         std::fs::create_dir_all(config.ca_dir()).expect("mkdir ca");
-        drawbridge::identity::write_token_key(
+        drawbridge::issuer::write_token_key(
             &token_key_path(&config),
             &token_public_key_path(&config),
         )

@@ -20,7 +20,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::repeats::RepeatKey;
 use super::request::{MAX_CERT_BODY, MAX_DRAIN, parse_cert_request, read_body};
-use super::ssh_config::{Reachable, SnippetInput, render, valid_identity_file};
+use super::ssh_config::{SnippetInput, render, valid_identity_file};
 use crate::audit::{AuditEvent, Grant, PeerText, RefusalCode};
 use crate::identity::{AuthError, Identity, Secret};
 use crate::issuer::plan::{CertRequest, IssueRefusal, TtlCap, plan_from_policy};
@@ -549,15 +549,7 @@ async fn get_ssh_config(
     let policy = state.policy.current();
     let now = SystemTime::now();
     let id = &caller.identity;
-    let hosts: Vec<Reachable> = policy
-        .reachable(&id.user, &id.groups, now)
-        .into_iter()
-        .map(|r| Reachable {
-            name: r.host.name.clone(),
-            port: r.host.port,
-            logins: r.logins.iter().map(|l| l.to_string()).collect(),
-        })
-        .collect();
+    let hosts = policy.reachable(&id.user, &id.groups, None, now);
     let bastion_host = state
         .config
         .ssh

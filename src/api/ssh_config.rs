@@ -7,16 +7,10 @@
 
 use std::fmt::Write;
 
+use crate::policy::Reach;
+
 /// The alias of the bastion's block.
 pub const BASTION_ALIAS: &str = "drawbridge";
-
-/// One host the caller may reach.
-#[derive(Debug, Clone)]
-pub struct Reachable {
-    pub name: String,
-    pub port: u16,
-    pub logins: Vec<String>,
-}
 
 /// Everything the snippet says.
 #[derive(Debug, Clone)]
@@ -25,7 +19,8 @@ pub struct SnippetInput<'a> {
     pub bastion_host: &'a str,
     pub bastion_port: u16,
     pub identity_file: &'a str,
-    pub hosts: &'a [Reachable],
+    /// The hosts the caller may reach ([`crate::policy::Policy::reachable`]).
+    pub hosts: &'a [Reach<'a>],
     pub generated_at: &'a str,
 }
 
@@ -66,22 +61,21 @@ pub fn render(input: &SnippetInput<'_>) -> String {
     }
     common(&mut out);
     for h in input.hosts {
-        if !safe(&h.name) {
+        if !safe(h.host) {
             continue;
         }
-        let _ = writeln!(out, "\nHost {}", h.name);
-        let _ = writeln!(out, "  HostName {}", h.name);
+        let _ = writeln!(out, "\nHost {}", h.host);
+        let _ = writeln!(out, "  HostName {}", h.host);
         let _ = writeln!(out, "  Port {}", h.port);
         let _ = writeln!(out, "  ProxyJump {BASTION_ALIAS}");
-        let logins: Vec<&String> = h.logins.iter().filter(|l| safe(l)).collect();
+        let logins: Vec<&str> = h.logins.iter().copied().filter(|l| safe(l)).collect();
         match logins.as_slice() {
             [one] => {
                 let _ = writeln!(out, "  User {one}");
             }
             [] => {}
             many => {
-                let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-                let _ = writeln!(out, "  # logins: {}", names.join(", "));
+                let _ = writeln!(out, "  # logins: {}", many.join(", "));
             }
         }
         common(&mut out);
@@ -96,15 +90,17 @@ mod tests {
     #[test]
     fn renders_bastion_and_targets() {
         let hosts = vec![
-            Reachable {
-                name: "web-1".into(),
+            Reach {
+                host: "web-1",
                 port: 22,
-                logins: vec!["deploy".into()],
+                logins: vec!["deploy"],
+                principals: vec!["web"],
             },
-            Reachable {
-                name: "db-1".into(),
+            Reach {
+                host: "db-1",
                 port: 2200,
-                logins: vec!["postgres".into(), "root".into()],
+                logins: vec!["postgres", "root"],
+                principals: vec!["dba"],
             },
         ];
         let s = render(&SnippetInput {

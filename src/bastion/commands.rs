@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::targets;
 use super::verify::CertIdentity;
 use crate::policy::Policy;
 use crate::util::escape;
@@ -67,7 +66,7 @@ pub(super) fn hosts(id: &CertIdentity, policy: &Policy, now: SystemTime) -> Stri
     if let Err(lost) = policy.still_holds(&carried, now, Some(id.age(now))) {
         return format!("no hosts: {}\n", lost.message());
     }
-    let list = targets::reachable(policy, &id.key_id, &id.idp_groups, &id.principals, now);
+    let list = policy.reachable(&id.key_id, &id.idp_groups, Some(&id.principals), now);
     if list.is_empty() {
         return "no hosts: your certificate's principals grant none under the current policy\n"
             .into();
@@ -76,7 +75,7 @@ pub(super) fn hosts(id: &CertIdentity, policy: &Policy, now: SystemTime) -> Stri
     for r in list {
         out.push_str(&format!(
             "{}\tlogins: {}\t(via {})\n",
-            escape(&r.host),
+            escape(r.host),
             r.logins.join(", "),
             r.principals.join(", ")
         ));

@@ -1,8 +1,8 @@
 //! Which inventory host a `direct-tcpip` request names, and which hosts a certificate may
 //! reach now (for the `hosts` command).
 //!
-//! `reachable` differs from `Policy::reachable` in one way: only the certificate's own
-//! principals count (a certificate may carry a subset of what its holder holds).
+//! `reachable` is `Policy::reachable` within the certificate's own principals (a
+//! certificate may carry a subset of what its holder holds).
 //!
 //! Rule (DESIGN, the bastion's rules; THREATS row 16): the requested host must be exactly
 //! an inventory name or exactly an inventory address. No case folding, no trailing dot, no
@@ -17,9 +17,7 @@
 //! only about hosts the caller may reach. The audit record keeps the whole truth.
 
 use crate::audit::RefusalCode;
-use std::time::SystemTime;
-
-use crate::policy::{Decision, Host, Policy, Query, Unresolved, eval::wrong_port};
+use crate::policy::{Host, Policy, Unresolved, eval::wrong_port};
 use crate::util::escape;
 
 /// The inventory entry a `direct-tcpip` request names, or why none does
@@ -144,62 +142,6 @@ pub fn resolve_for<'p>(
             detail: None,
         }),
     }
-}
-
-/// One host a certificate may reach now, with the logins its principals allow there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reachable {
-    pub host: String,
-    pub logins: Vec<String>,
-    pub principals: Vec<String>,
-}
-
-/// The inventory hosts the holder of `principals` (identity `user`, extra `groups`) may
-/// reach at `now` under `policy`, with logins. Pure.
-pub fn reachable(
-    policy: &Policy,
-    user: &str,
-    groups: &[String],
-    principals: &[String],
-    now: SystemTime,
-) -> Vec<Reachable> {
-    let mut out = Vec::new();
-    for name in policy.hosts.keys() {
-        let mut logins: Vec<String> = Vec::new();
-        let mut granted: Vec<String> = Vec::new();
-        for p in principals {
-            let within = std::slice::from_ref(p);
-            let q = Query {
-                user,
-                extra_groups: groups,
-                host: name,
-                login: None,
-                within: Some(within),
-                now,
-            };
-            if let Decision::Allow { grant } = policy.decide(&q) {
-                if let Some(def) = policy.principals.get(&grant.principal) {
-                    for l in &def.logins {
-                        if !logins.contains(l) {
-                            logins.push(l.clone());
-                        }
-                    }
-                }
-                if !granted.contains(&grant.principal) {
-                    granted.push(grant.principal);
-                }
-            }
-        }
-        if !granted.is_empty() {
-            logins.sort();
-            out.push(Reachable {
-                host: name.clone(),
-                logins,
-                principals: granted,
-            });
-        }
-    }
-    out
 }
 
 #[cfg(test)]

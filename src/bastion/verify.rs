@@ -25,20 +25,9 @@ use ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
 
 use crate::policy::Policy;
 
-/// Name of the certificate extension that carries the holder's groups, comma-separated.
-pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
-
-/// Name of the extension carrying only the groups an identity provider asserted. Only
-/// these count on top of the policy at connection time: groups the policy itself gave
-/// are re-read from the policy loaded now, so removing someone from a group in Git cuts
-/// them off at once even though their certificate still names the group.
-pub use crate::issuer::plan::IDP_GROUPS_EXTENSION;
-
-/// Name of the extension carrying the reason given at issuance.
-pub use crate::issuer::plan::REASON_EXTENSION;
-
-/// The only critical option drawbridge understands.
-pub const SOURCE_ADDRESS: &str = "source-address";
+use crate::issuer::cert_fields::{
+    BACKDATING, GROUPS_EXTENSION, IDP_GROUPS_EXTENSION, REASON_EXTENSION, SOURCE_ADDRESS,
+};
 
 /// Smallest RSA modulus accepted for a user key (DESIGN, Certificates).
 pub const MIN_RSA_BITS: u32 = 3072;
@@ -75,9 +64,6 @@ impl CertIdentity {
         now.duration_since(issued).unwrap_or(Duration::ZERO)
     }
 }
-
-/// How far the issuer backdates `valid_after` (clock skew allowance, DESIGN Certificates).
-pub const BACKDATING: Duration = Duration::from_secs(60);
 
 /// Why a certificate was refused. `Display` is the message for the user; [`Refusal::code`]
 /// is the stable name for audit records and metrics.

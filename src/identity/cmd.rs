@@ -13,7 +13,7 @@ use crate::cli::UserCommand;
 use crate::config::Config;
 
 use super::Secret;
-use super::password::{UserEntry, UsersFile, hash_password, valid_user_name};
+use super::password::{UserEntry, UsersFile, hash_password};
 
 pub fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -25,12 +25,8 @@ pub fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn add(config: &Config, name: &str, password_stdin: bool) -> anyhow::Result<ExitCode> {
-    if !valid_user_name(name) {
-        anyhow::bail!(
-            "user name {:?} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ @ + -",
-            crate::util::escape(name)
-        );
-    }
+    // The one name rule, so that every user added can be named in the policy.
+    crate::policy::check_name("user", name).map_err(|e| anyhow::anyhow!("not allowed: {e}"))?;
     let path = config.users_path();
     // Read the file first: a broken file is reported before a password is asked for.
     let mut file = UsersFile::load(&path)?;

@@ -35,7 +35,7 @@ pub use limiter::{LoginLimiter, MemoryLimiter};
 pub use oidc::OidcProvider;
 pub use password::{HashPool, UserStore};
 pub use secret::Secret;
-pub use tokens::{TokenKeys, write_token_key};
+pub use tokens::TokenKeys;
 
 use crate::config::Config;
 
@@ -181,9 +181,19 @@ pub(crate) fn jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     AuthError::InvalidToken(why)
 }
 
-/// Refuses names (users, groups) a token carries that hold control characters or are
-/// absurdly long: they end up in certificates and audit records.
-pub(crate) fn check_name(what: &str, s: &str) -> Result<(), AuthError> {
+/// Refuses a user a token names (a drawbridge token's `sub`, an identity provider's user
+/// claim) that the policy could not name: the one name rule ([`crate::policy::check_name`])
+/// that the policy loader and `user add` apply too.
+pub(crate) fn check_user_claim(what: &str, s: &str) -> Result<(), AuthError> {
+    crate::policy::check_name("user", s)
+        .map_err(|e| AuthError::InvalidToken(format!("{what}: {e}")))
+}
+
+/// Refuses a group a token carries that holds control characters or is absurdly long: it
+/// ends up in certificates and audit records. (A group the policy cannot name is carried
+/// but never matches a policy group; refusing the token for it would lock out a user
+/// whose identity provider lists groups drawbridge does not use.)
+pub(crate) fn check_group_claim(what: &str, s: &str) -> Result<(), AuthError> {
     if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
         return Err(AuthError::InvalidToken(format!(
             "{what} is empty, too long or holds control characters"
@@ -340,7 +350,7 @@ impl Authenticator {
             Ok(a) => a,
             Err(retry_after) => return Err(AuthError::RateLimited { retry_after }),
         };
-        let stored = if password::valid_user_name(user) {
+        let stored = if crate::policy::check_name("user", user).is_ok() {
             self.users.hash_of(user)
         } else {
             None

@@ -31,7 +31,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::tokens::LEEWAY_SECS;
-use super::{AuthError, AuthMethod, Identity, Peek, check_name, jwt_error};
+use super::{
+    AuthError, AuthMethod, Identity, Peek, check_group_claim, check_user_claim, jwt_error,
+};
 use crate::config::{Config, OidcConfig};
 
 /// JWKS older than this is re-read before use.
@@ -367,7 +369,7 @@ impl OidcProvider {
                 )));
             }
         };
-        check_name("token user", &user)?;
+        check_user_claim("token user", &user)?;
         let groups = match claims.get(&self.groups_claim) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => {
@@ -379,7 +381,7 @@ impl OidcProvider {
                             self.groups_claim
                         )));
                     };
-                    check_name("token group", g)?;
+                    check_group_claim("token group", g)?;
                     groups.push(g.clone());
                 }
                 groups

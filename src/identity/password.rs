@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,15 +75,6 @@ pub fn verify_password(password: &Secret<String>, hash: &str) -> bool {
             .is_ok(),
         Err(_) => false,
     }
-}
-
-/// Names allowed for password users: 1 to 64 of `A-Z a-z 0-9 . _ @ + -`.
-pub fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
 }
 
 /// The users file's shape.
@@ -133,12 +124,7 @@ impl UsersFile {
             format!("{at}{}", e.message())
         })?;
         for name in file.users.keys() {
-            if !valid_user_name(name) {
-                return Err(format!(
-                    "user name {:?} is not allowed (use A-Z a-z 0-9 . _ @ + -)",
-                    crate::util::escape(name)
-                ));
-            }
+            crate::policy::check_name("user", name).map_err(|e| format!("not allowed: {e}"))?;
         }
         Ok(file)
     }
@@ -232,12 +218,10 @@ impl UserStore {
                 cached.users = Arc::new(BTreeMap::new());
                 cached.stamp = None;
             }
-            (Some(m), Ok(file)) => {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        file = %self.path.display(),
-                        "the users file is readable by group or others: run chmod 600 on it"
-                    );
+            (Some(_), Ok(file)) => {
+                // Warned about, not refused: the file holds hashes, not keys.
+                if let Err(e) = crate::issuer::check_private_mode(&self.path) {
+                    tracing::warn!(file = %self.path.display(), "the users file: {e}");
                 }
                 cached.users = Arc::new(file.users);
                 cached.stamp = stamp;

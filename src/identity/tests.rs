@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::password::{UserEntry, UsersFile, hash_password};
 use super::*;
 use crate::config::OidcConfig;
+use crate::issuer::write_token_key;
 
 const IDP: &str = "https://idp.example.org";
 const AUD: &str = "drawbridge-test";
@@ -45,6 +46,7 @@ fn env(users: &[(&str, &str)]) -> Env {
         ..Config::default()
     };
     config.paths.users = "users.toml".into();
+    std::fs::create_dir(config.ca_dir()).unwrap();
     write_token_key(&token_key_path(&config), &token_public_key_path(&config)).unwrap();
     let mut file = UsersFile::default();
     for (name, pw) in users {
@@ -103,17 +105,20 @@ async fn unknown_user_takes_as_long_as_a_wrong_password() {
         let auth = &auth;
         async move {
             let t = Instant::now();
-            for _ in 0..3 {
-                let _ = auth
-                    .basic(user, &Secret::new("nope".into()), ip("192.0.2.1"))
-                    .await;
-            }
+            let _ = auth
+                .basic(user, &Secret::new("nope".into()), ip("192.0.2.1"))
+                .await;
             t.elapsed()
         }
     };
-    let wrong = time("alice").await;
-    let unknown = time("nobody").await;
-    eprintln!("3 wrong passwords {wrong:?}, 3 unknown users {unknown:?}");
+    // The fastest of several interleaved tries of each: other work on a busy machine only
+    // ever adds time, so the minimum is what the login itself costs.
+    let (mut wrong, mut unknown) = (Duration::MAX, Duration::MAX);
+    for _ in 0..7 {
+        wrong = wrong.min(time("alice").await);
+        unknown = unknown.min(time("nobody").await);
+    }
+    eprintln!("fastest wrong password {wrong:?}, fastest unknown user {unknown:?}");
     let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
     assert!((0.5..2.0).contains(&ratio), "ratio {ratio}");
 }
@@ -341,14 +346,56 @@ fn argon2_parameters_and_cost() {
 
 #[test]
 fn user_names() {
-    for ok in ["alice", "a.b_c-d+e@example.org", "A9"] {
-        assert!(password::valid_user_name(ok), "{ok}");
-    }
-    for bad in ["", "a b", "al/ice", "a\nb", "é", &"x".repeat(65)] {
-        assert!(!password::valid_user_name(bad), "{bad:?}");
-    }
     assert!(UsersFile::parse("[users.\"a b\"]\nhash = \"x\"\n").is_err());
     assert!(UsersFile::parse("[users.a]\nhash = \"x\"\nextra = 1\n").is_err());
+}
+
+/// One name rule: a user name the policy loader accepts, the users file (`user add`) and
+/// an identity provider's user claim accept too, and the other way round. (A password
+/// user `-bob` could once be created but never named in the policy.)
+#[tokio::test]
+async fn policy_users_file_and_token_claims_accept_the_same_user_names() {
+    let key = idp_key("ed25519", Some("ed"));
+    let (_e, auth) = oidc_env(&[&key]);
+    let longest = "x".repeat(128);
+    let too_long = "x".repeat(129);
+    let names: [(&str, bool); 14] = [
+        ("alice", true),
+        ("a.b_c-d+e@example.org", true),
+        ("A9", true),
+        (&longest, true),
+        ("b-", true),
+        ("-bob", false),
+        (".", false),
+        ("..", false),
+        ("a b", false),
+        ("al/ice", false),
+        ("a,b", false),
+        ("é", false),
+        ("a\nb", false),
+        (&too_long, false),
+    ];
+    for (name, expected) in names {
+        // A JSON string is a TOML basic string too.
+        let quoted = serde_json::to_string(name).unwrap();
+        let policy = crate::policy::Policy::from_toml(
+            "p.toml",
+            &format!("[users.{quoted}]\nsource = [\"192.0.2.1\"]\n"),
+        )
+        .is_ok();
+        let users_file = UsersFile::parse(&format!("[users.{quoted}]\nhash = \"x\"\n")).is_ok();
+        let mut claims = good_claims();
+        claims["email"] = json!(name);
+        let token = auth
+            .bearer(&key.sign(&claims), ip("192.0.2.1"))
+            .await
+            .is_ok();
+        assert_eq!(
+            (policy, users_file, token),
+            (expected, expected, expected),
+            "{name:?}: (policy, users file, token claim)"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- drawbridge tokens
@@ -708,7 +755,11 @@ async fn oidc_refuses_wrong_iss_aud_kid_key_and_edits() {
     assert!(refused(&auth, &ec.sign(&c)).await.contains("email"));
     let mut c = good_claims();
     c["email"] = json!("dave\n{\"evil\":1}");
-    assert!(refused(&auth, &ec.sign(&c)).await.contains("control"));
+    assert!(
+        refused(&auth, &ec.sign(&c))
+            .await
+            .contains("invalid character '\\n' in user name")
+    );
 }
 
 #[tokio::test]

@@ -17,15 +17,12 @@
 //! dropped, and if none are, the cache is emptied (costing one verification per token).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,50 +36,6 @@ pub const ISSUER: &str = "drawbridge";
 pub const LEEWAY_SECS: u64 = 30;
 /// Most verified tokens remembered at once (about 100 bytes each, plus names).
 pub const VERIFIED_CACHE_MAX: usize = 16_384;
-
-/// Creates a new Ed25519 token key: the private key as PKCS#8 PEM (mode 0600) and the
-/// public key as SPKI PEM. Refuses to overwrite either file.
-pub fn write_token_key(private_path: &Path, public_path: &Path) -> anyhow::Result<()> {
-    for p in [private_path, public_path] {
-        if p.exists() {
-            anyhow::bail!("{} already exists; refusing to overwrite it", p.display());
-        }
-    }
-    let mut seed = Secret::new([0u8; 32]);
-    getrandom::fill(&mut seed.expose_mut()[..]).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let signing = SigningKey::from_bytes(seed.expose());
-    let private_pem = signing
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding the token key: {e}"))?;
-    let public_pem = signing
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding the token public key: {e}"))?;
-    for p in [private_path, public_path] {
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    write_new(private_path, private_pem.as_bytes(), 0o600)?;
-    if let Err(e) = write_new(public_path, public_pem.as_bytes(), 0o644) {
-        let _ = std::fs::remove_file(private_path);
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(())
-}
 
 /// The token key, loaded. `Debug` shows only the key id.
 pub struct TokenKeys {
@@ -122,19 +75,13 @@ impl TokenKeys {
     /// Loads the private key at `private_path` (refused if group or others may read it)
     /// and derives the public half from it.
     pub fn load(private_path: &Path) -> anyhow::Result<TokenKeys> {
-        let meta = std::fs::metadata(private_path).map_err(|e| {
+        std::fs::metadata(private_path).map_err(|e| {
             anyhow::anyhow!(
                 "cannot read the token key {}: {e} (run `drawbridge ca init`)",
                 private_path.display()
             )
         })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            anyhow::bail!(
-                "{} is readable by group or others: run `chmod 600 {}`",
-                private_path.display(),
-                private_path.display()
-            );
-        }
+        crate::issuer::check_private_mode(private_path)?;
         let pem = Secret::new(std::fs::read_to_string(private_path).map_err(|e| {
             anyhow::anyhow!("cannot read the token key {}: {e}", private_path.display())
         })?);
@@ -258,9 +205,9 @@ impl TokenKeys {
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(jwt_error)?;
         let c = data.claims;
-        super::check_name("token subject", &c.sub)?;
+        super::check_user_claim("token subject", &c.sub)?;
         for g in &c.groups {
-            super::check_name("token group", g)?;
+            super::check_group_claim("token group", g)?;
         }
         let id = Identity {
             user: c.sub,
@@ -280,6 +227,8 @@ impl TokenKeys {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::issuer::write_token_key;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_files_are_created_once_with_0600() {
@@ -288,6 +237,7 @@ mod tests {
             dir.path().join("ca/token_key"),
             dir.path().join("ca/token_key.pub"),
         );
+        std::fs::create_dir(dir.path().join("ca")).unwrap();
         write_token_key(&k, &p).unwrap();
         let mode = std::fs::metadata(&k).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -317,6 +267,7 @@ mod tests {
     }
 
     fn keys_in(dir: &Path) -> TokenKeys {
+        std::fs::create_dir_all(dir).unwrap();
         let (k, p) = (dir.join("token_key"), dir.join("token_key.pub"));
         write_token_key(&k, &p).unwrap();
         TokenKeys::load(&k).unwrap()

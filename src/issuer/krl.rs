@@ -275,9 +275,8 @@ mod tests {
         let (kept_cert, _) = cert_of(d, &ca, kept.public_key(), "kept", "alice");
         let lost_pub = d.join("lost.pub");
         std::fs::write(&lost_pub, lost.public_key().to_openssh().unwrap()).unwrap();
-        let fp =
-            crate::policy::load::revoked_key_fingerprint(&lost.public_key().to_openssh().unwrap())
-                .unwrap();
+        let fp = crate::policy::revoked_key_fingerprint(&lost.public_key().to_openssh().unwrap())
+            .unwrap();
         let entry = Revoked {
             key: Some(fp),
             ..revoked(None, None)

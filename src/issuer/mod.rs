@@ -23,6 +23,7 @@
 //! - The signed key is never itself a certificate (THREATS row 10).
 
 pub mod accept;
+pub mod cert_fields;
 pub mod cmd;
 pub mod files;
 pub mod keys;

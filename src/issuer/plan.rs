@@ -9,24 +9,9 @@ use ipnet::IpNet;
 
 use crate::policy::{Grant, Principal, RevokedBy, Via};
 
-/// Seconds `valid_after` is set before "now", for clients whose clock is behind.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
-
-/// The extension carrying the holder's groups (comma-joined, sorted; may be empty).
-pub const GROUPS_EXTENSION: &str = "groups@drawbridge";
-
-/// The extension carrying only the groups an identity provider asserted (comma-joined,
-/// sorted; may be empty). The bastion counts these, and only these, on top of the policy
-/// loaded at connection time: a user removed from a policy group is cut off at once,
-/// while an OIDC user's groups, which only the token knew, hold for the certificate's
-/// minutes.
-pub const IDP_GROUPS_EXTENSION: &str = "idp-groups@drawbridge";
-
-/// The critical option carrying the policy's `source` networks.
-pub const SOURCE_ADDRESS: &str = "source-address";
-
-/// The extension carrying the reason given at issuance (`?reason=`), when one was.
-pub const REASON_EXTENSION: &str = "reason@drawbridge";
+use super::cert_fields::{
+    BACKDATING, GROUPS_EXTENSION, IDP_GROUPS_EXTENSION, REASON_EXTENSION, SOURCE_ADDRESS,
+};
 
 /// Longest reason accepted, in bytes.
 pub const MAX_REASON: usize = 256;
@@ -413,7 +398,7 @@ pub fn plan_user_cert(input: &PlanInput<'_>) -> Result<CertPlan, IssueRefusal> {
     Ok(CertPlan {
         key_id: input.user.to_string(),
         principals: principals.into_iter().map(str::to_string).collect(),
-        valid_after: now.saturating_sub(CLOCK_SKEW.as_secs()),
+        valid_after: now.saturating_sub(BACKDATING.as_secs()),
         valid_before: now.saturating_add(ttl.as_secs()),
         ttl,
         asked_ttl,

@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Certificate, PublicKey};
 
+use super::cert_fields::{BACKDATING, SOURCE_ADDRESS};
 use super::keys::CaKey;
-use super::plan::{CLOCK_SKEW, CertPlan, SOURCE_ADDRESS};
+use super::plan::CertPlan;
 use super::rng;
 
 /// Why signing failed. These are faults (HTTP 500), not the caller's mistakes, except
@@ -126,7 +127,7 @@ pub fn sign_host_cert(
         return Err(SignError::NoPrincipals);
     }
     let now = crate::util::unix_secs(now);
-    let valid_after = now.saturating_sub(CLOCK_SKEW.as_secs());
+    let valid_after = now.saturating_sub(BACKDATING.as_secs());
     let valid_before = now.saturating_add(validity.as_secs());
     if validity.is_zero() || valid_before == u64::MAX {
         return Err(SignError::BadValidity(valid_after, valid_before));

@@ -15,9 +15,10 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
-use super::load::{Ctx, check_name, sort_errors, type_name};
+use super::names::check_name;
+use super::spanned::{Ctx, array_sections, get, sort_errors};
 use super::{Decision, LoadError, Origin, Policy, Query, Via};
 
 /// One expectation.
@@ -98,36 +99,18 @@ pub fn parse_cases(file: &str, text: &str, cases: &mut Vec<Case>, errors: &mut V
             );
             continue;
         }
-        let DeValue::Array(items) = v.get_ref() else {
-            ctx.err(
-                v.span(),
-                format!(
-                    "case must be [[case]] tables, not {}",
-                    type_name(v.get_ref())
-                ),
-            );
-            continue;
-        };
-        for item in items.iter() {
-            let DeValue::Table(body) = item.get_ref() else {
-                ctx.err(item.span(), "each case must be a [[case]] table");
-                continue;
-            };
-            if let Some(c) = parse_case(&mut ctx, item.span(), body) {
+        array_sections(&mut ctx, v, "case", |ctx, span, body| {
+            if let Some(c) = parse_case(ctx, span, body) {
                 cases.push(c);
             }
-        }
+        });
     }
 }
 
 fn parse_case(ctx: &mut Ctx<'_>, span: std::ops::Range<usize>, body: &DeTable<'_>) -> Option<Case> {
     let before = ctx.errors.len();
     ctx.unknown_keys(body, CASE_KEYS, "[[case]]");
-    let get = |k: &str| {
-        body.iter()
-            .find(|(key, _)| key.get_ref() == k)
-            .map(|(_, v)| v)
-    };
+    let get = |k: &str| get(body, k);
     let required = |ctx: &mut Ctx<'_>, k: &str, help: &str| -> Option<String> {
         match get(k) {
             Some(v) => ctx.string(v, k),

@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use super::cases::{describe, read_cases, run_case, via_text};
 use super::diff::{access_diff, load_at_rev, revocation_diff};
-use super::load::parse_time;
+use super::values::parse_time;
 use super::{Decision, HostSelector, LoadErrors, Policy, Query, Via};
 use crate::cli::PolicyCommand;
 use crate::config::Config;
@@ -223,7 +223,7 @@ fn selector_desc(sel: &HostSelector) -> String {
     match sel {
         HostSelector::All => "hosts = \"*\"".to_string(),
         HostSelector::Names(_) => "its host list".to_string(),
-        HostSelector::Labels(l) => format!("labels {}", super::load::selector_text(l)),
+        HostSelector::Labels(l) => format!("labels {}", super::selector_text(l)),
     }
 }
 

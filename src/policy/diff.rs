@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 
-use super::load::{SourceFile, git};
+use super::folder::{SourceFile, counts_as_policy, git};
 use super::{LoadErrors, Policy};
 
 /// The policy folder `dir` as it was at `rev`. `Ok(Err(..))` when it does not load;
@@ -65,10 +65,7 @@ pub fn files_at_rev(dir: &Path, rev: &str) -> anyhow::Result<Vec<SourceFile>> {
         let Some(rel) = path.strip_prefix(prefix.as_str()) else {
             continue;
         };
-        if !rel.ends_with(".toml")
-            || rel.starts_with("tests/")
-            || rel.split('/').any(|c| c.starts_with('.'))
-        {
+        if !counts_as_policy(rel) {
             continue;
         }
         let text = git_text(top, &["cat-file", "blob", &format!("{commit}:{path}")])

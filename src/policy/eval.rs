@@ -87,16 +87,6 @@ struct GrantRef<'a> {
     via: ViaRef<'a>,
 }
 
-/// A host a user may reach, with the logins and the principals that allow it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reach<'a> {
-    pub host: &'a Host,
-    /// Sorted, without duplicates.
-    pub logins: Vec<&'a str>,
-    /// The principals granting this host, sorted.
-    pub principals: Vec<&'a str>,
-}
-
 impl Policy {
     /// The lookup tables, built on first use if the loader did not.
     pub fn index(&self) -> &PolicyIndex {
@@ -286,64 +276,6 @@ impl Policy {
             if self.grants_host(p, h) {
                 for l in &p.logins {
                     out.entry(l.clone()).or_default().push(p.name.clone());
-                }
-            }
-        }
-        out
-    }
-
-    /// The hosts `user` may reach at `now`, sorted by host name, each with its logins and
-    /// the principals granting it (for the bastion's `hosts` command and `ssh_config`).
-    pub fn reachable(
-        &self,
-        user: &str,
-        extra_groups: &[String],
-        now: SystemTime,
-    ) -> Vec<Reach<'_>> {
-        let mut by_host: BTreeMap<&str, (&Host, BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
-        for ((host, login), principals) in self.access_of(user, extra_groups, now) {
-            let Some(h) = self.hosts.get(host) else {
-                continue;
-            };
-            let e = by_host
-                .entry(host)
-                .or_insert_with(|| (h, BTreeSet::new(), BTreeSet::new()));
-            e.1.insert(login);
-            e.2.extend(principals);
-        }
-        by_host
-            .into_values()
-            .map(|(host, logins, principals)| Reach {
-                host,
-                logins: logins.into_iter().collect(),
-                principals: principals.into_iter().collect(),
-            })
-            .collect()
-    }
-
-    /// Effective access of `user` at `now`: (host, login) → the principals allowing it.
-    pub fn access_of(
-        &self,
-        user: &str,
-        extra_groups: &[String],
-        now: SystemTime,
-    ) -> BTreeMap<(&str, &str), Vec<&str>> {
-        let mut names: Vec<&str> = self
-            .held_refs(user, extra_groups, now)
-            .iter()
-            .map(|g| g.principal)
-            .collect();
-        names.dedup();
-        let mut out: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-        for n in names {
-            let Some(p) = self.principals.get(n) else {
-                continue;
-            };
-            for h in self.hosts_of(n) {
-                for l in &p.logins {
-                    out.entry((h.name.as_str(), l.as_str()))
-                        .or_default()
-                        .push(p.name.as_str());
                 }
             }
         }

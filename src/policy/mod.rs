@@ -13,15 +13,25 @@ pub mod cases;
 pub mod cmd;
 pub mod diff;
 pub mod eval;
+pub mod folder;
 pub mod ip_like;
-pub mod load;
+mod load;
 pub mod model;
+pub mod names;
+pub mod reach;
+mod sections_hosts;
+mod sections_people;
+pub(crate) mod spanned;
+pub mod values;
 pub mod watch;
 
 pub use carried::{Carried, Held, Lost};
-pub use eval::{PolicyIndex, Reach, Unresolved};
-pub use load::SourceFile;
+pub use eval::{PolicyIndex, Unresolved};
+pub use folder::SourceFile;
 pub use model::*;
+pub use names::check_name;
+pub use reach::Reach;
+pub use values::{parse_address, parse_source, parse_time, revoked_key_fingerprint, selector_text};
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -120,9 +130,9 @@ impl Policy {
     /// Every error is reported (see [`LoadErrors`]), each naming `dir.join(file)`, line
     /// and column. The version names the loaded bytes: the folder's Git commit (plus a
     /// hash of the files when they differ from it) in a Git work tree, where a file Git
-    /// does not track is an error; else a hash of the files ([`load::version_of`]).
+    /// does not track is an error; else a hash of the files ([`folder::version_of`]).
     pub fn load(dir: &Path) -> Result<Policy, LoadErrors> {
-        let folder = load::read_folder(dir)?;
+        let folder = folder::read_folder(dir)?;
         let mut policy = Policy::from_files(&folder.files)?;
         policy.version = folder.version;
         Ok(policy)
@@ -132,7 +142,7 @@ impl Policy {
     /// the version is the hash of their contents.
     pub fn from_files(files: &[SourceFile]) -> Result<Policy, LoadErrors> {
         let mut policy = load::parse_files(files)?;
-        policy.version = load::content_hash(files);
+        policy.version = folder::content_hash(files);
         let index = std::sync::Arc::new(PolicyIndex::build(&policy));
         let _ = policy.index.set(index);
         Ok(policy)

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::load::{SourceFile, parse_address, parse_time};
 use super::*;
+use super::{SourceFile, parse_address, parse_time};
 
 const HOSTS: &str = r#"[hosts.web-1]
 address = "10.20.0.11"
@@ -633,10 +633,10 @@ fn helpers_for_issuer_and_bastion() {
     assert_eq!(apf["postgres"], ["dba"]);
     assert_eq!(apf["root"], ["ops-root"]);
     assert!(p.principals_for_host("nope").is_empty());
-    let r = p.reachable("carol", &[], now);
+    let r = p.reachable("carol", &[], None, now);
     let summary: Vec<(String, Vec<&str>)> = r
         .iter()
-        .map(|r| (r.host.name.clone(), r.logins.clone()))
+        .map(|r| (r.host.to_string(), r.logins.clone()))
         .collect();
     assert_eq!(
         summary,

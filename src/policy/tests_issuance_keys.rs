@@ -46,18 +46,20 @@ fn require_reason_is_a_boolean() {
 
 #[test]
 fn drawbridge_extensions_are_reserved() {
-    for ext in [
-        "groups@drawbridge",
-        "reason@drawbridge",
-        "idp-groups@drawbridge",
-    ] {
+    // Every name the issuer writes, and any other name of ours yet to come.
+    let ours = crate::issuer::cert_fields::RESERVED_EXTENSIONS;
+    for ext in ours.iter().copied().chain(["session@drawbridge"]) {
         let e = errors(&format!(
             "{BASE}[principals.x]\nhosts = \"*\"\nlogins = [\"x\"]\nextensions = [\"{ext}\"]\n"
         ));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].starts_with("policies/p.toml:9:15: ")
-                && e[0].contains(&format!("{ext} is set by drawbridge itself")),
+                && e[0].contains(&format!("{ext} is set by drawbridge itself"))
+                && e[0].contains(
+                    "(reserved: groups@drawbridge, idp-groups@drawbridge, reason@drawbridge \
+                     and every name ending in @drawbridge)"
+                ),
             "{e:?}"
         );
     }
@@ -72,7 +74,7 @@ fn drawbridge_extensions_are_reserved() {
 #[test]
 fn revoked_key_as_a_line_or_a_fingerprint() {
     const LINE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHR3AVRDyQeLDGsfzVQK8m+Dtt+9wsDV6pFQ1MqgcE8o lost@laptop";
-    let fp = load::revoked_key_fingerprint(LINE).unwrap();
+    let fp = super::revoked_key_fingerprint(LINE).unwrap();
     assert!(fp.starts_with("SHA256:") && fp.len() == 50, "{fp}");
     let p = Policy::from_toml(
         "p.toml",

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::load::{content_hash, git_index_path, policy_paths, read_folder};
+use super::folder::{content_hash, git_index_path, policy_paths, read_folder};
 use super::{LoadErrors, Policy};
 
 /// What a reload did, for the caller to log and audit.
