@@ -76,9 +76,9 @@ pub enum AuditError {
 /// One record's kind and fields, as the writer takes them. Built from an [`AuditEvent`]
 /// (the schema), the only thing [`Audit::record`] takes; never put a secret in a field.
 #[derive(Debug, Clone)]
-pub struct Event {
-    pub kind: String,
-    pub fields: Map<String, Value>,
+pub(crate) struct Event {
+    pub(crate) kind: String,
+    pub(crate) fields: Map<String, Value>,
 }
 
 impl From<AuditEvent> for Event {
