@@ -485,6 +485,30 @@ pub fn ts(t: SystemTime) -> String {
 /// or the other way round).
 #[cfg(test)]
 pub fn samples() -> Vec<AuditEvent> {
+    // Does not compile when a variant is added: add its sample below too.
+    let _every_variant_has_a_sample = |e: &AuditEvent| match e {
+        AuditEvent::ServiceStarted { .. }
+        | AuditEvent::ServiceStopped { .. }
+        | AuditEvent::PolicyReloaded { .. }
+        | AuditEvent::PolicyRejected { .. }
+        | AuditEvent::AuditRecovered { .. }
+        | AuditEvent::AuditResumed { .. }
+        | AuditEvent::AuditCheckpoint {}
+        | AuditEvent::LoginOk { .. }
+        | AuditEvent::LoginFailed { .. }
+        | AuditEvent::LoginFailedRepeated { .. }
+        | AuditEvent::CertIssued { .. }
+        | AuditEvent::CertRefused { .. }
+        | AuditEvent::SshAuthOk { .. }
+        | AuditEvent::SshAuthFailed(_)
+        | AuditEvent::SshAuthFailedRepeated { .. }
+        | AuditEvent::SshSessionRefused { .. }
+        | AuditEvent::ForwardOpened { .. }
+        | AuditEvent::ForwardClosed { .. }
+        | AuditEvent::ForwardCut { .. }
+        | AuditEvent::ForwardRefused(_)
+        | AuditEvent::Test { .. } => {}
+    };
     let long = "x".repeat(300);
     let p = || PeerText::cut(&long);
     let v = || "commit:0123456789ab".to_string();
