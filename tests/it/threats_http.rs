@@ -331,7 +331,7 @@ fn t25_jwt_wrong_issuer_audience_kid_expired_foreign_or_edited_refused() {
         (
             "control characters in the user",
             token(&idp.key, "k1", control_user),
-            "token user is empty, too long or holds control characters",
+            r#"token user: invalid character '\u{1b}' in user name "frank\u{1b}[31m" (allowed: letters, digits, '.', '_', '-', '@', '+')"#,
         ),
         ("not a JWT", "abc.def".to_string(), "token malformed"),
     ];
