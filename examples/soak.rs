@@ -1,4 +1,4 @@
-//! The load side of `scripts/soak` (THREATS.md F12: 1,000 forwards held for 10 minutes).
+//! The load side of `scripts/soak` (docs/threats.md F12: 1,000 forwards held for 10 minutes).
 //!
 //! Two subcommands, both started by the script:
 //!

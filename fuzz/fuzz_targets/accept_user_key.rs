@@ -1,5 +1,5 @@
 //! `POST /v1/certs` key lines: `accept_user_key` must answer every input with a key or a
-//! reason, never a panic (THREATS row 27; OpenSSH's `pubkey` fuzzer).
+//! reason, never a panic (docs/threats.md T27; OpenSSH's `pubkey` fuzzer).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

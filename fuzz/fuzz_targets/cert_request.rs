@@ -1,4 +1,4 @@
-//! `POST /v1/certs` request parsing (THREATS rows 27, 28): query, content type and body,
+//! `POST /v1/certs` request parsing (docs/threats.md T27, T28): query, content type and body,
 //! then the key line, as the handler runs them. Every input is a request or an `ApiError`
 //! with a 4xx status, never a panic.
 //!

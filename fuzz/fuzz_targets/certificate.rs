@@ -1,4 +1,4 @@
-//! Certificate parsing and the bastion's certificate check (THREATS rows 1–13): any bytes
+//! Certificate parsing and the bastion's certificate check (docs/threats.md T1–T13): any bytes
 //! a client can offer are parsed by ssh-key (binary, or an OpenSSH line) and then judged by
 //! `verify_certificate` against a fixed trusted CA and the example policy. Never a panic;
 //! an accepted certificate always meets every rule.

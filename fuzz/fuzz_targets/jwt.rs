@@ -1,4 +1,4 @@
-//! Bearer tokens (THREATS rows 23–25): `Authenticator::bearer`, the one entry point the
+//! Bearer tokens (docs/threats.md T23–T25): `Authenticator::bearer`, the one entry point the
 //! API uses, with drawbridge's token key and one OIDC provider (a file JWKS).
 //!
 //! Byte 0 picks the mode:

@@ -1,5 +1,5 @@
 //! The policy loader on arbitrary text: errors with file:line:column, never a panic
-//! (THREATS row 32; OpenSSH `cfgparse.sh`).
+//! (docs/threats.md T32; OpenSSH `cfgparse.sh`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,4 +1,4 @@
-//! Host and port normalisation for `direct-tcpip` (THREATS row 16): a request resolves
+//! Host and port normalisation for `direct-tcpip` (docs/threats.md T16): a request resolves
 //! only to an inventory host it names exactly (by name or by its exact address string),
 //! on that host's port or 22. Checked against the example policy in `policies/`.
 #![no_main]

@@ -1,4 +1,4 @@
-//! The pre-authentication SSH byte stream (THREATS rows 19–20): arbitrary bytes from a
+//! The pre-authentication SSH byte stream (docs/threats.md T19–T20): arbitrary bytes from a
 //! client into drawbridge's bastion (russh plus our handler), over loopback TCP to the
 //! real accept loop with its pre-auth caps. The bastion runs in this process, so a panic
 //! in any of its tasks aborts the fuzzer (libfuzzer-sys installs an aborting panic hook)

@@ -1,5 +1,5 @@
 //! The router without a socket: fail-closed issuance when the audit log cannot be written
-//! (THREATS F6), and recovery.
+//! (docs/threats.md F6), and recovery.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -10,7 +10,7 @@
 //! `Ok` knows its record is on disk, and thousands of records per second cost a few
 //! hundred fsyncs.
 //!
-//! # Failing closed (THREATS F6)
+//! # Failing closed (docs/threats.md F6)
 //!
 //! If the write or the fsync fails, every caller of that batch gets
 //! [`AuditError::Unavailable`] and [`Audit::healthy`] turns false. The failed lines are not

@@ -33,7 +33,7 @@
 //! shipped elsewhere, catch both ([`super::checkpoint`], [`super::anchor`]).
 //!
 //! Because JSON escapes control characters, a field holding a newline, ESC or NUL can
-//! never split a record or reach a terminal raw (THREATS 22).
+//! never split a record or reach a terminal raw (docs/threats.md T22).
 
 use std::fmt;
 use std::io::{BufRead, BufReader};

@@ -89,7 +89,7 @@ async fn empty_log_verifies() {
     assert_eq!(s.last_hash, GENESIS);
 }
 
-/// THREATS 22: newline, ESC and NUL in a field stay escaped; one record is one line.
+/// docs/threats.md T22: newline, ESC and NUL in a field stay escaped; one record is one line.
 #[tokio::test]
 async fn control_characters_stay_on_one_line() {
     let (_d, path) = temp();

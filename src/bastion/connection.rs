@@ -112,7 +112,7 @@ pub(super) async fn serve_connection(
             });
         tokio::select! {
             ended = &mut session => {
-                // Protocol errors (a malformed packet, THREATS row 20) end the session
+                // Protocol errors (a malformed packet, docs/threats.md T20) end the session
                 // here; debug only, so a flood of them cannot drive the log.
                 if let Err(e) = ended {
                     debug!(%peer, conn, error = %e, "SSH session ended with an error");

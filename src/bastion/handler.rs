@@ -28,7 +28,7 @@ impl Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Cannot tell a certificate from a bare key here (CRATE-NOTES): accept both, decide
+        // Cannot tell a certificate from a bare key here (russh passes only the inner key to this hook): accept both, decide
         // in auth_publickey / auth_openssh_certificate_signed. Only weak algorithms stop here.
         self.ssh_user = shown_user(user);
         self.collect_lib_refusals();
@@ -36,7 +36,7 @@ impl Handler for Connection {
             offer.algorithm,
             ssh_key::Algorithm::Dsa | ssh_key::Algorithm::Rsa { hash: None }
         ) {
-            // Audited like every other refusal (THREATS row 13). The key is only offered
+            // Audited like every other refusal (docs/threats.md T13). The key is only offered
             // here, not proven: the record says so by its `offered` field.
             let algorithm = escape(offer.algorithm.as_str());
             let fingerprint = offer.public_key.fingerprint(HashAlg::Sha256).to_string();

@@ -17,7 +17,7 @@ const CHANNEL_BUFFER_PACKETS: usize = 32;
 /// The maximum packet size we announce for our channels (RFC 4254 §5.1): the most data
 /// one CHANNEL_DATA may carry. russh does not enforce it (it takes up to its 256 KiB
 /// transport limit), so [`Handler::data`] does: a client sending more is disconnected,
-/// or one forward could hold 32 × 256 KiB = 8 MiB in russh's queue (THREATS row 20).
+/// or one forward could hold 32 × 256 KiB = 8 MiB in russh's queue (docs/threats.md T20).
 pub(super) const MAX_CHANNEL_PACKET: u32 = 32 * 1024;
 
 /// Builds russh's configuration from ours.

@@ -4,7 +4,7 @@
 //! `reachable` is `Policy::reachable` within the certificate's own principals (a
 //! certificate may carry a subset of what its holder holds).
 //!
-//! Rule (DESIGN, the bastion's rules; THREATS row 16): the requested host must be exactly
+//! Rule (docs/threats.md T15–T17, T44): the requested host must be exactly
 //! an inventory name or exactly an inventory address. No case folding, no trailing dot, no
 //! DNS, no numeric IPv4 variants: anything else is "not in the inventory". The port must be
 //! the host's port, or 22 (what `ssh -J bastion web-1` sends when the client does not know

@@ -6,7 +6,7 @@
 //! the time window (skipped for `valid_before = u64::MAX`). ssh-key's
 //! `Certificate::validate` adds the CA fingerprint but not the type, principals or
 //! critical options. So every check OpenSSH's `sshd` makes on a user certificate is made
-//! here again, from scratch, in [`verify_certificate`] (THREATS rows 1–13).
+//! here again, from scratch, in [`verify_certificate`] (docs/threats.md T1–T13).
 //!
 //! Invariants:
 //! - no I/O and no clock: `now` is a parameter;
@@ -29,7 +29,7 @@ use crate::issuer::cert_fields::{
     BACKDATING, GROUPS_EXTENSION, IDP_GROUPS_EXTENSION, REASON_EXTENSION, SOURCE_ADDRESS,
 };
 
-/// Smallest RSA modulus accepted for a user key (DESIGN, Certificates).
+/// Smallest RSA modulus accepted for a user key (keys under 3072 bits are refused at issuance and at the bastion alike).
 pub const MIN_RSA_BITS: u32 = 3072;
 
 /// What a valid certificate says about its holder.

@@ -1,4 +1,4 @@
-//! Failed-login limits per user and per client address (THREATS 29).
+//! Failed-login limits per user and per client address (docs/threats.md T29).
 //!
 //! After `max_failures` failed password logins within `window`, for one user name or from
 //! one client address, further attempts are refused with a retry delay **without hashing**

@@ -9,7 +9,7 @@
 //! ES256, EC P-384 → ES384, OKP Ed25519 → EdDSA. A JWK `alg`, when present, must agree
 //! (for RSA it may also name RS384/RS512/PS256/PS384/PS512, which then becomes the pin).
 //! Symmetric (`oct`) keys, encryption keys (`use: enc`) and anything else are ignored, so
-//! `none` and every `HS*` algorithm can never verify (THREATS 23).
+//! `none` and every `HS*` algorithm can never verify (docs/threats.md T23).
 //!
 //! # A token is accepted when
 //!
@@ -17,7 +17,7 @@
 //! one key without a `kid` serves any token); its signature verifies; `exp` is present and
 //! numeric and not past (30 s leeway); `nbf`, if present, is numeric and not in the future;
 //! `iss` equals the provider's issuer; `aud` is or contains the audience. Wrong JSON types
-//! for `exp`/`nbf` are refused (THREATS 24). The user is the `user_claim` (a non-empty
+//! for `exp`/`nbf` are refused (docs/threats.md T24). The user is the `user_claim` (a non-empty
 //! string), the groups are the `groups_claim` (absent, or an array of strings).
 
 use std::path::PathBuf;

@@ -21,12 +21,12 @@
 //! hashes carry their own parameters, so raising them later keeps old hashes valid.
 //! Verification runs on `login.hash_workers` threads of its own, at most that many at once
 //! with at most `login.hash_queue` waiting; past that a login gets [`AuthError::Busy`]
-//! at once (THREATS F10). The threads run at niceness `login.hash_nice` (default 10), so
+//! at once (docs/threats.md F10). The threads run at niceness `login.hash_nice` (default 10), so
 //! when the CPU is short, certificate issuance for callers who already hold a token and
 //! the bastion's forwarding go first and a login storm slows only the logins.
 //!
 //! An unknown user is checked against a dummy hash made with the same parameters, so it
-//! costs the same time as a wrong password (THREATS 29).
+//! costs the same time as a wrong password (docs/threats.md T29).
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -94,7 +94,7 @@ async fn password_ok_wrong_and_unknown_user() {
     assert_eq!(empty, AuthError::InvalidCredentials);
 }
 
-/// THREATS 29: an unknown user costs about what a wrong password costs.
+/// docs/threats.md T29: an unknown user costs about what a wrong password costs.
 #[tokio::test]
 async fn unknown_user_takes_as_long_as_a_wrong_password() {
     let e = env(&[("alice", "correct horse")]);
@@ -242,7 +242,7 @@ async fn rate_limit_per_address() {
     );
 }
 
-/// THREATS F10: a password burst gets Busy past the queue; tokens keep working.
+/// docs/threats.md F10: a password burst gets Busy past the queue; tokens keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_pool_refuses_past_the_queue_and_tokens_still_work() {
     let e = env(&[("alice", "right")]);
@@ -596,7 +596,7 @@ async fn oidc_valid_tokens_for_each_key_type() {
     assert!(id.groups.is_empty());
 }
 
-/// THREATS 23: `alg: none`, HS256 keyed with the provider's public key, a mismatched alg.
+/// docs/threats.md T23: `alg: none`, HS256 keyed with the provider's public key, a mismatched alg.
 #[tokio::test]
 async fn oidc_refuses_algorithm_confusion() {
     let ec = idp_key("p256", Some("ec"));
@@ -631,7 +631,7 @@ async fn oidc_refuses_algorithm_confusion() {
     assert_eq!(refused(&auth, &t).await, "token algorithm not allowed");
 }
 
-/// THREATS 24: `exp`/`nbf` of the wrong JSON type, or no `exp`.
+/// docs/threats.md T24: `exp`/`nbf` of the wrong JSON type, or no `exp`.
 #[tokio::test]
 async fn oidc_refuses_bad_time_claims() {
     let ec = idp_key("p256", Some("ec"));
@@ -665,7 +665,7 @@ async fn oidc_refuses_bad_time_claims() {
     assert!(auth.bearer(&ec.sign(&c), ip("192.0.2.1")).await.is_ok());
 }
 
-/// THREATS 25.
+/// docs/threats.md T25.
 #[tokio::test]
 async fn oidc_refuses_wrong_iss_aud_kid_key_and_edits() {
     let ec = idp_key("p256", Some("ec"));

@@ -1,4 +1,4 @@
-//! Which public keys drawbridge signs (`POST /v1/certs` bodies, THREATS row 27).
+//! Which public keys drawbridge signs (`POST /v1/certs` bodies, docs/threats.md T27).
 
 use ssh_key::PublicKey;
 use ssh_key::public::KeyData;

@@ -275,7 +275,7 @@ fn read_cert(path: &Path) -> Result<Certificate, CaError> {
 }
 
 /// Parses a file of OpenSSH public key lines (blank lines and `#` comments skipped).
-/// A certificate is refused: a CA key must be a plain key (THREATS row 10).
+/// A certificate is refused: a CA key must be a plain key (docs/threats.md T10).
 pub fn load_trusted(path: &Path) -> Result<Vec<PublicKey>, CaError> {
     let text = files::read_public(path)?;
     let mut keys = Vec::new();

@@ -1,5 +1,5 @@
 //! The OpenSSH key revocation list (KRL) of `revoked.toml`, for `GET /v1/krl` and a
-//! DMZ host's `RevokedKeys` (THREATS row 11).
+//! DMZ host's `RevokedKeys` (docs/threats.md T11).
 //!
 //! Format (OpenSSH `PROTOCOL.krl`): a header — `u64` magic `"SSHKRL\n\0"`, `u32` format
 //! version 1, `u64` krl_version, `u64` generated_date, `u64` flags, `string` reserved,

@@ -18,9 +18,9 @@
 //! - No type holding private key material prints it: [`CaKey`] and [`BastionKeys`]
 //!   implement `Debug` with the fingerprint only.
 //! - A user certificate always names at least one principal (an empty list would be a
-//!   "golden ticket" valid for every login, THREATS row 5), is of type user, has a
+//!   "golden ticket" valid for every login, docs/threats.md T5), is of type user, has a
 //!   finite validity window, and carries no critical option but `source-address`.
-//! - The signed key is never itself a certificate (THREATS row 10).
+//! - The signed key is never itself a certificate (docs/threats.md T10).
 
 pub mod accept;
 pub mod cert_fields;

@@ -1,5 +1,6 @@
 //! What goes into a user certificate: pure (no I/O, no clock), so every rule of
-//! DESIGN "Certificates" is tested here without keys.
+//! What a certificate holds (docs/policy.md, "Certificates") is decided and tested here
+//! without keys.
 
 use crate::audit::RefusalCode;
 use std::collections::{BTreeMap, BTreeSet};
@@ -272,7 +273,7 @@ pub fn parse_principals(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Decides a user certificate (DESIGN "Certificates"):
+/// Decides a user certificate (the certificate rules in docs/policy.md):
 ///
 /// - principals: every principal held (sorted, deduplicated), or the requested subset;
 ///   asking for one not held is refused, never silently dropped; holding none is refused;

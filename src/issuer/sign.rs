@@ -14,10 +14,10 @@ use super::rng;
 /// [`SignError::KeyIsCertificate`] which [`super::accept_user_key`] already refuses.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    /// The key to sign is a certificate (THREATS row 10).
+    /// The key to sign is a certificate (docs/threats.md T10).
     #[error("the key to sign is itself a certificate")]
     KeyIsCertificate,
-    /// The plan has no principal: it would be valid for every login (THREATS row 5).
+    /// The plan has no principal: it would be valid for every login (docs/threats.md T5).
     #[error("refusing to sign a certificate without principals")]
     NoPrincipals,
     /// The validity window is empty or unbounded.

@@ -1,6 +1,6 @@
 //! The access model: who may reach which DMZ host as which login.
 //!
-//! Policy lives in Git as TOML (`DESIGN.md`, Policy files). [`Policy::load`] reads and
+//! Policy lives in Git as TOML (see `docs/policy.md`). [`Policy::load`] reads and
 //! validates a folder; evaluation ([`Policy::decide`] and friends) is pure: no I/O, no
 //! clock (the time is a parameter). [`watch::PolicyStore`] holds the current policy for
 //! `serve` and swaps it atomically on a valid reload.

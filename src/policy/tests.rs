@@ -1,5 +1,5 @@
 //! Unit tests: loading (every error class, with its exact position), evaluation,
-//! target resolution (THREATS row 16) and reload (row 32).
+//! target resolution (docs/threats.md T16) and reload (row 32).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

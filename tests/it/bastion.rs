@@ -1,7 +1,7 @@
 //! The bastion end to end: drawbridge's SSH front in-process, a real OpenSSH `sshd` as the
 //! DMZ host, and the stock OpenSSH client through `ProxyJump`: the happy path, policy
-//! decisions that are not a THREATS row, certificate-expiry cuts, shutdown, and audit
-//! failure with an in-memory sink. The THREATS rows themselves are `threats_ssh.rs`
+//! decisions that are not a row of docs/threats.md, certificate-expiry cuts, shutdown, and audit
+//! failure with an in-memory sink. The threat rows themselves are `threats_ssh.rs`
 //! (t01–t22) and `faults_ssh.rs` (F1–F5, F7, F11), against the real binary.
 //!
 //! Fails when `sshd` is missing or we are not root (`DRAWBRIDGE_ALLOW_SKIP=1` skips).
@@ -206,7 +206,7 @@ fn forwards_through_the_bastion_and_refuses_everything_else() {
         out.stdout.contains("alice") && out.stdout.contains("web-admin"),
         "{out:?}"
     );
-    // AES-GCM is offered (PERF-NOTES); strict KEX is threats_ssh t21.
+    // AES-GCM is offered (bench/RESULTS.md: faster than chacha20 here); strict KEX is threats_ssh t21.
     let out = c.run(&["-o", "Ciphers=aes128-gcm@openssh.com", "bastion", "whoami"]);
     assert!(out.success(), "AES-GCM not offered: {out:?}");
     let out = c.run(&["bastion", "hosts"]);
@@ -298,7 +298,7 @@ fn shutdown_drains_open_forwards_then_cuts_them() {
     assert!(Path::new(&audit_path(&w)).exists());
 }
 
-/// DESIGN, "Limits: connections per user" (by certificate key id).
+/// The per-user connection limit (`ssh.max_connections_per_user`, by certificate key id).
 #[test]
 fn connections_per_user_are_capped() {
     let Some(w) = world() else { return };

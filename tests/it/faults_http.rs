@@ -1,4 +1,4 @@
-//! THREATS.md, "Faults and load", the rows the HTTP side can show through the real binary:
+//! docs/threats.md, "Faults and load", the rows the HTTP side can show through the real binary:
 //! F6 (the audit disk fills up), F8 (SIGHUP with a valid and an invalid policy), F9
 //! (SIGTERM) and F10 (a burst of password logins). F6 is also covered without a socket by
 //! `src/api/tests.rs` (`issuance_fails_closed_when_the_audit_log_fails_and_recovers`).

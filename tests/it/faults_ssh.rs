@@ -1,8 +1,8 @@
-//! THREATS.md, "Faults and load", the rows the SSH side shows through the real binary
+//! docs/threats.md, "Faults and load", the rows the SSH side shows through the real binary
 //! (`support::dmz`): F1 (a flood of stalled unauthenticated connections), F2 (login grace),
 //! F3 (idle timeout), F4 (channels per connection), F5 (targets down or dropping
 //! packets), F7 (client clock skew) and F11 (a slow-reading target). Every wait is
-//! bounded; time bounds are the ones THREATS states.
+//! bounded; time bounds are the ones docs/threats.md states.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

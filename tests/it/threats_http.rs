@@ -1,4 +1,4 @@
-//! THREATS.md, "Inputs that must be refused (HTTP side)": one test per row (23–33), named
+//! docs/threats.md, "Inputs that must be refused (HTTP side)": one test per row (23–33), named
 //! after it, against the real binary. Each asserts the refusal, what the client is told,
 //! and the audit record with its reason. Some rows are also covered by `api.rs` and
 //! unit tests; these are the matrix that names them.

@@ -1,4 +1,4 @@
-//! THREATS.md, "Inputs that must be refused (SSH side)": one test per row (1–22), named
+//! docs/threats.md, "Inputs that must be refused (SSH side)": one test per row (1–22), named
 //! after it, against the real binary (`support::dmz`) with a real OpenSSH `sshd` as the DMZ
 //! host. Each drives the OpenSSH client where it can make the input, the russh client
 //! (`support::wire`) or the `ssh-key` crate where it cannot, and the raw protocol client

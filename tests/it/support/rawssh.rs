@@ -1,5 +1,5 @@
-//! A small raw SSH protocol client for the rows that need hand-made packets (THREATS
-//! 19–21): identification strings, binary packets in the clear (before any key exchange),
+//! A small raw SSH protocol client for the rows that need hand-made packets
+//! (docs/threats.md T19–T21): identification strings, binary packets in the clear (before any key exchange),
 //! KEXINIT built and parsed by hand. Every read is bounded.
 
 use std::io::{Read, Write};

@@ -1,5 +1,5 @@
 //! An encrypting raw SSH client, for the rows that need hand-made packets after key
-//! exchange and authentication (THREATS 20): a real key exchange (curve25519-sha256,
+//! exchange and authentication (docs/threats.md T20): a real key exchange (curve25519-sha256,
 //! RFC 8731, with the strict-KEX marker), `aes128-ctr` + `hmac-sha2-256` both ways
 //! (RFC 4344, RFC 6668), public-key user authentication with a certificate (RFC 4252 §7,
 //! PROTOCOL.certkeys), then whatever payloads a test builds (RFC 4254). Every read is

@@ -123,7 +123,7 @@ pub fn read_key(path: &std::path::Path) -> ssh_key::PrivateKey {
 }
 
 /// Signs whatever russh asks with `key`, whatever key or certificate was offered: "key A
-/// offered, signature made with key B" (THREATS row 12).
+/// offered, signature made with key B" (docs/threats.md T12).
 pub struct SignWith(pub ssh_key::PrivateKey);
 
 impl russh::Signer for SignWith {
@@ -146,7 +146,7 @@ impl russh::Signer for SignWith {
 }
 
 /// `cert` re-signed so that its signing key is `signer_blob` (e.g. a certificate), the
-/// signature made by `ca` over the edited bytes (THREATS row 10).
+/// signature made by `ca` over the edited bytes (docs/threats.md T10).
 pub fn with_signing_key(
     cert: &ssh_key::Certificate,
     signer_blob: &[u8],
