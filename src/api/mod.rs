@@ -6,6 +6,7 @@
 pub mod disk;
 pub mod error;
 pub mod metrics;
+mod public;
 pub mod repeats;
 pub mod request;
 mod routes;

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::public;
 use super::repeats::RepeatKey;
 use super::request::{MAX_CERT_BODY, MAX_DRAIN, parse_cert_request, read_body};
 use super::ssh_config::{SnippetInput, render, valid_identity_file};
@@ -31,12 +32,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/certs", post(post_certs))
         .route("/v1/login", post(post_login))
-        .route("/v1/ca", get(get_ca))
-        .route("/v1/known_hosts", get(get_known_hosts))
+        .route("/v1/ca", get(public::get_ca))
+        .route("/v1/known_hosts", get(public::get_known_hosts))
         .route("/v1/ssh_config", get(get_ssh_config))
-        .route("/v1/krl", get(get_krl))
-        .route("/healthz", get(get_healthz))
-        .route("/metrics", get(get_metrics))
+        .route("/v1/krl", get(public::get_krl))
+        .route("/healthz", get(public::get_healthz))
+        .route("/metrics", get(public::get_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -500,24 +501,8 @@ async fn post_login(
         .into_response())
 }
 
-fn text(body: String) -> Response {
+pub(super) fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
-}
-
-async fn get_ca(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let lines = state
-        .issuer_keys()
-        .ca_public_lines()
-        .map_err(ApiError::internal)?;
-    Ok(text(lines))
-}
-
-async fn get_known_hosts(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let line = state
-        .issuer_keys()
-        .known_hosts_line()
-        .map_err(ApiError::internal)?;
-    Ok(text(line))
 }
 
 #[derive(Deserialize, Default)]
@@ -567,49 +552,4 @@ async fn get_ssh_config(
         generated_at: &generated,
     });
     Ok(text(snippet))
-}
-
-async fn get_krl(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let policy = state.policy.current();
-    let krl = state.krl_for(&policy).map_err(ApiError::internal)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], krl).into_response())
-}
-
-async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
-    // While unhealthy this tries one write (at most once a second), so health returns when
-    // the disk does even if nothing else is sent our way.
-    if state.audit.probe().await {
-        let mut body = "ok\n".to_string();
-        if let Some(warning) = super::disk::audit_disk_warning(&state.config.audit_path()) {
-            body.push_str(&format!("warning: {warning}\n"));
-        }
-        text(body)
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            RefusalCode::ApiAuditUnavailable,
-            "the audit log cannot be written; issuance and new connections are refused",
-        )
-        .into_response()
-    }
-}
-
-async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
-    let audit = state.config.audit_path();
-    let size = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
-    state.metrics.observe_audit_log(size, Instant::now());
-    if let Some(free) = super::disk::free_space(&audit) {
-        state
-            .metrics
-            .audit_disk_free_bytes
-            .set(i64::try_from(free.available).unwrap_or(i64::MAX));
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
 }

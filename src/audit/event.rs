@@ -1,4 +1,6 @@
 //! The audit schema: every record kind the product writes, with its fields as types.
+//! (Over the project's usual 600 lines on purpose: the schema is read and reviewed as one
+//! whole, beside `docs/audit-events.md`; split, a reader could not see every kind at once.)
 //!
 //! [`AuditEvent`] is the only thing [`super::Audit::record`] takes. Each variant is one
 //! record kind, serialised with its name in `event` (`cert.issued`, `forward.cut`, ...);
