@@ -72,16 +72,16 @@ fn fixture() -> &'static Fixture {
                 host_cert: None,
             };
             tokio::spawn(async move {
-                let r = drawbridge::bastion::run(
+                let r = drawbridge::bastion::run(drawbridge::bastion::BastionParts {
                     listener,
                     cfg,
-                    Duration::from_secs(3_660),
+                    max_cert_validity: Duration::from_secs(3_660),
                     keys,
                     policy,
                     audit,
-                    BastionMetrics::new(),
-                    rx,
-                )
+                    metrics: BastionMetrics::new(),
+                    shutdown: rx,
+                })
                 .await;
                 panic!("the bastion stopped: {r:?}");
             });
