@@ -104,7 +104,12 @@ fn check(cert: &Certificate, now_secs: u64) {
         assert!(cert.valid_after() <= now_secs && now_secs < cert.valid_before());
         assert!(cert.valid_before() - cert.valid_after() <= MAX_VALIDITY.as_secs());
         assert!(!id.principals.is_empty());
-        assert!(f.policy.revoked(cert.serial(), cert.key_id()).is_none());
+        let key = cert.public_key().fingerprint(HashAlg::Sha256).to_string();
+        assert!(
+            f.policy
+                .revocation(Some(cert.serial()), cert.key_id(), &key)
+                .is_none()
+        );
         for (name, _) in cert.critical_options().iter() {
             assert_eq!(name, "source-address");
         }
