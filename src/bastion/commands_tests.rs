@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use std::time::UNIX_EPOCH;
+use crate::bastion::test_support::{UNTIL, at, cert};
 
 const POLICY: &str = r#"
 [hosts.web-1]
@@ -30,29 +30,6 @@ reason = "INC-4711"
 serial = 666
 "#;
 
-/// 2026-12-01T00:00:00Z, when bob's temporary grant ends.
-const UNTIL: u64 = 1_796_083_200;
-
-fn at(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
-}
-
-/// A certificate issued at `issued` (valid_after backdated 60 s), valid 1 h.
-fn cert(key_id: &str, principals: &[&str], serial: u64, issued: u64) -> CertIdentity {
-    CertIdentity {
-        key_id: key_id.into(),
-        serial,
-        principals: principals.iter().map(|s| s.to_string()).collect(),
-        groups: vec![],
-        idp_groups: vec![],
-        valid_after: at(issued - 60),
-        valid_before: at(issued + 3600),
-        ca_fingerprint: "SHA256:ca".into(),
-        key_fingerprint: "SHA256:key".into(),
-        reason: None,
-    }
-}
-
 fn policy() -> Policy {
     Policy::from_toml("p.toml", POLICY).unwrap()
 }
@@ -67,7 +44,7 @@ fn help_names_the_two_commands() {
 #[test]
 fn whoami_without_groups_or_reason() {
     let t0 = UNTIL - 7200;
-    let id = cert("alice", &["web-deploy"], 7, t0);
+    let id = cert("alice", &["web-deploy"], &[], 7, t0);
     let from: IpAddr = "192.0.2.9".parse().unwrap();
     assert_eq!(
         whoami(&id, from, at(t0 + 600)),
@@ -84,7 +61,7 @@ fn whoami_without_groups_or_reason() {
 #[test]
 fn whoami_with_groups_a_reason_and_escaped_text() {
     let t0 = UNTIL - 7200;
-    let mut id = cert("bob\u{1b}[31m", &["web-deploy", "dba"], 8, t0);
+    let mut id = cert("bob\u{1b}[31m", &["web-deploy", "dba"], &[], 8, t0);
     id.groups = vec!["deployers".into(), "ops".into()];
     id.reason = Some("INC-4711: disk\nfull".into());
     let out = whoami(&id, "2001:db8::1".parse().unwrap(), at(t0));
@@ -101,7 +78,7 @@ fn whoami_with_groups_a_reason_and_escaped_text() {
 #[test]
 fn whoami_after_expiry_says_expired() {
     let t0 = UNTIL - 7200;
-    let id = cert("alice", &["web-deploy"], 7, t0);
+    let id = cert("alice", &["web-deploy"], &[], 7, t0);
     let out = whoami(&id, "192.0.2.9".parse().unwrap(), at(t0 + 7200));
     assert!(out.contains("(in expired)\n"), "{out}");
 }
@@ -109,7 +86,7 @@ fn whoami_after_expiry_says_expired() {
 #[test]
 fn hosts_lists_each_reachable_host_with_logins_and_roles() {
     let t0 = UNTIL - 7200;
-    let id = cert("bob", &["web-deploy", "dba"], 9, t0);
+    let id = cert("bob", &["web-deploy", "dba"], &[], 9, t0);
     assert_eq!(
         hosts(&id, &policy(), at(t0 + 60)),
         "db-1\tlogins: postgres, root\t(via dba)\n\
@@ -121,12 +98,12 @@ fn hosts_lists_each_reachable_host_with_logins_and_roles() {
 fn hosts_when_the_certificate_no_longer_stands() {
     let t0 = UNTIL - 7200;
     // Revoked by serial.
-    let revoked = cert("alice", &["web-deploy"], 666, t0);
+    let revoked = cert("alice", &["web-deploy"], &[], 666, t0);
     let out = hosts(&revoked, &policy(), at(t0 + 60));
     assert!(out.starts_with("no hosts: "), "{out}");
     assert!(out.contains("revoked"), "{out}");
     // A role the key id does not hold (any more).
-    let lost = cert("alice", &["web-deploy", "dba"], 10, t0);
+    let lost = cert("alice", &["web-deploy", "dba"], &[], 10, t0);
     assert_eq!(
         hosts(&lost, &policy(), at(t0 + 60)),
         "no hosts: your certificate carries role dba that you no longer hold: get a new certificate\n"
@@ -138,7 +115,7 @@ fn hosts_when_a_temporary_grant_has_ended() {
     // bob's certificate carries only `dba`, held through a temporary grant that ends at
     // UNTIL: db-1 is listed before, and the certificate no longer stands after.
     let t0 = UNTIL - 1800;
-    let id = cert("bob", &["dba"], 11, t0);
+    let id = cert("bob", &["dba"], &[], 11, t0);
     assert_eq!(
         hosts(&id, &policy(), at(t0 + 60)),
         "db-1\tlogins: postgres, root\t(via dba)\n"
@@ -155,7 +132,7 @@ fn hosts_when_the_granted_host_left_the_inventory() {
     let mut p = policy();
     p.hosts.remove("web-1");
     let t0 = UNTIL - 7200;
-    let id = cert("alice", &["web-deploy"], 12, t0);
+    let id = cert("alice", &["web-deploy"], &[], 12, t0);
     assert_eq!(
         hosts(&id, &p, at(t0 + 60)),
         "no hosts: your certificate's principals grant none under the current policy\n"

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use std::time::UNIX_EPOCH;
+use crate::bastion::test_support::{UNTIL, at, cert};
 
 const POLICY: &str = r#"
 [hosts.web-1]
@@ -51,29 +51,6 @@ reason = "INC-4711"
 [[revoked]]
 serial = 666
 "#;
-
-/// 2026-12-01T00:00:00Z, when bob's temporary grant ends.
-const UNTIL: u64 = 1_796_083_200;
-
-fn at(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
-}
-
-/// A certificate issued at `issued` (valid_after backdated 60 s), valid 1 h.
-fn cert(key_id: &str, principals: &[&str], idp: &[&str], serial: u64, issued: u64) -> CertIdentity {
-    CertIdentity {
-        key_id: key_id.into(),
-        serial,
-        principals: principals.iter().map(|s| s.to_string()).collect(),
-        groups: vec![],
-        idp_groups: idp.iter().map(|s| s.to_string()).collect(),
-        valid_after: at(issued - 60),
-        valid_before: at(issued + 3600),
-        ca_fingerprint: String::new(),
-        key_fingerprint: String::new(),
-        reason: None,
-    }
-}
 
 enum Want {
     /// Allowed to this target, granted by these principals.

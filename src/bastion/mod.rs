@@ -113,6 +113,8 @@ pub mod registry;
 mod russh_config;
 mod shared;
 pub mod targets;
+#[cfg(test)]
+mod test_support;
 pub mod verify;
 
 use std::collections::BTreeMap;
