@@ -56,13 +56,7 @@ pub(super) fn whoami(id: &CertIdentity, from: IpAddr, now: SystemTime) -> String
 /// line with the logins and the principals that grant each.
 pub(super) fn hosts(id: &CertIdentity, policy: &Policy, now: SystemTime) -> String {
     // A certificate is all or nothing: one that no longer stands reaches nothing.
-    let carried = crate::policy::Carried {
-        key_id: &id.key_id,
-        serial: id.serial,
-        key_fingerprint: &id.key_fingerprint,
-        principals: &id.principals,
-        idp_groups: &id.idp_groups,
-    };
+    let carried = id.carried();
     if let Err(lost) = policy.still_holds(&carried, now, Some(id.age(now))) {
         return format!("no hosts: {}\n", lost.message());
     }

@@ -29,7 +29,7 @@ use super::verify::CertIdentity;
 use crate::audit::{
     AuditEvent, Conn, Decided, ForwardBase, ForwardRefused, Grant, PeerText, RefusalCode,
 };
-use crate::policy::{Carried, Held, Host, Policy};
+use crate::policy::{Held, Host, Policy};
 use crate::util::escape;
 
 /// Largest read from the target at once (64 KiB: bench/RESULTS.md measured smaller buffers cost throughput); russh cuts it into
@@ -128,13 +128,7 @@ pub fn authorize<'p>(
     if let Some(t) = malformed(host, port) {
         return Err(prohibited(t.code, t.message));
     }
-    let carried = Carried {
-        key_id: &id.key_id,
-        serial: id.serial,
-        key_fingerprint: &id.key_fingerprint,
-        principals: &id.principals,
-        idp_groups: &id.idp_groups,
-    };
+    let carried = id.carried();
     let held = policy
         .still_holds(&carried, now, Some(id.age(now)))
         .map_err(|lost| ForwardRefusal {

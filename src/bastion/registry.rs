@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::verify::CertIdentity;
 use crate::audit::{Audit, AuditEvent, Decided, ForwardBase, RefusalCode};
 use crate::policy::watch::PolicyStore;
-use crate::policy::{Carried, Lost, Policy};
+use crate::policy::{Lost, Policy};
 
 /// The longest a cut waits for its `forward.cut` record before cutting anyway.
 pub const CUT_RECORD_WAIT: Duration = Duration::from_millis(500);
@@ -183,13 +183,7 @@ pub fn register(
 /// Whether an open forward still stands under `policy` at `now`; the cut if not. Pure.
 pub fn check_one(policy: &Policy, f: &OpenForward, now: SystemTime) -> Option<Cut> {
     let id = &f.identity;
-    let carried = Carried {
-        key_id: &id.key_id,
-        serial: id.serial,
-        key_fingerprint: &id.key_fingerprint,
-        principals: &id.principals,
-        idp_groups: &id.idp_groups,
-    };
+    let carried = id.carried();
     let cut = |code, rule, principal, message| {
         Some(Cut {
             code,

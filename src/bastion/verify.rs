@@ -57,6 +57,18 @@ pub struct CertIdentity {
 }
 
 impl CertIdentity {
+    /// What the certificate claims, as the policy's [`crate::policy::Policy::still_holds`]
+    /// takes it.
+    pub fn carried(&self) -> crate::policy::Carried<'_> {
+        crate::policy::Carried {
+            key_id: &self.key_id,
+            serial: self.serial,
+            key_fingerprint: &self.key_fingerprint,
+            principals: &self.principals,
+            idp_groups: &self.idp_groups,
+        }
+    }
+
     /// How old the certificate is at `now`, counted from its issuance (`valid_after` plus
     /// the 60 s backdating the issuer applies). Zero when not yet that old.
     pub fn age(&self, now: SystemTime) -> Duration {
