@@ -615,3 +615,31 @@ fn oidc_user_reaches_the_target_through_idp_groups() {
     let issued = d.events("cert.issued").pop().unwrap();
     assert_eq!(issued["method"], "oidc");
 }
+
+/// The login helper's `--help` is an answer (stdout, exit 0); an unknown option is a
+/// mistake (the usage on stderr, exit 2).
+#[test]
+fn login_script_help_exits_0_and_an_unknown_option_2() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/drawbridge-login");
+    let help = run_with_timeout(
+        Command::new("sh").arg(&script).arg("--help"),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(help.code(), 0, "{}", help.text());
+    assert!(
+        help.stdout.contains("drawbridge-login [--server URL]"),
+        "{}",
+        help.text()
+    );
+    let bad = run_with_timeout(
+        Command::new("sh").arg(&script).arg("--bogus"),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(bad.code(), 2, "{}", bad.text());
+    assert!(
+        bad.stderr.contains("unknown option --bogus"),
+        "{}",
+        bad.text()
+    );
+    assert!(bad.stdout.is_empty(), "{}", bad.text());
+}
