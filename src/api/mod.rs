@@ -34,6 +34,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Load and rate-limit refusals counted rather than recorded one by one.
     pub repeats: repeats::Repeats,
+    /// Refused bearer tokens recorded one by one per source, the rest counted.
+    pub token_refusals: crate::audit::budget::Budget,
     keys: Arc<IssuerKeys>,
 }
 
@@ -53,6 +55,7 @@ impl AppState {
             metrics,
             auth: Arc::new(auth),
             repeats: repeats::Repeats::default(),
+            token_refusals: crate::audit::budget::Budget::default(),
             keys: Arc::new(keys),
         }))
     }
@@ -103,6 +106,25 @@ pub async fn write_repeats(state: Arc<AppState>, shutdown: tokio_util::sync::Can
             if let Err(e) = state.audit.record(ev).await {
                 tracing::error!(error = %e, repeats = r.repeats, reason = %r.key.reason,
                     "could not record repeated login refusals");
+            }
+        }
+        // Refused bearer tokens past their source's budget, one record per source and
+        // reason (the budget's window is the time since the first one counted).
+        for c in state.token_refusals.take_counted() {
+            let ev = crate::audit::AuditEvent::LoginFailedRepeated {
+                client: c.source.to_string(),
+                reason: c.reason,
+                method: "token".to_string(),
+                repeats: c.repeats,
+                since: crate::util::rfc3339(c.since),
+                window_secs: repeats::WINDOW.as_secs(),
+                user: None,
+                policy_version: state.policy.current().version.clone(),
+                rule: "token".to_string(),
+            };
+            if let Err(e) = state.audit.record(ev).await {
+                tracing::error!(error = %e, repeats = c.repeats, reason = %c.reason,
+                    "could not record repeated token refusals");
             }
         }
         if stopping {

@@ -206,6 +206,17 @@ async fn authenticate(
                     tokio::time::sleep(super::repeats::REPEAT_DELAY).await;
                     return Err(auth_error(&e));
                 }
+            } else if claimed.is_none()
+                && !state.token_refusals.record_now(
+                    super::repeats::source_of(client),
+                    e.code(),
+                    Instant::now(),
+                )
+            {
+                // A refused bearer token costs its sender nothing: past the source's
+                // budget it is counted, not recorded (see `audit::budget`).
+                tokio::time::sleep(super::repeats::REPEAT_DELAY).await;
+                return Err(auth_error(&e));
             }
             let ev = AuditEvent::LoginFailed {
                 client: client.to_string(),

@@ -41,6 +41,7 @@
 //! `audit search` in [`search`].
 
 pub mod anchor;
+pub mod budget;
 pub mod checkpoint;
 pub mod cmd;
 pub mod event;

@@ -108,7 +108,8 @@ mod handler;
 mod killable;
 pub mod lib_refusals;
 pub mod preauth;
-pub mod refusal_budget;
+/// The per-source record budget now lives with the audit log, which the API shares.
+pub use crate::audit::budget as refusal_budget;
 pub mod registry;
 mod russh_config;
 mod shared;

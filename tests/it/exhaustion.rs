@@ -151,28 +151,91 @@ fn audit_len(path: &std::path::Path) -> u64 {
 /// without an answer.
 fn login_as(d: &Drawbridge, rt: &tokio::runtime::Runtime, user: &str) -> u16 {
     use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:wrong"));
+    rt.block_on(request(d, "POST", "/v1/login", format!("Basic {basic}")))
+}
+
+/// One HTTP/1.1 request with `authorization` on its own TLS connection; the status, or 0
+/// when the server closed without an answer.
+async fn request(d: &Drawbridge, method: &str, path: &str, authorization: String) -> u16 {
     let cfg = d.tls_client(&[b"http/1.1"]);
     let api = d.api;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:wrong"));
-    rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
-        let mut s = tokio_rustls::TlsConnector::from(cfg)
-            .connect(rustls_pki_types::ServerName::from(api.ip()), tcp)
-            .await
-            .unwrap();
-        let req = format!(
-            "POST /v1/login HTTP/1.1\r\nHost: drawbridge\r\nAuthorization: Basic {basic}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await;
-        let text = String::from_utf8_lossy(&answer);
-        text.strip_prefix("HTTP/1.1 ")
-            .and_then(|t| t.get(..3))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
-    })
+    let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls_pki_types::ServerName::from(api.ip()), tcp)
+        .await
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: drawbridge\r\nAuthorization: {authorization}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Forged bearer tokens cost their sender nothing, so one source gets a budget of records
+/// (32 at once, then 4 a second) and the rest are counted in `login.failed.repeated`: the
+/// log grows by a few records a second, and no refusal goes unaccounted for.
+#[test]
+fn t39_a_flood_of_forged_bearer_tokens_from_one_source_is_recorded_as_counts() {
+    let d = Drawbridge::start("");
+    let rt = threaded_runtime();
+    let token_records = |d: &Drawbridge| {
+        d.events("login.failed")
+            .into_iter()
+            .filter(|r| r["method"] == "token")
+            .count()
+    };
+    let before = token_records(&d);
+    let started = Instant::now();
+    let mut refused = 0;
+    // 4 × 30 at once (under the per-source connection cap), each token different.
+    for batch in 0..4 {
+        let statuses: Vec<u16> = rt.block_on(async {
+            let all = (0..30).map(|i| {
+                let token = format!("Bearer forged.{batch}.{i}.{}", "x".repeat(200));
+                request(&d, "GET", "/v1/ssh_config", token)
+            });
+            futures::future::join_all(all).await
+        });
+        for s in statuses {
+            assert_eq!(s, 401, "a forged token was not refused with 401");
+            refused += 1;
+        }
+    }
+    let took = started.elapsed();
+    let counted = |d: &Drawbridge| -> u64 {
+        d.events("login.failed.repeated")
+            .iter()
+            .filter(|r| r["method"] == "token")
+            .map(|r| r["repeats"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // Every refusal is either a record or counted in a repeated record (written within
+    // a second or so).
+    wait_until(
+        Duration::from_secs(5),
+        || (token_records(&d) - before) as u64 + counted(&d) == refused,
+        || {
+            format!(
+                "{refused} refusals, {} records, {} counted",
+                token_records(&d) - before,
+                counted(&d)
+            )
+        },
+    );
+    let recorded = token_records(&d) - before;
+    let allowed = 32 + 4 * (took.as_secs() as usize + 2);
+    assert!(
+        recorded <= allowed && recorded < refused as usize,
+        "{recorded} records for {refused} forged tokens in {took:?} (budget {allowed})"
+    );
 }
 
 #[test]

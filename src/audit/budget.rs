@@ -1,12 +1,15 @@
-//! How many authentication refusals each source may have recorded one by one.
+//! How many authentication refusals each source may have recorded one by one: refused
+//! SSH certificates at the bastion, refused bearer tokens at the API.
 //!
-//! Refusing a certificate costs a client one signature and us one fsynced audit record;
+//! Refusing a certificate (or a forged token) costs a client one signature (or nothing)
+//! and us one fsynced audit record;
 //! with many pre-auth connections and several attempts each, one anonymous source could
 //! grow the audit log by megabytes a second. So each source (the pre-auth table's prefix)
 //! has a bucket of [`BURST`] records, refilled at [`PER_SECOND`]: a person fumbling with a
 //! key, or a test, never notices; a flood gets its first records whole and the rest
 //! counted per (source, reason) and written once a second as one
-//! `ssh.auth.failed.repeated` record with `repeats` (see `accept::flush_refusals`). Every
+//! `ssh.auth.failed.repeated` (bastion, `accept::flush_refusals`) or
+//! `login.failed.repeated` (API, `api::write_repeats`) record with `repeats`. Every
 //! refusal still reaches the client and the metrics. At most [`MAX_SOURCES`] buckets and
 //! counters are kept; past that, refusals are recorded one by one again (never dropped).
 
