@@ -139,6 +139,8 @@ fn verify_with_checkpoints(
     cp_path: &Path,
     key_paths: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
+    // The log first: a mistyped path should be named as such, not as a missing key.
+    std::fs::metadata(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let keys = load_keys(key_paths)?;
     match verify_anchored(file, cp_path, &keys) {
         Ok(s) => {
