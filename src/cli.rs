@@ -152,6 +152,22 @@ pub enum AuditCommand {
         #[arg(long = "key", value_name = "FILE")]
         keys: Vec<PathBuf>,
     },
+    /// Check the audit chains kept in PostgreSQL (`[state] postgres`): every replica's, or
+    /// one; exit 1 naming the replica and the first bad record.
+    VerifyPostgres {
+        /// Only this replica's chain.
+        #[arg(long)]
+        replica: Option<String>,
+    },
+    /// Write a replica's chain from PostgreSQL as an audit file (JSON lines), for
+    /// `audit verify FILE`, `audit search FILE` or an archive.
+    Export {
+        #[arg(long)]
+        replica: String,
+        /// Write here instead of standard output (created 0600).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Print the records that match, as a table (or JSON lines with --json).
     Search {
         file: PathBuf,

@@ -33,6 +33,8 @@ pub struct Config {
     pub login: LoginConfig,
     pub audit: AuditConfig,
     pub oidc: Vec<OidcConfig>,
+    /// Shared state for several replicas (PostgreSQL); unset: files and memory.
+    pub state: StateConfig,
     /// The folder relative paths are resolved against (not a config key).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -167,6 +169,35 @@ pub struct AuditConfig {
     pub replica: String,
 }
 
+/// `[state]`: where replicas share the audit chains, login limits, connection counts and
+/// open forwards. Every key optional; without `postgres` all of it stays in this process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `postgresql://user@host:port/db`: never with a password in it (refused at start);
+    /// the password comes from `password_file` or the file named by `PGPASSFILE`.
+    pub postgres: Option<String>,
+    /// A file (relative to the config, mode 0600) holding the database password alone.
+    pub password_file: Option<PathBuf>,
+    /// This replica's name: its audit chain and its rows. Default `HOSTNAME:SSHPORT`.
+    pub replica: Option<String>,
+    /// How long a replica's rows (connections, forwards) outlive its last renewal; a
+    /// replica renews every third of it, so a dead replica's rows expire within it.
+    #[serde(with = "serde_duration")]
+    pub lease: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            postgres: None,
+            password_file: None,
+            replica: None,
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
@@ -281,6 +312,7 @@ impl Default for Config {
             login: LoginConfig::default(),
             audit: AuditConfig::default(),
             oidc: Vec::new(),
+            state: StateConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }

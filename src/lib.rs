@@ -24,4 +24,5 @@ pub mod identity;
 pub mod issuer;
 pub mod policy;
 pub mod serve;
+pub mod state;
 pub mod util;

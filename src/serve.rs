@@ -65,8 +65,22 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let checkpoint_key = CheckpointKey::load_or_create(&ca_dir)
         .with_context(|| format!("preparing the audit checkpoint key in {}", ca_dir.display()))?;
-    let audit = Audit::open(&config.audit_path(), &config.audit.replica)
-        .with_context(|| format!("opening the audit log {}", config.audit_path().display()))?;
+    let state_target = crate::state::connect::from_config(&config, config.ssh.listen.port())?;
+    let shared_state = match state_target {
+        Some(target) => Some(
+            crate::state::wiring::Shared::start(target, &config)
+                .await
+                .context("preparing the shared state in PostgreSQL ([state] postgres)")?,
+        ),
+        None => None,
+    };
+    let audit = match &shared_state {
+        Some(s) => s
+            .audit()
+            .context("opening this replica's audit chain in PostgreSQL")?,
+        None => Audit::open(&config.audit_path(), &config.audit.replica)
+            .with_context(|| format!("opening the audit log {}", config.audit_path().display()))?,
+    };
     audit
         .record(AuditEvent::ServiceStarted {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -86,6 +100,9 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_checkpoints(checkpoints.clone(), shutdown.clone());
     spawn_policy_watch(policy.clone(), audit.clone(), shutdown.clone());
+    if let Some(s) = &shared_state {
+        s.spawn_leases(config.login.window, shutdown.clone());
+    }
 
     let metrics = Arc::new(crate::api::metrics::Metrics::new());
     let mut tasks = Vec::new();
@@ -122,19 +139,26 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             metrics: bastion_metrics,
             shutdown: watch_token(&shutdown),
         };
+        let bastion_state = shared_state
+            .as_ref()
+            .map(|s| s.bastion())
+            .unwrap_or_default();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::bastion::run(parts).await {
+            if let Err(e) = crate::bastion::run_with(parts, bastion_state).await {
                 tracing::error!(error = %format!("{e:#}"), "bastion stopped");
             }
         }));
     }
 
     if run_api {
-        let state = crate::api::AppState::new(
+        let state = crate::api::AppState::with_shared(
             config.clone(),
             policy.clone(),
             audit.clone(),
             metrics.clone(),
+            shared_state
+                .as_ref()
+                .map(|s| (s.db.clone(), s.limiter.clone() as _)),
         )
         .context("preparing the API")?;
         let tls = if config.api.tls {

@@ -37,6 +37,8 @@ pub struct AppState {
     /// Refused bearer tokens recorded one by one per source, the rest counted.
     pub token_refusals: crate::audit::budget::Budget,
     keys: Arc<IssuerKeys>,
+    /// The shared state (`[state] postgres`), whose health `/healthz` reports.
+    pub shared_state: Option<Arc<crate::state::db::Db>>,
 }
 
 impl AppState {
@@ -46,9 +48,28 @@ impl AppState {
         audit: Audit,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<AppState>> {
+        Self::with_shared(config, policy, audit, metrics, None)
+    }
+
+    /// [`new`](Self::new), with the shared state's connection and login limiter when
+    /// `[state] postgres` is set.
+    pub fn with_shared(
+        config: Arc<Config>,
+        policy: Arc<PolicyStore>,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        shared: Option<(
+            Arc<crate::state::db::Db>,
+            Arc<dyn crate::identity::LoginLimiter>,
+        )>,
+    ) -> anyhow::Result<Arc<AppState>> {
         let keys = IssuerKeys::load(&config.ca_dir())?;
-        let auth = Authenticator::new(&config)?;
+        let (shared_state, auth) = match shared {
+            Some((db, limiter)) => (Some(db), Authenticator::with_limiter(&config, limiter)?),
+            None => (None, Authenticator::new(&config)?),
+        };
         Ok(Arc::new(AppState {
+            shared_state,
             config,
             policy,
             audit,

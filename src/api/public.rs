@@ -38,6 +38,20 @@ pub(super) async fn get_krl(State(state): State<Arc<AppState>>) -> Result<Respon
 }
 
 pub(super) async fn get_healthz(State(state): State<Arc<AppState>>) -> Response {
+    // The shared state first: while the database is away logins and new connections are
+    // refused, and the load balancer should send no one here.
+    if let Some(db) = &state.shared_state
+        && let Err(e) = db.ping().await
+    {
+        tracing::warn!(error = %e, "healthz: shared state unavailable");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RefusalCode::ApiStateUnavailable,
+            "the shared state database (PostgreSQL) cannot be reached; issuance, logins \
+                 and new connections are refused, open forwards go on",
+        )
+        .into_response();
+    }
     // While unhealthy this tries one write (at most once a second), so health returns when
     // the disk does even if nothing else is sent our way.
     if state.audit.probe().await {

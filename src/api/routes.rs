@@ -156,6 +156,14 @@ fn auth_error(e: &AuthError) -> ApiError {
             std::time::Duration::from_secs(1),
         ),
         AuthError::Internal(detail) => ApiError::internal(detail),
+        AuthError::Unavailable(detail) => {
+            tracing::warn!(reason = %detail, "login refused: shared state unavailable");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                RefusalCode::ApiStateUnavailable,
+                e.client_message(),
+            )
+        }
         other => ApiError::unauthorized(other.code(), other.to_string()),
     }
 }

@@ -22,6 +22,12 @@ use super::{VerifyFailure, verify};
 
 pub fn run(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        AuditCommand::VerifyPostgres { replica } => {
+            crate::state::cmd::verify(config, replica.as_deref())
+        }
+        AuditCommand::Export { replica, out } => {
+            crate::state::cmd::export(config, &replica, out.as_deref())
+        }
         AuditCommand::Verify {
             file,
             checkpoints,

@@ -104,6 +104,11 @@ refusal_codes! {
     PrincipalNotHeld = "principal_not_held",
     NoPrincipalsHeld = "no_principals",
     GrantEnding = "grant_ending",
+    // Shared state (`[state] postgres`) unreachable: fail closed.
+    /// Bastion: the per-user connection count across replicas cannot be taken.
+    StateUnavailable = "state-unavailable",
+    /// API: the shared login limits cannot be read.
+    ApiStateUnavailable = "state_unavailable",
 }
 
 impl std::fmt::Display for RefusalCode {

@@ -1,9 +1,8 @@
 //! The accept loop: the pre-auth caps at accept, one task per connection, the periodic
 //! flush of counted refusals, and shutdown (stop accepting, grace, cut).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -26,7 +25,7 @@ pub(super) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Runs the bastion until `shutdown` (see [`super::run`]).
-pub(super) async fn run(parts: BastionParts) -> anyhow::Result<()> {
+pub(super) async fn run(parts: BastionParts, state: super::BastionState) -> anyhow::Result<()> {
     let BastionParts {
         listener,
         cfg,
@@ -54,8 +53,8 @@ pub(super) async fn run(parts: BastionParts) -> anyhow::Result<()> {
         audit,
         metrics: metrics.clone(),
         cut: cut_rx,
-        registry: Arc::new(super::registry::MemoryRegistry::default()),
-        users: Mutex::new(HashMap::new()),
+        registry: state.registry,
+        counts: state.counts,
         unauth,
         refusals: Budget::default(),
         next_conn: AtomicU64::new(1),

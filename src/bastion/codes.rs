@@ -27,6 +27,8 @@ pub const RULE_NO_REMOTE_FORWARD: &str = "bastion.no-remote-forward";
 pub const RULE_NO_STREAMLOCAL: &str = "bastion.no-streamlocal";
 /// Built-in: nothing is allowed that cannot be recorded first.
 pub const RULE_AUDIT_FIRST: &str = "audit.record-before-acting";
+/// The shared state (PostgreSQL) must answer before a connection is let in.
+pub const RULE_STATE_POSTGRES: &str = "state.postgres";
 /// Accepted: the certificate checks passed (trusted CA, validity, options, revocation).
 pub const RULE_CERTIFICATE_ACCEPTED: &str = "certificate";
 
@@ -38,6 +40,7 @@ pub fn rule_of(code: RefusalCode) -> String {
         RefusalCode::WeakAlgorithm => RULE_SIGNATURE_ALGORITHMS.into(),
         RefusalCode::TooManyConnections => RULE_MAX_CONNECTIONS_PER_USER.into(),
         RefusalCode::ValidityTooLong => "certs.max_ttl".into(),
+        RefusalCode::StateUnavailable => RULE_STATE_POSTGRES.into(),
         other => format!("certificate.{other}"),
     }
 }

@@ -10,7 +10,9 @@ use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure};
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::audit::RefusalCode;
 
 use super::BastionMetrics;
 use super::codes;
@@ -137,20 +139,33 @@ impl Handler for Connection {
                     .await);
             }
         };
-        let Some(user_slot) = self.shared.take_user_slot(&id.key_id) else {
-            let extra = |f: &mut crate::audit::AuthFailed| {
-                f.conn.key_id = Some(PeerText::cut(&id.key_id));
-                f.conn.serial = Some(id.serial);
-                f.conn.key_fingerprint = Some(id.key_fingerprint.clone());
-            };
-            return Ok(self
-                .refuse_auth(
-                    codes::TOO_MANY_CONNECTIONS,
-                    codes::RULE_MAX_CONNECTIONS_PER_USER,
-                    "too many connections for this user",
-                    extra,
-                )
-                .await);
+        let user_slot = match self.shared.take_user_slot(&id.key_id, self.conn).await {
+            Ok(slot) => slot,
+            Err(no_place) => {
+                let extra = |f: &mut crate::audit::AuthFailed| {
+                    f.conn.key_id = Some(PeerText::cut(&id.key_id));
+                    f.conn.serial = Some(id.serial);
+                    f.conn.key_fingerprint = Some(id.key_fingerprint.clone());
+                };
+                let (code, rule, message) = match no_place {
+                    super::counts::NoPlace::Full => (
+                        codes::TOO_MANY_CONNECTIONS,
+                        codes::RULE_MAX_CONNECTIONS_PER_USER,
+                        "too many connections for this user".to_string(),
+                    ),
+                    super::counts::NoPlace::Unavailable(why) => {
+                        warn!(peer = %self.peer, reason = %why, "SSH login refused: shared state unavailable");
+                        (
+                            RefusalCode::StateUnavailable,
+                            codes::RULE_STATE_POSTGRES,
+                            "the shared state database cannot be reached: new connections are \
+                             refused until it is back"
+                                .to_string(),
+                        )
+                    }
+                };
+                return Ok(self.refuse_auth(code, rule, &message, extra).await);
+            }
         };
         let id = Arc::new(id);
         self.identity = Some(id.clone());

@@ -103,6 +103,7 @@ mod accept;
 mod codes;
 mod commands;
 mod connection;
+pub mod counts;
 mod forward;
 mod handler;
 mod killable;
@@ -238,8 +239,30 @@ pub struct BastionParts {
 /// is dropped), then stops accepting, lets open forwards run for `cfg.shutdown_grace`,
 /// cuts the rest and returns.
 pub async fn run(parts: BastionParts) -> anyhow::Result<()> {
+    run_with(parts, BastionState::default()).await
+}
+
+/// What the bastion keeps per process by default and shares across replicas with
+/// `[state] postgres`: the per-user connection counts and the open forwards.
+#[derive(Clone)]
+pub struct BastionState {
+    pub counts: Arc<dyn counts::ConnectionCounts>,
+    pub registry: Arc<dyn registry::ForwardRegistry>,
+}
+
+impl Default for BastionState {
+    fn default() -> Self {
+        BastionState {
+            counts: Arc::new(counts::MemoryCounts::default()),
+            registry: Arc::new(registry::MemoryRegistry::default()),
+        }
+    }
+}
+
+/// [`run`] with the given shared state.
+pub async fn run_with(parts: BastionParts, state: BastionState) -> anyhow::Result<()> {
     // Embedders and tests that set up no tracing still get russh's own certificate
     // refusals audited (`drawbridge serve` installs the layer in `init_tracing`).
     lib_refusals::ensure_installed();
-    accept::run(parts).await
+    accept::run(parts, state).await
 }

@@ -1,10 +1,9 @@
 //! State shared by every connection of the bastion: configuration, trusted CAs, the policy,
 //! the audit log, and the places (pre-auth, per user, per connection) given back on drop.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -30,7 +29,8 @@ pub(super) struct Shared {
     pub cut: watch::Receiver<bool>,
     /// The open forwards, re-checked whenever the policy in force changes.
     pub registry: Arc<dyn super::registry::ForwardRegistry>,
-    pub users: Mutex<HashMap<String, usize>>,
+    /// Authenticated connections per key id (this process, or every replica).
+    pub counts: Arc<dyn super::counts::ConnectionCounts>,
     pub unauth: Arc<preauth::Table>,
     /// Refusal records per source (see `refusal_budget`).
     pub refusals: Budget,
@@ -53,17 +53,12 @@ impl Drop for UnauthSlot {
 pub(super) struct UserSlot {
     shared: Arc<Shared>,
     key_id: String,
+    conn: u64,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
-        let mut u = self.shared.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = u.get_mut(&self.key_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                u.remove(&self.key_id);
-            }
-        }
+        self.shared.counts.give_back(&self.key_id, self.conn);
     }
 }
 
@@ -79,16 +74,18 @@ impl Shared {
         })
     }
 
-    pub fn take_user_slot(self: &Arc<Self>, key_id: &str) -> Option<UserSlot> {
-        let mut u = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let n = u.entry(key_id.to_string()).or_insert(0);
-        if *n >= self.cfg.max_connections_per_user {
-            return None;
-        }
-        *n += 1;
-        Some(UserSlot {
+    pub async fn take_user_slot(
+        self: &Arc<Self>,
+        key_id: &str,
+        conn: u64,
+    ) -> Result<UserSlot, super::counts::NoPlace> {
+        self.counts
+            .take(key_id, conn, self.cfg.max_connections_per_user)
+            .await?;
+        Ok(UserSlot {
             shared: self.clone(),
             key_id: key_id.to_string(),
+            conn,
         })
     }
 

@@ -94,6 +94,10 @@ pub enum AuthError {
     /// client.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The shared login limits (PostgreSQL) cannot be read: no password is tried. HTTP 503;
+    /// the detail is for the service log.
+    #[error("login limits unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -103,6 +107,7 @@ impl AuthError {
             AuthError::InvalidCredentials | AuthError::InvalidToken(_) => 401,
             AuthError::RateLimited { .. } | AuthError::Busy => 429,
             AuthError::Internal(_) => 500,
+            AuthError::Unavailable(_) => 503,
         }
     }
 
@@ -114,6 +119,7 @@ impl AuthError {
             AuthError::Busy => RefusalCode::Busy,
             AuthError::InvalidToken(_) => RefusalCode::InvalidToken,
             AuthError::Internal(_) => RefusalCode::Internal,
+            AuthError::Unavailable(_) => RefusalCode::ApiStateUnavailable,
         }
     }
 
@@ -128,6 +134,7 @@ impl AuthError {
             AuthError::Busy => "login.hash_queue",
             AuthError::InvalidToken(_) => "token",
             AuthError::Internal(_) => "internal",
+            AuthError::Unavailable(_) => "state.postgres",
         }
     }
 
@@ -135,6 +142,11 @@ impl AuthError {
     pub fn client_message(&self) -> String {
         match self {
             AuthError::Internal(_) => "internal error; the operator has the details".into(),
+            AuthError::Unavailable(_) => {
+                "logins are paused: the shared state database cannot be reached; try again \
+                 in a moment"
+                    .into()
+            }
             other => other.to_string(),
         }
     }
@@ -158,6 +170,7 @@ impl AuthError {
             AuthError::Busy => "password hashing pool full".into(),
             AuthError::InvalidToken(why) => why.clone(),
             AuthError::Internal(detail) => format!("internal error: {detail}"),
+            AuthError::Unavailable(detail) => format!("shared state unavailable: {detail}"),
         }
     }
 }
@@ -346,9 +359,12 @@ impl Authenticator {
         // Bounded memory in the limiter whatever length the client sends.
         let limit_key = user_key(user);
         // Counted now, before hashing (see `limiter`), given back on success.
-        let attempt = match self.limiter.reserve(limit_key, client, now) {
+        let attempt = match self.limiter.reserve(limit_key, client, now).await {
             Ok(a) => a,
-            Err(retry_after) => return Err(AuthError::RateLimited { retry_after }),
+            Err(limiter::Refused::RetryAfter(retry_after)) => {
+                return Err(AuthError::RateLimited { retry_after });
+            }
+            Err(limiter::Refused::Unavailable(why)) => return Err(AuthError::Unavailable(why)),
         };
         let stored = if crate::policy::check_name("user", user).is_ok() {
             self.users.hash_of(user)
@@ -362,13 +378,13 @@ impl Authenticator {
             Err(e) => {
                 if matches!(e, AuthError::Busy) {
                     // Not tried: the client may try again without losing a guess.
-                    self.limiter.refund(&attempt);
+                    self.limiter.refund(&attempt).await;
                 }
                 return Err(e);
             }
         };
         if ok && known && !password.expose().is_empty() {
-            self.limiter.success(&attempt);
+            self.limiter.success(&attempt).await;
             Ok(Identity {
                 user: user.to_owned(),
                 groups: Vec::new(),

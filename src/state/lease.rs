@@ -1,0 +1,93 @@
+//! Leases: every third of `[state] lease` a replica renews the rows of its open
+//! connections and forwards (and its own row in `replicas`), and deletes every row whose
+//! lease ran out: a row whose delete failed during an outage (no longer renewed), and those of a replica that died (`kill -9`, a lost machine) stop counting against
+//! the per-user cap and leave the list of open forwards within one lease, without anyone
+//! cleaning up by hand. Failed-login rows older than the login window go too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::counts::PgCounts;
+use super::db::Db;
+use super::forwards::PgRegistry;
+
+/// Renews until `stop`.
+pub async fn run(
+    db: Arc<Db>,
+    counts: Arc<PgCounts>,
+    forwards: Arc<PgRegistry>,
+    login_window: Duration,
+    stop: CancellationToken,
+) {
+    let every = db.target().lease / 3;
+    loop {
+        if let Err(e) = renew(&db, &counts, &forwards, login_window).await {
+            tracing::warn!(error = %e, "could not renew this replica's leases");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One renewal (also called by tests).
+pub async fn renew(
+    db: &Db,
+    counts: &PgCounts,
+    forwards: &PgRegistry,
+    login_window: Duration,
+) -> Result<(), super::StateError> {
+    let replica = db.replica().to_string();
+    let lease_ms = i64::try_from(db.target().lease.as_millis()).unwrap_or(15_000);
+    // Only what is open is renewed: a row left behind (its delete failed) expires.
+    let conns = counts.live();
+    let fwds = forwards.live();
+    let window_ms = i64::try_from(login_window.as_millis()).unwrap_or(i64::MAX);
+    db.run(|c| async move {
+        let lease = "now() + $2 * interval '1 millisecond'";
+        c.execute(
+            &format!(
+                "INSERT INTO replicas (replica, lease_until) VALUES ($1, {lease}) \
+                 ON CONFLICT (replica) DO UPDATE SET lease_until = EXCLUDED.lease_until"
+            ),
+            &[&replica, &lease_ms],
+        )
+        .await?;
+        for table in ["ssh_connections", "open_forwards"] {
+            let (col, live) = if table == "ssh_connections" {
+                ("conn", &conns)
+            } else {
+                ("forward", &fwds)
+            };
+            c.execute(
+                &format!(
+                    "UPDATE {table} SET lease_until = {lease} \
+                     WHERE replica = $1 AND {col} = ANY($3)"
+                ),
+                &[&replica, &lease_ms, live],
+            )
+            .await?;
+            c.execute(
+                &format!("DELETE FROM {table} WHERE lease_until < now()"),
+                &[],
+            )
+            .await?;
+        }
+        c.execute(
+            "DELETE FROM replicas WHERE lease_until < now() - interval '1 day'",
+            &[],
+        )
+        .await?;
+        c.execute(
+            "DELETE FROM login_attempts WHERE at_ms < \
+             (extract(epoch from now()) * 1000)::bigint - $1",
+            &[&window_ms],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
