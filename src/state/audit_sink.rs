@@ -28,8 +28,30 @@ const APPEND_WAIT: Duration = Duration::from_millis(800);
 
 /// The PostgreSQL sink of one replica's chain.
 pub struct PgSink {
-    rt: tokio::runtime::Runtime,
+    rt: OwnRuntime,
     inner: Inner,
+}
+
+/// The sink's runtime, shut down without waiting when dropped: the sink may be dropped
+/// inside the service's runtime (a failed start), where waiting is not allowed.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.0 {
+            Some(rt) => rt.block_on(f),
+            // Only `drop` takes it.
+            None => unreachable!("the sink's runtime is gone"),
+        }
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 struct Inner {
@@ -46,7 +68,7 @@ impl PgSink {
             .enable_all()
             .build()?;
         let mut sink = PgSink {
-            rt,
+            rt: OwnRuntime(Some(rt)),
             inner: Inner {
                 target,
                 client: None,
@@ -190,7 +212,8 @@ impl Inner {
 impl AuditSink for PgSink {
     fn last(&mut self) -> io::Result<Option<(u64, String)>> {
         self.blocking(|s| {
-            s.rt.block_on(tokio::time::timeout(APPEND_WAIT, s.inner.last_async()))
+            let inner = &mut s.inner;
+            s.rt.block_on(async { tokio::time::timeout(APPEND_WAIT, inner.last_async()).await })
                 .unwrap_or_else(|_| Err(io::Error::other("no answer within 800 ms")))
         })
     }
@@ -214,10 +237,13 @@ impl AuditSink for PgSink {
                 tries += 1;
                 let started = std::time::Instant::now();
                 let result = rt
-                    .block_on(tokio::time::timeout(
-                        APPEND_WAIT,
-                        inner.append_async(&seqs, &hashes, &bodies),
-                    ))
+                    .block_on(async {
+                        tokio::time::timeout(
+                            APPEND_WAIT,
+                            inner.append_async(&seqs, &hashes, &bodies),
+                        )
+                        .await
+                    })
                     .unwrap_or_else(|_| Err(io::Error::other("no commit within 800 ms")));
                 match result {
                     Ok(()) => {

@@ -16,6 +16,7 @@ pub mod idle_api;
 pub mod idp;
 pub mod net;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod rawssh;
 pub mod rawssh_session;
