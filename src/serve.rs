@@ -90,6 +90,14 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
         .await
         .context("the audit log cannot be written; nothing starts without it")?;
+    if shared_state.is_some()
+        && let Some(dir) = config.audit_path().parent()
+    {
+        // The chain is in the database; its signed checkpoints stay a local file beside
+        // where the log would be.
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for the audit checkpoints", dir.display()))?;
+    }
     let checkpoints = Checkpointer::new(audit.clone(), checkpoint_key, &config.audit_path())
         .context("opening the audit checkpoints file")?;
     checkpoints

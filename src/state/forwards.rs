@@ -66,7 +66,7 @@ impl PgRegistry {
                                 "INSERT INTO open_forwards \
                                  (replica, forward, conn, key_id, serial, target, lease_until) \
                                  VALUES ($1, $2, $3, $4, $5, $6, \
-                                         now() + $7 * interval '1 millisecond') \
+                                         now() + $7::bigint * interval '1 millisecond') \
                                  ON CONFLICT (replica, forward) DO NOTHING",
                                 &[&replica, &id, &conn, &key_id, &serial, &target, &lease_ms],
                             )

@@ -47,7 +47,7 @@ pub async fn renew(
     let fwds = forwards.live();
     let window_ms = i64::try_from(login_window.as_millis()).unwrap_or(i64::MAX);
     db.run(|c| async move {
-        let lease = "now() + $2 * interval '1 millisecond'";
+        let lease = "now() + $2::bigint * interval '1 millisecond'";
         c.execute(
             &format!(
                 "INSERT INTO replicas (replica, lease_until) VALUES ($1, {lease}) \

@@ -12,6 +12,7 @@ pub mod dmz;
 pub mod drawbridge;
 pub mod git;
 pub mod h2raw;
+pub mod haproxy;
 pub mod idle_api;
 pub mod idp;
 pub mod net;

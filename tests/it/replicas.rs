@@ -1,0 +1,433 @@
+//! Three `drawbridge serve` replicas sharing `ca/` and a PostgreSQL cluster, behind
+//! HAProxy (TCP mode for the API and for SSH, health checked on `/healthz`): what one
+//! replica decides holds on all (login lockouts, the per-user connection cap), every
+//! replica's chain is complete, a killed replica loses no record of the others and its
+//! rows expire, and a database outage fails closed and heals by itself (T52, T53).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::dmz::{Dmz, write_dmz_policy};
+use crate::support::drawbridge::{Drawbridge, PW};
+use crate::support::haproxy::Haproxy;
+use crate::support::postgres::Postgres;
+use crate::support::process::{run_with_timeout, wait_until};
+use crate::support::ssh::{Key, SshClient, TestDir};
+
+/// The replicas, their database and load balancer, and the DMZ behind them.
+struct Replicas {
+    lb: Haproxy,
+    r: Vec<Drawbridge>,
+    dmz: Dmz,
+    pg: Postgres,
+    ca: PathBuf,
+}
+
+const N: usize = 3;
+
+fn start(ssh_extra: &str) -> Replicas {
+    let pg = Postgres::start();
+    let t = TestDir::new();
+    let mut r = Vec::new();
+    let first = Drawbridge::prepare_with_ssh(&[], "", ssh_extra);
+    let (code, out, err) = first.cli(&["ca", "init"], None);
+    assert_eq!(code, 0, "ca init: {out}{err}");
+    let ca = first.path().join("ca");
+    let trusted = ca.join("trusted_user_ca_keys.pub");
+    let dmz = Dmz::start(
+        t,
+        first.ca("user_ca"),
+        first.ca("host_ca"),
+        &trusted,
+        &first.path().join("policies"),
+    );
+    let mut first = Some(first);
+    for i in 1..=N {
+        // r1 is the folder `ca init` ran in (its `ca/` is the one the others use).
+        let mut d = first
+            .take()
+            .unwrap_or_else(|| Drawbridge::prepare_with_ssh(&[], "", ssh_extra));
+        // One `ca/` (and users file) for all; a state section naming the replica.
+        let state = pg.state_config(d.path(), &format!("r{i}"), "3s");
+        let extra = if i == 1 {
+            state
+        } else {
+            format!(
+                "[paths]\nca = \"{}\"\nusers = \"{}\"\n\n{state}",
+                ca.display(),
+                ca.join("users.toml").display()
+            )
+        };
+        let cfg = d.path().join("drawbridge.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("{text}\n{extra}")).unwrap();
+        write_dmz_policy(
+            &d.path().join("policies"),
+            dmz.sshd.port,
+            dmz.dead_port,
+            true,
+            &[],
+        );
+        d.launch(&[]);
+        r.push(d);
+    }
+    let lb = Haproxy::start(&r.iter().map(|d| (d.api, d.ssh)).collect::<Vec<_>>());
+    let reps = Replicas { lb, r, dmz, pg, ca };
+    reps.wait_all_up();
+    reps
+}
+
+impl Replicas {
+    fn cacert(&self) -> PathBuf {
+        self.ca.join("tls.crt")
+    }
+
+    /// curl against `https://127.0.0.1:PORT{path}`: (status, body).
+    fn curl_at(&self, port: u16, path: &str, args: &[&str]) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
+            .arg(self.cacert())
+            .args(["-w", "\n%{http_code}"])
+            .args(args)
+            .arg(format!("https://127.0.0.1:{port}{path}"));
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(20));
+        let (body, status) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// `POST /v1/certs` through the load balancer as `user` with `password`.
+    fn issue(&self, user: &str, password: &str, key: &Path) -> (u16, String) {
+        let auth = format!("{user}:{password}");
+        let data = format!("@{}", key.display());
+        self.curl_at(
+            self.lb.api,
+            "/v1/certs",
+            &["-u", &auth, "--data-binary", &data],
+        )
+    }
+
+    fn healthz(&self, i: usize) -> u16 {
+        self.curl_at(self.r[i].api.port(), "/healthz", &[]).0
+    }
+
+    fn wait_all_up(&self) {
+        // Through the balancer, every replica answers once HAProxy's checks passed.
+        wait_until(
+            Duration::from_secs(15),
+            || (0..self.r.len()).all(|i| self.healthz(i) == 200),
+            || "a replica is not healthy".into(),
+        );
+        std::thread::sleep(Duration::from_millis(800));
+    }
+
+    /// Replica `i`'s chain, read back from PostgreSQL with `audit export`.
+    fn chain(&self, i: usize) -> Vec<Value> {
+        // Replica r1 is never the one killed.
+        let (code, out, err) = self.r[0].cli(
+            &["audit", "export", "--replica", &format!("r{}", i + 1)],
+            None,
+        );
+        assert_eq!(code, 0, "audit export: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn count(&self, i: usize, event: &str) -> usize {
+        self.chain(i).iter().filter(|r| r["event"] == event).count()
+    }
+
+    fn verify_postgres(&self) -> (i32, String) {
+        let (code, out, err) = self.r[0].cli(&["audit", "verify-postgres"], None);
+        (code, out + &err)
+    }
+
+    fn client(&self, name: &str, key: &Key) -> SshClient {
+        self.dmz.client(name, self.lb.ssh, key)
+    }
+
+    /// Rows of a table in the shared database, counted by `psql`-free SQL through the
+    /// service's own client library.
+    fn rows(&self, sql: &str) -> i64 {
+        let url = self.pg.url();
+        let sql = sql.to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+            cfg.password(crate::support::postgres::PASSWORD);
+            let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            c.query_one(sql.as_str(), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        })
+    }
+}
+
+fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+fn serial_of(cert_line: &str) -> u64 {
+    ssh_key::Certificate::from_openssh(cert_line.trim())
+        .unwrap_or_else(|e| panic!("not a certificate ({e}): {cert_line}"))
+        .serial()
+}
+
+/// Issuance and `ssh -J` through the balancer reach all three replicas; five wrong
+/// passwords spread over them lock the user on every one; the per-user connection cap
+/// counts connections on all replicas; every chain verifies.
+#[test]
+fn three_replicas_share_lockouts_and_the_connection_cap() {
+    let reps = start("max_connections_per_user = 2");
+    reps.r[0].add_user("alice", PW);
+    reps.r[0].add_user("dave", PW);
+    let key = crate::support::ssh::keygen(&reps.r[0].path().join("alice_key"), "ed25519");
+
+    // Issuance spread over the replicas.
+    for _ in 0..6 {
+        let (status, body) = reps.issue("alice", PW, &key.public());
+        assert_eq!(status, 200, "{body}");
+        serial_of(&body);
+    }
+    for i in 0..N {
+        assert!(
+            reps.count(i, "cert.issued") >= 1,
+            "replica r{} issued nothing: HAProxy did not spread",
+            i + 1
+        );
+    }
+
+    // ssh -J through the balancer, spread over the replicas.
+    let carol = reps
+        .dmz
+        .user("carol", "carol", &["web-admin"], "-1m:+10m", 11, &[]);
+    let client = reps.client("carol", &carol);
+    for _ in 0..3 {
+        let out = client.run(&["web-1", "echo", "ok"]);
+        assert!(out.success(), "{out:?}");
+    }
+    for i in 0..N {
+        assert!(
+            reps.count(i, "ssh.auth.ok") >= 1,
+            "no SSH login reached r{}",
+            i + 1
+        );
+    }
+
+    // Five wrong passwords over the balancer (round robin: every replica sees some) lock
+    // dave on every replica, even with the right password.
+    for _ in 0..5 {
+        let (status, _) = reps.issue("dave", "wrong-password", &key.public());
+        assert_eq!(status, 401);
+    }
+    for i in 0..N {
+        let auth = format!("dave:{PW}");
+        let data = format!("@{}", key.public().display());
+        let (status, body) = reps.curl_at(
+            reps.r[i].api.port(),
+            "/v1/certs",
+            &["-u", &auth, "--data-binary", &data],
+        );
+        assert_eq!(status, 429, "dave is not locked on r{}: {body}", i + 1);
+    }
+
+    // The cap of two connections per user holds across replicas: two held forwards (on
+    // two replicas), and a third connection, on the third replica, is refused.
+    let f1 = client.hold_forward("web-1:22");
+    let f2 = client.hold_forward("web-1:22");
+    assert!(f1.first_bytes(Duration::from_secs(10)).starts_with("SSH-"));
+    assert!(f2.first_bytes(Duration::from_secs(10)).starts_with("SSH-"));
+    let third = client.run(&["web-1", "echo", "ok"]);
+    assert!(
+        !third.success(),
+        "a third connection of carol was let in with two open on other replicas: {third:?}"
+    );
+    let refusals: usize = (0..N)
+        .map(|i| {
+            reps.chain(i)
+                .iter()
+                .filter(|r| {
+                    r["event"] == "ssh.auth.failed" && r["reason"] == "too-many-connections"
+                })
+                .count()
+        })
+        .sum();
+    assert!(refusals >= 1, "the refusal was not audited");
+    drop(f1);
+    drop(f2);
+    // Places are given back when the connections end.
+    wait_until(
+        Duration::from_secs(10),
+        || client.run(&["web-1", "echo", "ok"]).success(),
+        || "carol could not connect again after her connections ended".into(),
+    );
+
+    let (code, out) = reps.verify_postgres();
+    assert_eq!(code, 0, "{out}");
+    for i in 1..=N {
+        assert!(out.contains(&format!("r{i}: ok")), "{out}");
+    }
+    for i in 0..N {
+        let problems = crate::support::audit::schema_problems(&reps.chain(i));
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
+/// T53 then T52: a replica killed with `kill -9` under load; the others keep serving, every
+/// answered certificate's record is in a chain, the dead replica's forward rows expire.
+/// Then PostgreSQL stops: issuance and new SSH connections are refused within 1 s, the
+/// replicas report it on `/healthz`, open forwards go on; it starts again and service
+/// resumes with no restart, every chain verifying.
+#[test]
+fn a_killed_replica_and_a_database_outage() {
+    let reps = start("");
+    reps.r[0].add_user("alice", PW);
+    let key = crate::support::ssh::keygen(&reps.r[0].path().join("alice_key"), "ed25519");
+    let carol = reps
+        .dmz
+        .user("carol", "carol", &["web-admin"], "-1m:+10m", 12, &[]);
+    let client = reps.client("carol", &carol);
+
+    // One held forward per replica (round robin).
+    let held: Vec<_> = (0..N).map(|_| client.hold_forward("web-1:22")).collect();
+    for h in &held {
+        assert!(h.first_bytes(Duration::from_secs(10)).starts_with("SSH-"));
+    }
+    wait_until(
+        Duration::from_secs(5),
+        || reps.rows("SELECT count(*) FROM open_forwards WHERE replica = 'r3'") >= 1,
+        || {
+            format!(
+                "r3 holds no forward row ({} rows in all); r3's log: {}",
+                reps.rows("SELECT count(*) FROM open_forwards"),
+                reps.r[2].server_log()
+            )
+        },
+    );
+
+    // Load: issuance through the balancer while r3 is killed.
+    let mut serials = Vec::new();
+    let mut failed = 0;
+    let started = Instant::now();
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if !killed && started.elapsed() > Duration::from_secs(1) {
+            kill9(reps.r[2].pid().unwrap());
+            killed = true;
+        }
+        let (status, body) = reps.issue("alice", PW, &key.public());
+        if status == 200 {
+            serials.push(serial_of(&body));
+        } else {
+            failed += 1;
+        }
+    }
+    assert!(
+        serials.len() >= 10,
+        "too few certificates: {} ({failed} failed)",
+        serials.len()
+    );
+    // After the kill HAProxy redispatches: the last seconds were all served.
+    for _ in 0..5 {
+        let (status, body) = reps.issue("alice", PW, &key.public());
+        assert_eq!(status, 200, "{body}");
+        serials.push(serial_of(&body));
+    }
+    let mut recorded = std::collections::HashSet::new();
+    for i in 0..N {
+        for r in reps.chain(i) {
+            if r["event"] == "cert.issued" {
+                recorded.insert(r["serial"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    for s in &serials {
+        assert!(
+            recorded.contains(s),
+            "certificate {s} was answered with no record committed"
+        );
+    }
+    // The dead replica's rows expire with its lease (3 s).
+    wait_until(
+        Duration::from_secs(8),
+        || reps.rows("SELECT count(*) FROM open_forwards WHERE replica = 'r3'") == 0,
+        || "r3's forward rows did not expire".into(),
+    );
+    assert!(reps.rows("SELECT count(*) FROM open_forwards WHERE replica <> 'r3'") >= 1);
+
+    // The database stops.
+    let mut survivors = Vec::new();
+    for mut h in held {
+        if !h.ended_within(Duration::ZERO) {
+            survivors.push(h);
+        }
+    }
+    assert!(!survivors.is_empty());
+    reps.pg.stop();
+    let t0 = Instant::now();
+    let (status, body) = reps.curl_at(
+        reps.r[0].api.port(),
+        "/v1/certs",
+        &[
+            "-u",
+            &format!("alice:{PW}"),
+            "--data-binary",
+            &format!("@{}", key.public().display()),
+        ],
+    );
+    let took = t0.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_millis(1500), "refused after {took:?}");
+    assert!(
+        body.contains("state_unavailable") || body.contains("audit_unavailable"),
+        "{body}"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            reps.healthz(i),
+            503,
+            "r{} says healthy with the database down",
+            i + 1
+        );
+    }
+    let t0 = Instant::now();
+    let out = reps
+        .dmz
+        .client("carol2", reps.r[0].ssh.port(), &carol)
+        .run(&["web-1", "echo", "ok"]);
+    assert!(
+        !out.success(),
+        "a new SSH connection was let in with the database down"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    for mut h in survivors {
+        assert!(
+            !h.ended_within(Duration::from_millis(200)),
+            "an open forward was cut"
+        );
+        drop(h);
+    }
+
+    // It comes back: service resumes without a restart.
+    reps.pg.start_again();
+    wait_until(
+        Duration::from_secs(15),
+        || reps.issue("alice", PW, &key.public()).0 == 200,
+        || "issuance did not resume".into(),
+    );
+    let out = client.run(&["web-1", "echo", "ok"]);
+    assert!(out.success(), "{out:?}");
+    let (code, out) = reps.verify_postgres();
+    assert_eq!(code, 0, "{out}");
+    for i in 1..=N {
+        assert!(out.contains(&format!("r{i}: ok")), "{out}");
+    }
+}
