@@ -287,3 +287,65 @@ impl AuditSink for MemorySink {
         Ok(())
     }
 }
+
+/// The behaviour every sink must have: run on [`MemorySink`] and [`FileSink`] by the unit
+/// tests and on the PostgreSQL sink by `tests/it/state.rs`. `sink` starts empty.
+#[doc(hidden)]
+pub mod contract {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::AuditSink;
+    use crate::audit::record::{GENESIS, build_line};
+
+    fn lines(from: u64, n: u64, mut prev: String) -> (Vec<String>, String) {
+        let mut out = Vec::new();
+        for seq in from..from + n {
+            let mut fields = serde_json::Map::new();
+            fields.insert("reason".into(), format!("contract {seq}").into());
+            let (line, hash) = build_line(
+                seq,
+                "2026-12-01T00:00:00.000Z",
+                "contract",
+                "audit.resumed",
+                &fields,
+                &prev,
+            );
+            out.push(line);
+            prev = hash;
+        }
+        (out, prev)
+    }
+
+    /// An empty chain has no head; a batch is durable as a whole and the head is its last
+    /// record; the next batch continues it.
+    pub fn all(sink: &mut dyn AuditSink) {
+        assert_eq!(sink.last().unwrap(), None);
+        let (batch, head) = lines(1, 3, GENESIS.to_string());
+        assert!(batch.iter().all(|l| l.ends_with('\n')));
+        sink.append(&batch).unwrap();
+        assert_eq!(sink.last().unwrap(), Some((3, head.clone())));
+        let (one, head) = lines(4, 1, head);
+        sink.append(&one).unwrap();
+        assert_eq!(sink.last().unwrap(), Some((4, head.clone())));
+        let (many, head) = lines(5, 500, head);
+        sink.append(&many).unwrap();
+        assert_eq!(sink.last().unwrap(), Some((504, head)));
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_memory_sink_keeps_the_contract() {
+        super::contract::all(&mut super::MemorySink::new());
+    }
+
+    #[test]
+    fn the_file_sink_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sink, recovery) = super::FileSink::open(&dir.path().join("audit.log")).unwrap();
+        assert!(recovery.is_none());
+        super::contract::all(&mut sink);
+    }
+}

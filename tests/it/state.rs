@@ -128,6 +128,16 @@ async fn the_audit_chain_fails_closed_while_postgres_is_down_and_resumes_alone()
     assert!(!String::from_utf8_lossy(&text).contains("test record 100"));
 }
 
+/// The PostgreSQL sink keeps the contract the memory and file sinks keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_sink_keeps_the_contract_of_the_file_one() {
+    let pg = Postgres::start();
+    let t = target(&pg, "contract");
+    drawbridge::state::migrate::run(&t).await.unwrap();
+    let mut sink = drawbridge::state::audit_sink::PgSink::open(t).unwrap();
+    tokio::task::block_in_place(|| drawbridge::audit::sink::contract::all(&mut sink));
+}
+
 /// Two processes never write one chain: the second sink for a replica name is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_writer_of_one_replica_chain_is_refused() {
