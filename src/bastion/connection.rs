@@ -100,6 +100,9 @@ pub(super) async fn serve_connection(
 
     let mut valid_before: Option<SystemTime> = None;
     let mut draining = false;
+    // A refusal before authentication that the client should read (the shared state is
+    // away): sent as the disconnect message.
+    let mut tell = false;
     let reason: String = loop {
         let authenticated = valid_before.is_some();
         let expiry = valid_before
@@ -151,6 +154,7 @@ pub(super) async fn serve_connection(
                 if changed.is_ok()
                     && let Some(message) = cert_cut_rx.borrow_and_update().clone()
                 {
+                    tell = true;
                     break message;
                 }
             }
@@ -168,7 +172,7 @@ pub(super) async fn serve_connection(
         }
     };
     debug!(%peer, conn, %reason, "closing connection");
-    if valid_before.is_some() {
+    if valid_before.is_some() || tell {
         // Tell an authenticated client why, then cut whatever happens.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),

@@ -155,6 +155,12 @@ impl Handler for Connection {
                     ),
                     super::counts::NoPlace::Unavailable(why) => {
                         warn!(peer = %self.peer, reason = %why, "SSH login refused: shared state unavailable");
+                        // The client reads this as the disconnect message; no retry helps.
+                        self.cert_cut.send_replace(Some(
+                            "drawbridge: the shared state database cannot be reached; new \
+                             connections are refused until it is back"
+                                .to_string(),
+                        ));
                         (
                             RefusalCode::StateUnavailable,
                             codes::RULE_STATE_POSTGRES,
