@@ -170,7 +170,7 @@ impl Audit {
         Ok(Self::start(Box::new(sink), replica, head))
     }
 
-    /// Runs the log on any sink (PostgreSQL later, [`MemorySink`] in tests).
+    /// Runs the log on any sink (`state::audit_sink::PgSink`, [`MemorySink`] in tests).
     pub fn with_sink(mut sink: Box<dyn AuditSink>, replica: &str) -> Result<Audit, AuditError> {
         let head = sink
             .last()

@@ -1,8 +1,9 @@
 //! Where records go: a trait, the append-only file, and an in-memory sink for tests.
 //!
-//! A PostgreSQL sink can be added later behind [`AuditSink`] without touching the callers
-//! of [`super::Audit`]: it appends a batch in one transaction and reports the last durable
-//! `(seq, hash)` of this replica's chain.
+//! The PostgreSQL sink (`state::audit_sink::PgSink`, `[state] postgres`) sits behind
+//! [`AuditSink`] too, without touching the callers of [`super::Audit`]: it appends a batch
+//! in one transaction and reports the last durable `(seq, hash)` of this replica's chain.
+//! All three pass [`contract`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

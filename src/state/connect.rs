@@ -247,6 +247,30 @@ mod tests {
     }
 
     #[test]
+    fn the_state_section_names_the_replica_and_bounds_the_lease() {
+        let cfg = |text: &str| crate::config::Config::parse(text).unwrap();
+        assert!(from_config(&cfg(""), 2222).unwrap().is_none());
+        let base = "[state]\npostgres = \"postgresql://u@db/x\"\n";
+        let t = from_config(&cfg(&format!("{base}replica = \"a-1\"\n")), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.replica, "a-1");
+        assert_eq!(t.lease, Duration::from_secs(15));
+        // No name and no SSH port to make one from: refused, naming the key.
+        let e = from_config(&cfg(base), 0).unwrap_err().to_string();
+        assert!(e.contains("[state] replica"), "{e}");
+        let e = from_config(&cfg(&format!("{base}replica = \"a b\"\n")), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("replica:"), "{e}");
+        let e = from_config(&cfg(&format!("{base}replica = \"a\"\nlease = \"1s\"\n")), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 3s"), "{e}");
+        assert!(crate::config::Config::parse("[state]\npostgress = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn the_password_comes_from_the_file_or_pgpass() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pw");

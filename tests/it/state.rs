@@ -149,3 +149,21 @@ async fn a_second_writer_of_one_replica_chain_is_refused() {
     let e = second.err().expect("a second writer was accepted");
     assert!(e.to_string().contains("each replica needs its own"), "{e}");
 }
+
+/// A password in the `[state] postgres` URL stops `serve` at start, saying where the
+/// password goes instead, without repeating it.
+#[test]
+fn serve_refuses_a_postgres_url_carrying_a_password() {
+    let d = crate::support::drawbridge::Drawbridge::prepare(
+        &crate::support::drawbridge::FIXTURE_POLICY,
+        "[state]\npostgres = \"postgresql://drawbridge:hunter2-secret@127.0.0.1:1/x\"\nreplica = \"r1\"\n",
+    );
+    let (code, out, err) = d.cli(&["serve"], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("carries a password"), "{err}");
+    assert!(err.contains("password_file"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "{err}"
+    );
+}
