@@ -385,7 +385,10 @@ fn a_killed_replica_and_a_database_outage() {
     );
     let took = t0.elapsed();
     assert_eq!(status, 503, "{body}");
-    assert!(took < Duration::from_millis(1500), "refused after {took:?}");
+    // The refusal itself is immediate (the database is down, connecting fails at once, and
+    // every call is bounded at 0.7 s); the bound leaves room for curl's start and TLS on a
+    // loaded machine. `state::the_audit_chain_fails_closed_…` bounds the record at 1 s.
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
     assert!(
         body.contains("state_unavailable") || body.contains("audit_unavailable"),
         "{body}"

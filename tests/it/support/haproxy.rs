@@ -27,7 +27,7 @@ pub fn config(api: u16, ssh: u16, backends: &[(SocketAddr, SocketAddr)]) -> Stri
     let mut ssh_servers = String::new();
     for (i, (a, s)) in backends.iter().enumerate() {
         let check = format!(
-            "check port {} check-ssl verify none inter 300ms fall 2 rise 1",
+            "check port {} check-ssl verify none inter 500ms fall 3 rise 1",
             a.port()
         );
         api_servers.push_str(&format!("    server r{} {a} {check}\n", i + 1));
@@ -36,7 +36,7 @@ pub fn config(api: u16, ssh: u16, backends: &[(SocketAddr, SocketAddr)]) -> Stri
     format!(
         "global\n    maxconn 4096\n\n\
          defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n    \
-         timeout server 120s\n    timeout check 1s\n    retries 2\n    option redispatch\n    \
+         timeout server 120s\n    timeout check 3s\n    retries 2\n    option redispatch\n    \
          option httpchk\n    http-check send meth GET uri /healthz\n    \
          http-check expect status 200\n\n\
          frontend api\n    bind 127.0.0.1:{api}\n    default_backend api\n\n\
