@@ -167,3 +167,53 @@ fn serve_refuses_a_postgres_url_carrying_a_password() {
         "{err}"
     );
 }
+
+/// T52 with a database that stops answering without closing anything (paused, as behind
+/// a dead network): a login's count and an SSH connection's place are refused within 1 s
+/// instead of waiting on the socket, and both work again once it answers, on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_stops_answering_is_refused_within_a_second() {
+    use drawbridge::bastion::counts::{ConnectionCounts, NoPlace};
+    use drawbridge::identity::limiter::Refused;
+    let pg = Postgres::start();
+    let t = target(&pg, "frozen");
+    drawbridge::state::migrate::run(&t).await.unwrap();
+    let db = Db::new(t);
+    let limiter =
+        drawbridge::state::limiter::PgLimiter::new(db.clone(), 5, Duration::from_secs(60));
+    let counts = drawbridge::state::counts::PgCounts::new(db.clone());
+    let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let now = std::time::SystemTime::now();
+    limiter.reserve("alice", ip, now).await.unwrap();
+    counts.take("alice", 1, 5).await.unwrap();
+
+    pg.freeze(true);
+    let started = Instant::now();
+    let login = limiter.reserve("alice", ip, now).await;
+    let took = started.elapsed();
+    let started = Instant::now();
+    let place = counts.take("alice", 2, 5).await;
+    let took_place = started.elapsed();
+    pg.freeze(false);
+    assert!(matches!(login, Err(Refused::Unavailable(_))), "{login:?}");
+    assert!(took < Duration::from_secs(1), "a login waited {took:?}");
+    assert!(matches!(place, Err(NoPlace::Unavailable(_))), "{place:?}");
+    assert!(
+        took_place < Duration::from_secs(1),
+        "a connection waited {took_place:?}"
+    );
+    assert!(!db.healthy());
+
+    let mut back = false;
+    for _ in 0..50 {
+        if limiter.reserve("alice", ip, now).await.is_ok()
+            && counts.take("alice", 3, 5).await.is_ok()
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the shared state did not come back by itself");
+    assert!(db.healthy());
+}

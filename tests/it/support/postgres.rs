@@ -153,6 +153,36 @@ impl Postgres {
         assert!(out.success(), "pg_ctl stop failed: {out:?}");
     }
 
+    /// The server and every backend process, paused (`SIGSTOP`: connections stay open and
+    /// nothing answers, as a database behind a dead network) or resumed (`SIGCONT`).
+    pub fn freeze(&self, frozen: bool) {
+        let pid_file =
+            std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster: u32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("pid");
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        for pid in pids {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
     /// `postgresql://drawbridge@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgresql://drawbridge@127.0.0.1:{}/postgres", self.port)
@@ -174,6 +204,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.freeze(false);
         let _ = self.run(
             "pg_ctl",
             &[
