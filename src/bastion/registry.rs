@@ -413,7 +413,27 @@ principals = ["web-deploy"]
 
     #[test]
     fn cuts_what_the_new_policy_no_longer_allows_and_nothing_else() {
-        let reg: Arc<dyn ForwardRegistry> = Arc::new(MemoryRegistry::default());
+        cuts_what_the_new_policy_no_longer_allows(Arc::new(MemoryRegistry::default()));
+    }
+
+    /// The PostgreSQL registry cuts exactly as the memory one: it re-checks this replica's
+    /// forwards (its rows are written by tasks that need a runtime, absent here).
+    #[test]
+    fn the_postgres_registry_cuts_the_same() {
+        let pg = crate::state::connect::parse("postgresql://u@127.0.0.1:1/x", None, None).unwrap();
+        let target = crate::state::connect::Target {
+            shown: crate::state::connect::shown(&pg),
+            pg,
+            replica: "r1".into(),
+            lease: Duration::from_secs(15),
+        };
+        let db = crate::state::db::Db::new(target);
+        cuts_what_the_new_policy_no_longer_allows(Arc::new(
+            crate::state::forwards::PgRegistry::new(db),
+        ));
+    }
+
+    fn cuts_what_the_new_policy_no_longer_allows(reg: Arc<dyn ForwardRegistry>) {
         let both = identity("alice", &["web-admin", "web-deploy"]);
         let admin = identity("alice", &["web-admin"]);
         let (r1, _rx1) = register(&reg, 1, conn(), both.clone(), "web-1", fields());
