@@ -62,12 +62,17 @@ impl PgRegistry {
                             serial,
                             target,
                         } => {
+                            // A row left by this replica's previous life (same name, ids
+                            // counted from 1 again) is taken over, not kept.
                             c.execute(
                                 "INSERT INTO open_forwards \
                                  (replica, forward, conn, key_id, serial, target, lease_until) \
                                  VALUES ($1, $2, $3, $4, $5, $6, \
                                          now() + $7::bigint * interval '1 millisecond') \
-                                 ON CONFLICT (replica, forward) DO NOTHING",
+                                 ON CONFLICT (replica, forward) DO UPDATE SET \
+                                 conn = EXCLUDED.conn, key_id = EXCLUDED.key_id, \
+                                 serial = EXCLUDED.serial, target = EXCLUDED.target, \
+                                 opened_at = now(), lease_until = EXCLUDED.lease_until",
                                 &[&replica, &id, &conn, &key_id, &serial, &target, &lease_ms],
                             )
                             .await
