@@ -112,6 +112,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let cfg = config.ssh.clone();
         // The issuer backdates valid_after by 60 s: a certificate spans max_ttl + 60 s.
         let max = config.certs.max_ttl + crate::issuer::cert_fields::BACKDATING;
+        let recording = recording_setup(&config, &ca_dir, run_api)?;
         let parts = crate::bastion::BastionParts {
             listener,
             cfg,
@@ -121,6 +122,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit: audit.clone(),
             metrics: bastion_metrics,
             shutdown: watch_token(&shutdown),
+            recording,
         };
         tasks.push(tokio::spawn(async move {
             if let Err(e) = crate::bastion::run(parts).await {
@@ -345,4 +347,39 @@ fn log_reload(outcome: ReloadOutcome) {
              keeping the policy in force (retried at the next poll)"
         ),
     }
+}
+
+/// What the bastion records sessions with. With the issuer in the same process: the user
+/// CA signs per-session certificates and the host CA the inner host certificates. A
+/// `--bastion-only` process records only with `ca/session_ca` and
+/// `ca/recorded_host_key` + `-cert.pub` (from `ca sign-host`); without them it refuses
+/// the sessions the policy says to record.
+fn recording_setup(
+    config: &Config,
+    ca_dir: &std::path::Path,
+    with_issuer: bool,
+) -> anyhow::Result<Option<crate::bastion::recorded::Setup>> {
+    use crate::bastion::recorded::{RecordingKeys, Setup, seam};
+    let dir = seam::recording_dir(config);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the recordings folder; recorded sessions will be refused");
+    }
+    let keys = if with_issuer {
+        let k = crate::issuer::IssuerKeys::load(ca_dir)
+            .with_context(|| format!("loading the CA keys from {}", ca_dir.display()))?;
+        RecordingKeys::in_process(k.user_ca, k.host_ca).map_err(anyhow::Error::msg)?
+    } else {
+        match RecordingKeys::bastion_only(ca_dir) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "recorded sessions will be refused");
+                return Ok(None);
+            }
+        }
+    };
+    Ok(Some(Setup {
+        keys,
+        dir,
+        input: seam::record_input(config),
+    }))
 }

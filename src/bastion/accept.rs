@@ -36,6 +36,7 @@ pub(super) async fn run(parts: BastionParts) -> anyhow::Result<()> {
         audit,
         metrics,
         mut shutdown,
+        recording,
     } = parts;
     let trusted = TrustedCas::new(&keys.trusted_user_cas);
     if trusted.is_empty() {
@@ -59,6 +60,7 @@ pub(super) async fn run(parts: BastionParts) -> anyhow::Result<()> {
         unauth,
         refusals: Budget::default(),
         next_conn: AtomicU64::new(1),
+        recording: recording.map(Arc::new),
     });
     info!(listen = ?listener.local_addr().ok(), "bastion listening");
     let (recheck_stop, recheck_stop_rx) = watch::channel(false);
