@@ -83,6 +83,14 @@ refusal_codes! {
     TargetHostKey = "target-host-key",
     /// The target refused the per-session certificate (rule `bastion.session-certificate`).
     TargetAuthFailed = "target-auth-failed",
+    /// No principal of the certificate grants the login asked for inside a recorded
+    /// host's channel.
+    LoginNotGranted = "login-not-granted",
+    /// The certificate inside a recorded host's channel is not the one the connection to
+    /// the bastion authenticated with.
+    OtherCertificate = "other-certificate",
+    /// The per-session certificate for a recorded session could not be made.
+    SessionCertificate = "session-certificate",
     // The API (`api`, `identity::AuthError`, `issuer::plan::IssueRefusal`).
     Unauthenticated = "unauthenticated",
     BadCredentials = "bad_credentials",

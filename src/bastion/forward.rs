@@ -249,8 +249,11 @@ pub(super) async fn run(req: Request) {
             let r = ForwardRefusal {
                 rule: Some("bastion.recorded".into()),
                 ..prohibited(
-                    RefusalCode::RecordingFailed,
-                    format!("{}: sessions to this host are recorded, and this bastion cannot record", target.name),
+                    RefusalCode::RecordingUnavailable,
+                    format!(
+                        "{}: sessions to this host are recorded, and this bastion cannot record",
+                        target.name
+                    ),
                 )
             };
             return end_unopened(&shared, closed, reply, r, started).await;

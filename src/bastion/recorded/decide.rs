@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use crate::audit::RefusalCode;
 use crate::bastion::forward::authorize;
 use crate::bastion::verify::CertIdentity;
-use crate::policy::Policy;
+use crate::policy::{Held, Policy};
 
 /// Why a login on a recorded host is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,31 +17,37 @@ pub struct Denial {
     pub message: String,
 }
 
-/// The principals of `id` that grant `login` on inventory host `host`, sorted as the
-/// certificate carries them; never empty on success.
+/// The principals of `id` that grant `login` on inventory host `host` (with how each is
+/// held), in the certificate's order; never empty on success.
 pub fn login(
     policy: &Policy,
     id: &CertIdentity,
     host: &str,
     login: &str,
     now: SystemTime,
-) -> Result<Vec<String>, Denial> {
-    let port = policy.hosts.get(host).map(|h| u32::from(h.port)).unwrap_or(22);
+) -> Result<Vec<Held>, Denial> {
+    let port = policy
+        .hosts
+        .get(host)
+        .map(|h| u32::from(h.port))
+        .unwrap_or(22);
     let allowed = authorize(policy, id, host, port, now).map_err(|r| Denial {
         code: r.code,
-        rule: r.rule.clone().unwrap_or_else(|| format!("bastion.{}", r.code)),
+        rule: r
+            .rule
+            .clone()
+            .unwrap_or_else(|| format!("bastion.{}", r.code)),
         message: r.message,
     })?;
-    let principals: Vec<String> = allowed
+    let principals: Vec<Held> = allowed
         .grants
-        .iter()
+        .into_iter()
         .filter(|g| {
             policy
                 .principals
                 .get(&g.principal)
                 .is_some_and(|p| p.logins.iter().any(|l| l == login))
         })
-        .map(|g| g.principal.clone())
         .collect();
     if principals.is_empty() {
         let shown: String = crate::util::escape(login).chars().take(64).collect();
@@ -100,8 +106,12 @@ principals = ["dba"]
         let p = policy();
         let now = SystemTime::now();
         let a = id("alice", &["dba", "ops"], now);
-        assert_eq!(login(&p, &a, "db-1", "postgres", now).unwrap(), ["dba"]);
-        assert_eq!(login(&p, &a, "db-1", "root", now).unwrap(), ["ops"]);
+        let names = |h: Vec<Held>| h.into_iter().map(|h| h.principal).collect::<Vec<_>>();
+        assert_eq!(
+            names(login(&p, &a, "db-1", "postgres", now).unwrap()),
+            ["dba"]
+        );
+        assert_eq!(names(login(&p, &a, "db-1", "root", now).unwrap()), ["ops"]);
         let e = login(&p, &a, "db-1", "mallory", now).unwrap_err();
         assert_eq!(e.code, RefusalCode::LoginNotGranted);
     }

@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::relay::{self, Kind};
-use super::session::SessionCtx;
+use super::session::{Refused, SessionCtx};
 use super::target;
-use crate::audit::{AuditEvent, AuthFailed, PeerText, RefusalCode};
+use crate::audit::RefusalCode;
 use crate::bastion::connection::reject;
 use crate::bastion::verify::verify_certificate;
+use crate::policy::Held;
 
 /// How long a relayed request waits for the target's answer.
 const REPLY_WAIT: Duration = Duration::from_secs(10);
@@ -69,7 +70,7 @@ struct Relayed {
 pub(super) struct Inner {
     ctx: Arc<SessionCtx>,
     /// The login decided at authentication, with the principals granting it.
-    login: Option<(String, Vec<String>)>,
+    login: Option<(String, Vec<Held>)>,
     /// The certificate's extensions (what the per-session certificate may carry on).
     extensions: Vec<String>,
     target: Option<target::TargetHandle>,
@@ -88,34 +89,39 @@ impl Inner {
     }
 
     async fn refuse_auth(&self, code: RefusalCode, rule: &str, message: &str, user: &str) -> Auth {
-        self.ctx.shared.metrics.refused(code);
-        let policy = self.ctx.shared.policy.current();
-        let mut conn = self.ctx.fields.clone();
-        conn.ssh_user = PeerText::cut(user);
-        let f = AuthFailed::new(conn, code, message, &policy.version, rule);
-        let _ = self.ctx.shared.record(AuditEvent::SshAuthFailed(f)).await;
-        info!(session = %self.ctx.id, code = %code, "recorded session: authentication refused");
+        self.ctx
+            .refuse(Some(user), &Refused::new(code, rule, message))
+            .await;
         reject()
     }
 
     /// Refuses a session request, audited, with the reason on the channel's stderr.
     async fn refuse_request(&self, channel: ChannelId, request: &str, session: &mut Session) {
         self.ctx
-            .refused(request, RefusalCode::SessionRefused, "bastion.recorded-session")
+            .refused(
+                request,
+                RefusalCode::SessionRefused,
+                "bastion.recorded-session",
+            )
             .await;
         let _ = session.channel_failure(channel);
     }
 
     /// The target connection, made on the first channel: `session.started` on disk, the
     /// recording created, then (only then) the target dialled and logged in to.
-    async fn ensure_target(&mut self) -> Result<(), (RefusalCode, String)> {
+    async fn ensure_target(&mut self) -> Result<(), Refused> {
         if self.target.is_some() {
             return Ok(());
         }
-        let Some((login, principals)) = self.login.clone() else {
-            return Err((RefusalCode::SessionRefused, "not authenticated".into()));
+        let Some((login, grants)) = self.login.clone() else {
+            return Err(Refused::new(
+                RefusalCode::SessionRefused,
+                "bastion.recorded-session",
+                "not authenticated",
+            ));
         };
-        self.ctx.start(&login, &principals).await?;
+        self.ctx.start(&login, &grants).await?;
+        let principals: Vec<String> = grants.iter().map(|g| g.principal.clone()).collect();
         let host = &self.ctx.host;
         let keys = &self.ctx.setup.keys;
         let (mut handle, egress) = target::dial(
@@ -127,27 +133,55 @@ impl Inner {
         )
         .await
         .map_err(|e| {
-            let code = match e {
-                target::TargetError::HostKey { .. } => RefusalCode::TargetHostKey,
-                target::TargetError::Timeout { .. } => RefusalCode::ConnectTimeout,
-                target::TargetError::Connect { .. } => RefusalCode::ConnectFailed,
-                _ => RefusalCode::TargetLogin,
+            let (code, rule) = match e {
+                target::TargetError::HostKey { .. } => {
+                    (RefusalCode::TargetHostKey, "bastion.target-host-key")
+                }
+                target::TargetError::Timeout { .. } => {
+                    (RefusalCode::ConnectTimeout, "ssh.connect_timeout")
+                }
+                target::TargetError::Connect { .. } => {
+                    (RefusalCode::ConnectFailed, "ssh.connect_timeout")
+                }
+                _ => (RefusalCode::TargetAuthFailed, "bastion.session-certificate"),
             };
-            (code, e.to_string())
+            let mut r = Refused::new(code, rule, &e.to_string());
+            if let target::TargetError::HostKey { host, why } = &e {
+                // The user learns the host is not trusted; the log learns why.
+                r.message =
+                    format!("{host}: the target's host key is not trusted; the session is refused");
+                r.detail = Some(why.clone());
+            }
+            r
         })?;
+        let egress =
+            super::session_cert::egress_networks(&self.ctx.shared.cfg.egress_addresses, egress);
         let plan = super::session_cert::plan(
             &self.ctx.identity.key_id,
             &principals,
             &self.extensions,
             self.ctx.id.as_str(),
-            egress,
+            &egress,
             SystemTime::now(),
         );
-        let (key, cert) = super::session_cert::issue(&keys.session_signer, &plan)
-            .map_err(|e| (RefusalCode::SessionCertificate, e))?;
+        let (key, cert) =
+            super::session_cert::issue(&keys.session_signer, &plan).map_err(|e| Refused {
+                detail: Some(e),
+                ..Refused::new(
+                    RefusalCode::SessionCertificate,
+                    "bastion.session-certificate",
+                    "the bastion cannot make the session certificate; try again later",
+                )
+            })?;
         target::login(&mut handle, &host.name, &login, key, cert)
             .await
-            .map_err(|e| (RefusalCode::TargetLogin, e.to_string()))?;
+            .map_err(|e| {
+                Refused::new(
+                    RefusalCode::TargetAuthFailed,
+                    "bastion.session-certificate",
+                    &e.to_string(),
+                )
+            })?;
         info!(session = %self.ctx.id, target = %host.name, login = %login, "recorded session: logged in to the target");
         self.target = Some(handle);
         Ok(())
@@ -307,12 +341,13 @@ impl Handler for Inner {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Err((code, message)) = self.ensure_target().await {
-            self.ctx.fail_start(code, &message).await;
+        if let Err(r) = self.ensure_target().await {
+            let login = self.login.as_ref().map(|(l, _)| l.clone());
+            self.ctx.refuse(login.as_deref(), &r).await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 2,
-                    reason: message,
+                    reason: r.message,
                 })
                 .await;
             return Ok(());
@@ -349,7 +384,11 @@ impl Handler for Inner {
     ) -> Result<(), Self::Error> {
         // `-L` through a recorded host only where the role permits port forwarding; the
         // target's sshd checks the per-session certificate's extension again.
-        if !self.extensions.iter().any(|e| e == "permit-port-forwarding") {
+        if !self
+            .extensions
+            .iter()
+            .any(|e| e == "permit-port-forwarding")
+        {
             self.ctx
                 .refused(
                     "direct-tcpip",
@@ -365,12 +404,13 @@ impl Handler for Inner {
                 .await;
             return Ok(());
         }
-        if let Err((code, message)) = self.ensure_target().await {
-            self.ctx.fail_start(code, &message).await;
+        if let Err(r) = self.ensure_target().await {
+            let login = self.login.as_ref().map(|(l, _)| l.clone());
+            self.ctx.refuse(login.as_deref(), &r).await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 2,
-                    reason: message,
+                    reason: r.message,
                 })
                 .await;
             return Ok(());
@@ -379,7 +419,10 @@ impl Handler for Inner {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
-        let shown: String = crate::util::escape(host_to_connect).chars().take(256).collect();
+        let shown: String = crate::util::escape(host_to_connect)
+            .chars()
+            .take(256)
+            .collect();
         if self
             .ctx
             .mark(&format!("forward {shown}:{port_to_connect}"))
@@ -433,7 +476,11 @@ impl Handler for Inner {
             return Ok(());
         }
         // Waits for the target's window: a slow target slows this client down.
-        if r.target.data_bytes(Bytes::copy_from_slice(data)).await.is_err() {
+        if r.target
+            .data_bytes(Bytes::copy_from_slice(data))
+            .await
+            .is_err()
+        {
             debug!(session = %self.ctx.id, "target channel gone");
         }
         Ok(())
@@ -602,7 +649,11 @@ impl Handler for Inner {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         self.ctx
-            .refused("agent", RefusalCode::SessionRefused, "bastion.recorded-session")
+            .refused(
+                "agent",
+                RefusalCode::SessionRefused,
+                "bastion.recorded-session",
+            )
             .await;
         Ok(false)
     }

@@ -58,7 +58,10 @@ impl std::fmt::Debug for RecordingKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordingKeys")
             .field("session_signer", &self.session_signer)
-            .field("host_ca", &self.host_ca.fingerprint(HashAlg::Sha256).to_string())
+            .field(
+                "host_ca",
+                &self.host_ca.fingerprint(HashAlg::Sha256).to_string(),
+            )
             .finish()
     }
 }
@@ -135,17 +138,12 @@ impl RecordingKeys {
                     ))
                 }
             }
-            InnerHost::Signed {
-                host_ca,
-                key,
-                made,
-            } => {
+            InnerHost::Signed { host_ca, key, made } => {
                 let mut made = made.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((addr, v, cert, at)) = made.get(&host.name)
                     && addr == &host.address
                     && v == version
-                    && now.duration_since(*at).unwrap_or(Duration::ZERO)
-                        < INNER_CERT_VALIDITY / 2
+                    && now.duration_since(*at).unwrap_or(Duration::ZERO) < INNER_CERT_VALIDITY / 2
                 {
                     return Ok((key.clone(), cert.clone()));
                 }

@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use russh::server::{ChannelOpenHandle, Msg};
 use russh::Channel;
+use russh::server::{ChannelOpenHandle, Msg};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -54,7 +54,7 @@ use super::killable::{Kill, Killable};
 use super::registry::{Cut, ForwardFields, Registration};
 use super::shared::{ChannelSlot, Shared};
 use super::verify::CertIdentity;
-use crate::audit::{Conn, RefusalCode};
+use crate::audit::{AuditEvent, Conn, RefusalCode, SessionEnded};
 use crate::policy::Host;
 
 /// What the bastion needs to record sessions.
@@ -190,7 +190,7 @@ pub(super) async fn run(s: Start) {
                     ("cut".to_string(), message)
                 }
                 _ = failed.wait_for(|v| *v) => (
-                    RefusalCode::RecordingFailed.as_str().to_string(),
+                    "recording-failed".to_string(),
                     Some("the recording of this session cannot be written".to_string()),
                 ),
             };
@@ -237,8 +237,32 @@ pub(super) async fn run(s: Start) {
         None => None,
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    if let Some(event) = seam::session_ended(&ctx, duration_ms, &end, summary.as_ref()) {
-        let _ = shared.record(event).await;
+    if let Some((login, _)) = ctx.started.get() {
+        let policy = shared.policy.current();
+        let version = match &registration_cut {
+            Some(c) => c.policy_version.clone(),
+            None => policy.version.clone(),
+        };
+        let mut e = SessionEnded::new(ctx.base(login, &version), &ctx.recording_path(), &end);
+        e.duration_ms = duration_ms;
+        e.bytes_client_to_target = ctx.bytes_up.load(Ordering::Relaxed);
+        e.bytes_target_to_client = ctx.bytes_down.load(Ordering::Relaxed);
+        e.exit_status = ctx.exit();
+        e.exit_signal = ctx.exit_signal_name();
+        if let Some(c) = &registration_cut {
+            e.rule = Some(c.rule.clone());
+            e.reason = Some(c.code);
+            e.lost_principal = c.principal.clone();
+            e.message = Some(c.message.clone());
+        } else if end == "recording-failed" {
+            e.reason = Some(RefusalCode::RecordingUnavailable);
+            e.rule = Some("recording.dir".into());
+        }
+        if let Some(s) = &summary {
+            e.recording_size = Some(s.size);
+            e.recording_sha256 = Some(s.sha256.clone());
+        }
+        let _ = shared.record(AuditEvent::SessionEnded(e)).await;
     }
     let up = ctx.bytes_up.load(Ordering::Relaxed);
     let down = ctx.bytes_down.load(Ordering::Relaxed);

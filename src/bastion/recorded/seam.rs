@@ -15,11 +15,16 @@ use crate::policy::{Held, Host, Policy};
 /// grant it: the host says `record = true`, or one of those principals does.
 pub fn records(policy: &Policy, host: &Host, grants: &[Held]) -> bool {
     let names: Vec<&str> = grants.iter().map(|g| g.principal.as_str()).collect();
-    policy_records(policy, &host.name, &names)
+    policy.records(&host.name, &names)
 }
 
-fn policy_records(_policy: &Policy, _host: &str, _principals: &[&str]) -> bool {
-    false
+/// The policy rule that asks for the recording (`hosts.NAME.record`, ...).
+pub fn recorded_rule(policy: &Policy, host: &str, principals: &[String]) -> String {
+    let names: Vec<&str> = principals.iter().map(String::as_str).collect();
+    policy
+        .recorded_by(host, &names)
+        .map(|r| r.rule())
+        .unwrap_or_else(|| format!("hosts.{host}.record"))
 }
 
 /// A recorded session's id: 16 random hex digits, safe as a file name.
@@ -139,7 +144,13 @@ impl Recorder {
         if let Some(f) = file {
             f.sync_all()?;
         }
-        let sha256 = hex::encode(self.hash.lock().unwrap_or_else(|e| e.into_inner()).clone().finalize());
+        let sha256 = hex::encode(
+            self.hash
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .finalize(),
+        );
         Ok(RecordingSummary {
             path: self.path.clone(),
             size: *self.size.lock().unwrap_or_else(|e| e.into_inner()),
@@ -148,32 +159,12 @@ impl Recorder {
     }
 }
 
-/// The `session.started` record, when the audit schema has one.
-pub(super) fn session_started(
-    _ctx: &super::session::SessionCtx,
-    _login: &str,
-    _principals: &[String],
-    _policy_version: &str,
-) -> Option<crate::audit::AuditEvent> {
-    None
-}
-
-/// The `session.ended` record, when the audit schema has one.
-pub(super) fn session_ended(
-    _ctx: &super::session::SessionCtx,
-    _duration_ms: u64,
-    _end: &str,
-    _summary: Option<&RecordingSummary>,
-) -> Option<crate::audit::AuditEvent> {
-    None
-}
-
 /// `recording.dir`, resolved against the configuration file's folder.
 pub fn recording_dir(config: &crate::config::Config) -> PathBuf {
-    config.base_dir.join("var/sessions")
+    config.recording_dir()
 }
 
 /// `recording.input`.
-pub fn record_input(_config: &crate::config::Config) -> bool {
-    false
+pub fn record_input(config: &crate::config::Config) -> bool {
+    config.recording.input
 }

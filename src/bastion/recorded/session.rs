@@ -6,15 +6,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Setup;
 use super::relay::Kind;
 use super::seam::{CastMeta, Recorder, RecordingSummary, SessionId};
-use crate::audit::{AuditEvent, Conn, RefusalCode};
+use crate::audit::{
+    AuditEvent, Conn, Grant, PeerText, RefusalCode, SessionBase, SessionRefused, SessionStarted,
+};
 use crate::bastion::shared::Shared;
 use crate::bastion::verify::CertIdentity;
-use crate::policy::Host;
+use crate::policy::{Held, Host};
+
+/// Why a recorded session is refused: code, rule, what the user is told, what not.
+#[derive(Debug, Clone)]
+pub(super) struct Refused {
+    pub code: RefusalCode,
+    pub rule: String,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl Refused {
+    pub fn new(code: RefusalCode, rule: &str, message: &str) -> Refused {
+        Refused {
+            code,
+            rule: rule.to_string(),
+            message: message.to_string(),
+            detail: None,
+        }
+    }
+}
 
 pub(super) struct SessionCtx {
     pub shared: Arc<Shared>,
@@ -33,6 +55,7 @@ pub(super) struct SessionCtx {
     /// Turns true when the recording cannot be written: the session is cut.
     failed: watch::Sender<bool>,
     exit: Mutex<Option<u32>>,
+    signal: Mutex<Option<String>>,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
 }
@@ -59,29 +82,55 @@ impl SessionCtx {
             started: OnceLock::new(),
             failed: watch::channel(false).0,
             exit: Mutex::new(None),
+            signal: Mutex::new(None),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
         }
     }
 
+    /// The fields every record of this session carries once the login is known.
+    pub fn base(&self, login: &str, policy_version: &str) -> SessionBase {
+        SessionBase {
+            conn: self.fields.clone(),
+            session: self.id.to_string(),
+            target: self.host.name.clone(),
+            address: format!("{}:{}", self.host.address, self.host.port),
+            login: PeerText::cut(login),
+            policy_version: policy_version.to_string(),
+        }
+    }
+
+    /// The recording's path.
+    pub fn recording_path(&self) -> String {
+        self.setup
+            .dir
+            .join(format!("{}.cast", self.id))
+            .display()
+            .to_string()
+    }
+
     /// Starts the session: `session.started` on disk, then the recording created.
     /// Nothing has reached the target yet; on error nothing will.
-    pub async fn start(
-        &self,
-        login: &str,
-        principals: &[String],
-    ) -> Result<(), (RefusalCode, String)> {
+    pub async fn start(&self, login: &str, grants: &[Held]) -> Result<(), Refused> {
         if self.started.get().is_some() {
             return Ok(());
         }
         let policy = self.shared.policy.current();
-        if let Some(event) =
-            super::seam::session_started(self, login, principals, &policy.version)
-            && !self.shared.record(event).await
-        {
-            return Err((
+        let principals: Vec<String> = grants.iter().map(|g| g.principal.clone()).collect();
+        let event = AuditEvent::SessionStarted(SessionStarted {
+            base: self.base(login, &policy.version),
+            principals: principals.clone(),
+            grants: Grant::all(grants),
+            rule: super::seam::recorded_rule(&policy, &self.host.name, &principals),
+            reason: self.identity.reason.clone(),
+            recording: self.recording_path(),
+            input: self.setup.input,
+        });
+        if !self.shared.record(event).await {
+            return Err(Refused::new(
                 RefusalCode::AuditUnavailable,
-                "the bastion cannot write its audit log; try again later".into(),
+                crate::bastion::codes::RULE_AUDIT_FIRST,
+                "the bastion cannot write its audit log; try again later",
             ));
         }
         let meta = CastMeta {
@@ -91,35 +140,48 @@ impl SessionCtx {
             cols: 80,
             rows: 24,
         };
+        let _ = self.started.set((login.to_string(), principals));
         let recorder = Recorder::create(&self.setup.dir, &self.id, &meta).map_err(|e| {
             warn!(session = %self.id, error = %e, "cannot create the recording");
-            (
-                RefusalCode::RecordingFailed,
-                format!(
-                    "the bastion cannot write the recording this session needs ({e}); the \
-                     session is refused"
-                ),
-            )
+            Refused {
+                detail: Some(e.to_string()),
+                ..Refused::new(
+                    RefusalCode::RecordingUnavailable,
+                    "recording.dir",
+                    "this session must be recorded and the bastion cannot write the recording; \
+                     the session is refused",
+                )
+            }
         })?;
         let _ = self.recorder.set(recorder);
-        let _ = self
-            .started
-            .set((login.to_string(), principals.to_vec()));
         Ok(())
     }
 
-    /// Audits a refused start (recording, target host key, login on the target, ...).
-    pub async fn fail_start(&self, code: RefusalCode, message: &str) {
-        self.refused_with("recorded-session", code, &format!("bastion.recorded: {message}"))
-            .await;
+    /// Audits a refused session (`session.refused`), `login` when known.
+    pub async fn refuse(&self, login: Option<&str>, r: &Refused) {
+        self.shared.metrics.refused(r.code);
+        let policy = self.shared.policy.current();
+        let mut e = SessionRefused::new(
+            self.fields.clone(),
+            self.id.as_str(),
+            r.code,
+            &r.message,
+            &policy.version,
+            &r.rule,
+        );
+        e.target = Some(self.host.name.clone());
+        e.address = Some(format!("{}:{}", self.host.address, self.host.port));
+        e.login = login.map(PeerText::cut);
+        e.detail = r.detail.clone();
+        if r.code == RefusalCode::RecordingUnavailable {
+            e.recording = Some(self.recording_path());
+        }
+        let _ = self.shared.record(AuditEvent::SessionRefused(e)).await;
+        info!(session = %self.id, code = %r.code, "recorded session refused");
     }
 
-    /// Audits a refused request inside the session.
+    /// Audits a refused request inside the session (`ssh.session.refused`).
     pub async fn refused(&self, request: &str, code: RefusalCode, rule: &str) {
-        self.refused_with(request, code, rule).await
-    }
-
-    async fn refused_with(&self, request: &str, code: RefusalCode, rule: &str) {
         self.shared.metrics.refused(code);
         let _ = self
             .shared
@@ -155,7 +217,8 @@ impl SessionCtx {
     /// Records what the client sends on a channel of `kind` (keystrokes only with
     /// `recording.input`), before it goes to the target.
     pub fn client_data(&self, kind: Kind, data: &[u8]) -> std::io::Result<()> {
-        self.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_up
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         match kind {
             Kind::Terminal | Kind::Pending if self.setup.input => self.recorder()?.input(data),
             _ => Ok(()),
@@ -164,7 +227,8 @@ impl SessionCtx {
 
     /// Records what the target sends on a channel of `kind`, before the client sees it.
     pub fn target_data(&self, kind: Kind, data: &[u8]) -> std::io::Result<()> {
-        self.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_down
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         match kind {
             Kind::Terminal | Kind::Pending => self.recorder()?.output(data),
             _ => Ok(()),
@@ -176,6 +240,7 @@ impl SessionCtx {
     }
 
     pub fn exit_signal(&self, signal: &russh::Sig) {
+        *self.signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{signal:?}"));
         if self.mark(&format!("exit-signal {signal:?}")).is_err() {
             self.recording_failed();
         }
@@ -199,5 +264,12 @@ impl SessionCtx {
 
     pub fn exit(&self) -> Option<u32> {
         *self.exit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn exit_signal_name(&self) -> Option<String> {
+        self.signal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

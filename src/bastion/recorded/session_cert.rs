@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
+use ipnet::IpNet;
 use russh::keys::ssh_key::{Algorithm, Certificate, PrivateKey};
 
 use crate::issuer::CertPlan;
@@ -31,7 +32,7 @@ pub fn plan(
     principals: &[String],
     user_extensions: &[String],
     session: &str,
-    egress: IpAddr,
+    egress: &[IpNet],
     now: SystemTime,
 ) -> CertPlan {
     let now = crate::util::unix_secs(now);
@@ -44,10 +45,11 @@ pub fn plan(
         .map(|e| (e.clone(), String::new()))
         .collect();
     extensions.insert(SESSION_EXTENSION.into(), session.into());
-    let net = match egress {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
-    };
+    let net = egress
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     CertPlan {
         key_id: key_id.to_string(),
         principals,
@@ -59,6 +61,17 @@ pub fn plan(
         extensions,
         critical_options: BTreeMap::from([(SOURCE_ADDRESS.to_string(), net)]),
         omitted_groups: Vec::new(),
+    }
+}
+
+/// The `source-address` of a per-session certificate: `ssh.egress_addresses` when the
+/// operator set them (several bastions behind one NAT, a fixed egress range), otherwise
+/// exactly the bastion's own address on this connection to the target.
+pub fn egress_networks(configured: &[IpNet], local: IpAddr) -> Vec<IpNet> {
+    if configured.is_empty() {
+        vec![IpNet::from(local)]
+    } else {
+        configured.to_vec()
     }
 }
 
@@ -97,7 +110,7 @@ mod tests {
                 "permit-port-forwarding".into(),
             ],
             "00ff",
-            "127.0.0.1".parse().unwrap(),
+            &egress_networks(&[], "127.0.0.1".parse().unwrap()),
             now,
         );
         assert_eq!(p.key_id, "alice");
@@ -118,5 +131,15 @@ mod tests {
         let (key, cert) = issue(&ca, &p).unwrap();
         assert_eq!(cert.public_key(), key.public_key().key_data());
         assert_eq!(span(), Duration::from_secs(180));
+        let nets: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap(), "::1/128".parse().unwrap()];
+        let p = plan(
+            "a",
+            &["x".into()],
+            &[],
+            "s",
+            &egress_networks(&nets, "127.0.0.1".parse().unwrap()),
+            now,
+        );
+        assert_eq!(p.critical_options["source-address"], "10.0.0.0/24,::1/128");
     }
 }

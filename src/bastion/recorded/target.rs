@@ -133,23 +133,22 @@ pub async fn dial(
     connect_timeout: Duration,
 ) -> Result<(TargetHandle, std::net::IpAddr), TargetError> {
     let limit = crate::util::format_duration(connect_timeout);
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect((address, port)))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(TargetError::Connect {
-                host: name.into(),
-                message: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(TargetError::Timeout {
-                host: name.into(),
-                limit,
-            });
-        }
-    };
+    let stream =
+        match tokio::time::timeout(connect_timeout, TcpStream::connect((address, port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(TargetError::Connect {
+                    host: name.into(),
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(TargetError::Timeout {
+                    host: name.into(),
+                    limit,
+                });
+            }
+        };
     let _ = stream.set_nodelay(true);
     let egress = stream
         .local_addr()
