@@ -3,13 +3,17 @@
 //! driven with the real OpenSSH client (`ssh -J`, a stock known_hosts holding only the
 //! `@cert-authority` line, `StrictHostKeyChecking yes`) and a real sshd as the target.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support::dmz::{Bastion, start_with};
-use crate::support::process::wait_until;
+use crate::support::process::{COMMAND_TIMEOUT, run_ok, run_with_input, wait_until};
+use crate::support::ssh::cert_info;
+use crate::support::sshd::Sshd;
 
 /// Adds `record = true` to web-1 in the policy folder `dir`.
 fn record_web1(dir: &Path) {
@@ -28,6 +32,15 @@ fn recorded_bastion() -> Option<Bastion> {
     let b = start_with("", &[])?;
     b.reload_policy(record_web1);
     Some(b)
+}
+
+/// Adds `record = true` to principal `name` in the policy folder `dir`.
+fn record_principal(dir: &Path, name: &str) {
+    let p = dir.join("principals.toml");
+    let s = std::fs::read_to_string(&p).unwrap();
+    let head = format!("[principals.{name}]\n");
+    assert!(s.contains(&head), "{s}");
+    std::fs::write(&p, s.replace(&head, &format!("{head}record = true\n"))).unwrap();
 }
 
 fn sessions_dir(b: &Bastion) -> PathBuf {
@@ -114,4 +127,380 @@ fn exec_through_a_recorded_host_records_command_output_and_exit_status() {
     // The recording's size and hash are in session.ended.
     let bytes = std::fs::read(sessions_dir(&b).join(format!("{id}.cast"))).unwrap();
     assert_eq!(e["recording_size"], bytes.len() as u64, "{e}");
+}
+
+/// The session id a client was told in the banner.
+fn banner_session(stderr: &str) -> String {
+    let at = stderr
+        .find("this session is recorded, session ")
+        .unwrap_or_else(|| panic!("no banner: {stderr}"));
+    stderr[at..]
+        .trim_start_matches("this session is recorded, session ")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect()
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn an_interactive_pty_session_is_recorded() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 12, &[]);
+    let client = b.client("alice", &key);
+    let out = run_with_input(
+        &mut client.command(&["-tt", "web-1"]),
+        Some(b"echo pty-$((40+2))\nexit 5\n"),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.code(), 5, "{out:?}");
+    assert!(out.stdout.contains("pty-42"), "{out:?}");
+    let id = banner_session(&out.stderr);
+    let events = cast(&b, &id);
+    let output = output_of(&events);
+    assert!(output.contains("pty-42"), "{output:?}");
+    assert!(
+        events.iter().skip(1).any(|e| e[1] == "r"),
+        "the pty size is in the recording: {events:?}"
+    );
+    assert!(
+        markers_of(&events).iter().any(|m| m == "shell"),
+        "{events:?}"
+    );
+    let e = b.expect_record("session.ended", &[("session", &id)]);
+    assert_eq!(e["exit_status"], 5, "{e}");
+    // asciinema's own reader accepts the file and prints the output.
+    // `asciinema cat` wants a terminal: `script` gives it one.
+    let file = sessions_dir(&b).join(format!("{id}.cast"));
+    let cat = run_ok(Command::new("script").args([
+        "-qec",
+        &format!("asciinema cat {}", file.display()),
+        "/dev/null",
+    ]));
+    assert!(cat.stdout.contains("pty-42"), "{cat:?}");
+}
+
+#[test]
+fn scp_and_sftp_through_a_recorded_host_move_identical_bytes() {
+    let Some(mut b) = recorded_bastion() else {
+        return;
+    };
+    b.dmz.sshd.restart_with("Subsystem sftp internal-sftp\n");
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 13, &[]);
+    let client = b.client("alice", &key);
+    let local = b.t.join("payload.bin");
+    let mut data = Vec::with_capacity(1 << 20);
+    let mut x: u32 = 0x1234_5678;
+    while data.len() < 1 << 20 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&local, &data).unwrap();
+    let remote = b.t.join("remote.bin");
+    let back = b.t.join("back.bin");
+    let cfg = client.config.display().to_string();
+    let up = run_ok(
+        Command::new("scp")
+            .args(["-q", "-F", &cfg])
+            .arg(&local)
+            .arg(format!("web-1:{}", remote.display())),
+    );
+    assert!(up.success(), "{up:?}");
+    assert_eq!(std::fs::read(&remote).unwrap(), data, "scp upload");
+    let down = run_ok(
+        Command::new("scp")
+            .args(["-q", "-F", &cfg])
+            .arg(format!("web-1:{}", remote.display()))
+            .arg(&back),
+    );
+    assert!(down.success(), "{down:?}");
+    assert_eq!(std::fs::read(&back).unwrap(), data, "scp download");
+
+    let batch = b.t.write(
+        "sftp-batch",
+        format!(
+            "put {} {}.sftp\nget {}.sftp {}.sftp\nrename {}.sftp {}.moved\nmkdir {}.d\nrm {}.moved\n",
+            local.display(),
+            remote.display(),
+            remote.display(),
+            back.display(),
+            remote.display(),
+            remote.display(),
+            remote.display(),
+            remote.display()
+        ),
+    );
+    let sftp = run_ok(
+        Command::new("sftp")
+            .args(["-q", "-F", &cfg, "-b"])
+            .arg(&batch)
+            .arg("web-1"),
+    );
+    assert!(sftp.success(), "{sftp:?}");
+    assert_eq!(
+        std::fs::read(format!("{}.sftp", back.display())).unwrap(),
+        data,
+        "sftp download"
+    );
+    assert!(PathBuf::from(format!("{}.d", remote.display())).is_dir());
+    // Three recorded sessions, each an sftp subsystem.
+    wait_until(
+        Duration::from_secs(10),
+        || b.find("session.ended", &[]).len() == 3,
+        || format!("three session.ended: {:#?}", b.find("session.ended", &[])),
+    );
+    for e in b.find("session.ended", &[]) {
+        let id = e["session"].as_str().unwrap();
+        let marks = markers_of(&cast(&b, id));
+        assert!(marks.iter().any(|m| m == "subsystem sftp"), "{marks:?}");
+    }
+}
+
+#[test]
+fn the_per_session_certificate_is_the_bastions_for_two_minutes_and_this_session_only() {
+    let Some(mut b) = recorded_bastion() else {
+        return;
+    };
+    // The target keeps the certificate it accepted where the session can read it.
+    b.dmz.sshd.restart_with("ExposeAuthInfo yes\n");
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 14, &[]);
+    let client = b.client("alice", &key);
+    let before = crate::support::wire::now();
+    let out = client.run(&["web-1", "cat \"$SSH_USER_AUTH\""]);
+    assert!(out.success(), "{out:?}");
+    let line = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("publickey "))
+        .unwrap_or_else(|| panic!("no certificate in {out:?}"))
+        .to_string();
+    assert!(
+        line.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{line}"
+    );
+    let id = banner_session(&out.stderr);
+    let info = cert_info(b.t.path(), &line);
+    assert!(
+        info.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{info}"
+    );
+    assert!(info.contains("Key ID: \"alice\""), "{info}");
+    assert!(info.contains("source-address 127.0.0.1/32"), "{info}");
+    assert!(info.contains("session@drawbridge "), "{info}");
+    assert!(!info.contains("permit-agent-forwarding"), "{info}");
+    assert!(!info.contains("permit-X11-forwarding"), "{info}");
+    let principals: Vec<&str> = info
+        .split("Principals:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| !l.ends_with(':'))
+        .collect();
+    assert_eq!(principals, ["web-admin"], "{info}");
+    // Valid from 60 s before it was made to 120 s after: exactly 3 minutes.
+    let cert = ssh_key::Certificate::from_openssh(&line).unwrap();
+    assert_eq!(
+        cert.extensions()
+            .get("session@drawbridge")
+            .map(String::as_str),
+        Some(id.as_str()),
+        "{info}"
+    );
+    assert_eq!(cert.valid_before() - cert.valid_after(), 180, "{info}");
+    let after = crate::support::wire::now();
+    assert!(
+        cert.valid_after() + 60 >= before - 1 && cert.valid_after() + 60 <= after + 1,
+        "made during the session: {info}"
+    );
+    // Signed by the user CA the target trusts, and the bastion's certificate is not the
+    // user's: another key.
+    assert_ne!(
+        cert.public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string(),
+        crate::support::ssh::fingerprint(&key)
+    );
+}
+
+#[test]
+fn a_target_with_an_unknown_host_key_or_another_names_certificate_is_refused() {
+    let Some(b) = start_with("", &[]) else { return };
+    // web-x: an sshd whose host certificate comes from a CA nobody trusts.
+    let trusted = b.d.path().join("ca/trusted_user_ca_keys.pub");
+    let rogue = Sshd::start(
+        &b.t,
+        "web-x",
+        &[&trusted],
+        &b.other_ca,
+        &[("root", &["web-admin"])],
+    )
+    .expect("sshd");
+    let web1 = format!("127.0.0.1:{}", b.sshd.port);
+    b.reload_policy(|dir| {
+        crate::support::dmz::write_dmz_policy(
+            dir,
+            b.sshd.port,
+            b.dead_port,
+            true,
+            &[
+                ("web-x", format!("127.0.0.1:{}", rogue.port)),
+                // web-9 answers with web-1's certificate (another name).
+                ("web-9", web1.clone()),
+            ],
+        );
+        record_principal(dir, "web-admin");
+    });
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 15, &[]);
+    let mut client = b.client("alice", &key);
+    client.add_target("web-x", "root");
+    client.add_target("web-9", "root");
+    for host in ["web-x", "web-9"] {
+        let out = client.run(&[host, "echo", "reached"]);
+        assert!(!out.success(), "{host}: {out:?}");
+        assert!(!out.stdout.contains("reached"), "{host}: {out:?}");
+        assert!(
+            out.stderr.contains("host key is not trusted"),
+            "{host}: {out:?}"
+        );
+        let r = b.expect_record(
+            "session.refused",
+            &[("target", host), ("reason", "target-host-key")],
+        );
+        let detail = r["detail"].as_str().unwrap_or_default().to_string();
+        match host {
+            "web-x" => assert!(detail.contains("not by the host CA"), "{r}"),
+            _ => assert!(detail.contains("not for web-9"), "{r}"),
+        }
+    }
+    assert!(
+        !rogue.log().contains("Accepted"),
+        "nothing logged in to the rogue target: {}",
+        rogue.log()
+    );
+}
+
+/// Mounts a tmpfs of 64 KiB on `dir` and fills it; unmounted on drop.
+struct FullDisk(PathBuf);
+
+impl FullDisk {
+    fn mount(dir: &Path) -> FullDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+                .arg(dir),
+        );
+        let guard = FullDisk(dir.to_path_buf());
+        let mut f = std::fs::File::create(dir.join("fill")).unwrap();
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        guard
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_recording_disk_refuses_the_recorded_session_and_not_an_unrecorded_one() {
+    let Some(b) = start_with("", &[]) else { return };
+    // Sessions through web-admin are recorded; through short (dave) they are not.
+    b.reload_policy(|dir| record_principal(dir, "web-admin"));
+    let _full = FullDisk::mount(&sessions_dir(&b));
+    let alice = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 16, &[]);
+    let out = b.client("alice", &alice).run(&["web-1", "echo", "reached"]);
+    assert!(!out.success(), "{out:?}");
+    assert!(!out.stdout.contains("reached"), "{out:?}");
+    assert!(out.stderr.contains("cannot write the recording"), "{out:?}");
+    let r = b.expect_record("session.refused", &[("reason", "recording-unavailable")]);
+    assert_eq!(r["rule"], "recording.dir", "{r}");
+    // Audit first: started, then refused, then ended without a recording.
+    assert_eq!(
+        b.find("session.started", &[]).len(),
+        1,
+        "{:#?}",
+        b.records()
+    );
+    let e = ended(&b);
+    assert_eq!(e["end"], "recording-failed", "{e}");
+    assert!(e.get("recording_sha256").is_none(), "{e}");
+    assert_eq!(e["bytes_client_to_target"], 0, "{e}");
+    // dave's session is not recorded and goes through.
+    let dave = b.user("dave", "dave", &["short"], "-1m:+1m", 17, &[]);
+    let out = b.client("dave", &dave).run(&["web-1", "echo", "reached"]);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "reached");
+    assert!(!out.stderr.contains("this session is recorded"), "{out:?}");
+}
+
+#[test]
+fn a_group_removal_cuts_a_live_recorded_session_within_a_second_and_the_cut_is_recorded() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 18, &[]);
+    let client = b.client("alice", &key);
+    let err_path = b.t.join("held-stderr");
+    let mut child = client
+        .command(&["-tt", "web-1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut running = Running(Some(child));
+    stdin.write_all(b"echo ready-$((6*7))\n").unwrap();
+    let mut id = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+            if id.is_empty() && err.contains("this session is recorded") {
+                id = banner_session(&err);
+            }
+            !id.is_empty()
+                && std::fs::read_to_string(sessions_dir(&b).join(format!("{id}.cast")))
+                    .is_ok_and(|t| t.contains("ready-42"))
+        },
+        || "the session runs and its output is recorded".into(),
+    );
+    b.reload_policy(|dir| {
+        b.dmz.write_policy(false, &[]);
+        record_web1(dir);
+    });
+    let applied = Instant::now();
+    let child = running.0.as_mut().unwrap();
+    let mut gone = None;
+    while applied.elapsed() < Duration::from_secs(5) {
+        if child.try_wait().unwrap().is_some() {
+            gone = Some(applied.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let gone = gone.unwrap_or_else(|| panic!("the session was not cut: {:#?}", b.records()));
+    assert!(gone <= Duration::from_secs(1), "cut after {gone:?}");
+    eprintln!("recorded session cut {gone:?} after the reload was applied");
+    let e = b.expect_record("session.ended", &[("session", &id)]);
+    assert_eq!(e["end"], "cut", "{e}");
+    assert_eq!(e["reason"], "role-lost", "{e}");
+    let marks = markers_of(&cast(&b, &id));
+    assert!(marks.iter().any(|m| m.starts_with("cut: ")), "{marks:?}");
+    assert!(e["recording_sha256"].is_string(), "{e}");
 }

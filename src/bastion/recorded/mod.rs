@@ -237,6 +237,10 @@ pub(super) async fn run(s: Start) {
         None => None,
     };
     let duration_ms = started.elapsed().as_millis() as u64;
+    if ctx.started.get().is_some() && !ctx.recording_started() {
+        // Started (audited) but its recording could never be created: refused.
+        end = "recording-failed".into();
+    }
     if let Some((login, _)) = ctx.started.get() {
         let policy = shared.policy.current();
         let version = match &registration_cut {

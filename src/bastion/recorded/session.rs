@@ -201,6 +201,11 @@ impl SessionCtx {
             .ok_or_else(|| std::io::Error::other("the recording is not started"))
     }
 
+    /// Whether the recording file exists (was created).
+    pub fn recording_started(&self) -> bool {
+        self.recorder.get().is_some()
+    }
+
     pub fn mark(&self, label: &str) -> std::io::Result<()> {
         self.recorder()?.marker(label)
     }
