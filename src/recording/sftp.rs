@@ -1,0 +1,1 @@
+//! SFTP operations seen in an `sftp` subsystem channel (placeholder).
