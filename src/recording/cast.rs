@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::text::{Utf8Carry, cut};
+use super::text::{Utf8Carry, cut, escape_controls};
 use super::{RecordingError, SessionId, recording_path};
 
 /// Output within this long of the pending output event's start joins it.
@@ -123,7 +123,7 @@ impl Recorder {
             r.event(
                 0.0,
                 "m",
-                &format!("exec: {}", crate::util::escape(cut(c, MAX_MARKER))),
+                &format!("exec: {}", escape_controls(cut(c, MAX_MARKER))),
             );
         }
         r.write_out()?;
@@ -192,7 +192,7 @@ impl Recorder {
         self.check()?;
         let at = self.now();
         self.emit_pending();
-        self.event(at, "m", &crate::util::escape(cut(label, MAX_MARKER)));
+        self.event(at, "m", &escape_controls(cut(label, MAX_MARKER)));
         self.write_out()
     }
 
@@ -327,7 +327,7 @@ fn header(meta: &CastMeta, now: SystemTime) -> String {
     if !meta.title.is_empty() {
         h.insert(
             "title".into(),
-            crate::util::escape(cut(&meta.title, 256)).into(),
+            escape_controls(cut(&meta.title, 256)).into(),
         );
     }
     if !meta.env.is_empty() {

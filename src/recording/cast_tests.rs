@@ -74,7 +74,7 @@ fn header_modes_and_events_are_asciicast_v2() {
     assert_eq!(
         events(&s.path),
         [
-            ("m".to_string(), "exec: uptime\\n".to_string()),
+            ("m".to_string(), "exec: uptime\\u{a}".to_string()),
             ("o".into(), "hello\r\n".into()),
             ("r".into(), "120x40".into()),
             ("m".into(), "open /etc/passwd\\u{1b}[2J".into()),

@@ -82,6 +82,20 @@ impl Utf8Carry {
     }
 }
 
+/// `s` with control characters (newline, ESC, ...) written as `\u{..}`, and nothing else
+/// changed: a marker or a path shown later in a terminal cannot drive it.
+pub(crate) fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `s` cut to at most `max` bytes on a character boundary.
 pub(crate) fn cut(s: &str, max: usize) -> &str {
     crate::util::cut(s, max)
@@ -112,6 +126,14 @@ mod tests {
             "🦀"
         );
         assert_eq!(decode(&[b"a\xe2", b"\x82\xacb"]), "a€b");
+    }
+
+    #[test]
+    fn only_control_characters_are_escaped() {
+        assert_eq!(
+            escape_controls("rm 'a b' \"c\"\\d\n\x1b[2J\u{9b}"),
+            "rm 'a b' \"c\"\\d\\u{a}\\u{1b}[2J\\u{9b}"
+        );
     }
 
     #[test]
