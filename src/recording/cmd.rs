@@ -1,0 +1,1 @@
+//! `drawbridge session list|play|watch` (placeholder).

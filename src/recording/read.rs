@@ -1,0 +1,1 @@
+//! Reading recordings back (placeholder, filled in by the `session` commands).
