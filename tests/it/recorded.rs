@@ -120,10 +120,10 @@ fn exec_through_a_recorded_host_records_command_output_and_exit_status() {
     assert!(
         marks
             .iter()
-            .any(|m| m == "exec echo hello-recorded; exit 3"),
+            .any(|m| m == "exec: echo hello-recorded; exit 3"),
         "{marks:?}"
     );
-    assert!(marks.iter().any(|m| m == "exit 3"), "{marks:?}");
+    assert!(marks.iter().any(|m| m == "exit status 3"), "{marks:?}");
     // The recording's size and hash are in session.ended.
     let bytes = std::fs::read(sessions_dir(&b).join(format!("{id}.cast"))).unwrap();
     assert_eq!(e["recording_size"], bytes.len() as u64, "{e}");
@@ -137,7 +137,7 @@ fn banner_session(stderr: &str) -> String {
     stderr[at..]
         .trim_start_matches("this session is recorded, session ")
         .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect()
 }
 
@@ -166,6 +166,9 @@ fn an_interactive_pty_session_is_recorded() {
     assert_eq!(out.code(), 5, "{out:?}");
     assert!(out.stdout.contains("pty-42"), "{out:?}");
     let id = banner_session(&out.stderr);
+    // The recording is complete once the session has ended.
+    let e = b.expect_record("session.ended", &[("session", &id)]);
+    assert_eq!(e["exit_status"], 5, "{e}");
     let events = cast(&b, &id);
     let output = output_of(&events);
     assert!(output.contains("pty-42"), "{output:?}");
@@ -177,8 +180,6 @@ fn an_interactive_pty_session_is_recorded() {
         markers_of(&events).iter().any(|m| m == "shell"),
         "{events:?}"
     );
-    let e = b.expect_record("session.ended", &[("session", &id)]);
-    assert_eq!(e["exit_status"], 5, "{e}");
     // asciinema's own reader accepts the file and prints the output.
     // `asciinema cat` wants a terminal: `script` gives it one.
     let file = sessions_dir(&b).join(format!("{id}.cast"));
@@ -261,11 +262,31 @@ fn scp_and_sftp_through_a_recorded_host_move_identical_bytes() {
         || b.find("session.ended", &[]).len() == 3,
         || format!("three session.ended: {:#?}", b.find("session.ended", &[])),
     );
+    let mut all = Vec::new();
     for e in b.find("session.ended", &[]) {
         let id = e["session"].as_str().unwrap();
         let marks = markers_of(&cast(&b, id));
         assert!(marks.iter().any(|m| m == "subsystem sftp"), "{marks:?}");
+        all.extend(marks);
     }
+    // The file operations, with paths and byte counts.
+    let r = remote.display().to_string();
+    let n = data.len();
+    for want in [
+        format!("sftp close {r}: read 0 bytes, wrote {n} bytes"),
+        format!("sftp close {r}: read {n} bytes, wrote 0 bytes"),
+        format!("sftp close {r}.sftp: read 0 bytes, wrote {n} bytes"),
+        format!("sftp rename {r}.sftp to {r}.moved"),
+        format!("sftp mkdir {r}.d"),
+        format!("sftp remove {r}.moved"),
+    ] {
+        assert!(all.contains(&want), "{want:?} not in {all:#?}");
+    }
+    assert!(
+        all.iter()
+            .any(|m| m.starts_with(&format!("sftp open {r} "))),
+        "{all:#?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,8 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Pty, Sig};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::relay::{self, Kind};
+use super::relay::{self, ChanState, Kind};
+use super::seam::SftpObserver;
 use super::session::{Refused, SessionCtx};
 use super::target;
 use crate::audit::RefusalCode;
@@ -63,7 +64,7 @@ impl Req {
 struct Relayed {
     target: ChannelWriteHalf<client::Msg>,
     replies: mpsc::Receiver<bool>,
-    kind: Arc<std::sync::Mutex<Kind>>,
+    state: Arc<std::sync::Mutex<ChanState>>,
 }
 
 /// The handler of the SSH server inside the channel.
@@ -201,7 +202,7 @@ impl Inner {
         // Client data reaches us through `Handler::data`; the read half is not needed.
         let (_client_rx, client_tx) = channel.split();
         let (reply_tx, reply_rx) = mpsc::channel(8);
-        let kind = Arc::new(std::sync::Mutex::new(kind));
+        let state = Arc::new(std::sync::Mutex::new(ChanState { kind, sftp: None }));
         let id = client_tx.id();
         tokio::spawn(relay::target_to_client(
             self.ctx.clone(),
@@ -209,14 +210,14 @@ impl Inner {
             client_tx,
             handle,
             reply_tx,
-            kind.clone(),
+            state.clone(),
         ));
         self.channels.insert(
             id,
             Relayed {
                 target: target_tx,
                 replies: reply_rx,
-                kind,
+                state,
             },
         );
         Ok(())
@@ -246,7 +247,11 @@ impl Inner {
 
     fn set_kind(&self, channel: ChannelId, kind: Kind) {
         if let Some(r) = self.channels.get(&channel) {
-            *r.kind.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+            let mut st = r.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.kind = kind;
+            if kind == Kind::Sftp && st.sftp.is_none() {
+                st.sftp = Some(Box::new(SftpObserver::new()));
+            }
         }
     }
 }
@@ -469,8 +474,7 @@ impl Handler for Inner {
         let Some(r) = self.channels.get(&channel) else {
             return Ok(());
         };
-        let kind = *r.kind.lock().unwrap_or_else(|e| e.into_inner());
-        if self.ctx.client_data(kind, data).is_err() {
+        if self.ctx.client_data(&r.state, data).is_err() {
             // Fail closed: what cannot be recorded does not reach the target.
             self.ctx.recording_failed();
             return Ok(());

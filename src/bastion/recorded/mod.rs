@@ -127,10 +127,10 @@ pub(super) async fn run(s: Start) {
             return super::forward::end_unopened(&shared, closed, reply, r, started).await;
         }
     };
-    let id = match seam::SessionId::new() {
+    let id = match seam::SessionId::random() {
         Ok(id) => id,
         Err(e) => {
-            let r = fail(RefusalCode::SessionRefused, e);
+            let r = fail(RefusalCode::SessionRefused, e.to_string());
             return super::forward::end_unopened(&shared, closed, reply, r, started).await;
         }
     };
@@ -174,6 +174,21 @@ pub(super) async fn run(s: Start) {
     };
     let mut failed = ctx.failed();
     let mut shutdown = shared.cut.clone();
+    // Output followed by silence reaches the file within about a second.
+    let ticker = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if ctx.recording_started() && ctx.tick().is_err() {
+                    ctx.recording_failed();
+                    return;
+                }
+            }
+        })
+    };
     let end = match russh::server::run_stream(config, stream, inner::Inner::new(ctx.clone())).await
     {
         Err(e) => {
@@ -215,6 +230,7 @@ pub(super) async fn run(s: Start) {
         }
     };
     kill.kill();
+    ticker.abort();
 
     let registration_cut = registration.forward.decided();
     drop(registration);

@@ -10,6 +10,7 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::seam::SftpObserver;
 use super::session::SessionCtx;
 
 /// What a channel carries, which decides what of it is recorded.
@@ -25,6 +26,14 @@ pub enum Kind {
     Forward,
 }
 
+/// One channel's state shared by the handler (client data) and its relay (target data):
+/// what it carries, and for `sftp` the observer of its file operations.
+#[derive(Debug)]
+pub struct ChanState {
+    pub kind: Kind,
+    pub sftp: Option<Box<SftpObserver>>,
+}
+
 /// Relays the target's side of one channel to the client until either closes.
 pub(super) async fn target_to_client(
     ctx: Arc<SessionCtx>,
@@ -32,14 +41,13 @@ pub(super) async fn target_to_client(
     client: ChannelWriteHalf<server::Msg>,
     handle: server::Handle,
     replies: mpsc::Sender<bool>,
-    kind: Arc<std::sync::Mutex<Kind>>,
+    state: Arc<std::sync::Mutex<ChanState>>,
 ) {
     let id = client.id();
     while let Some(msg) = target.wait().await {
-        let k = *kind.lock().unwrap_or_else(|e| e.into_inner());
         match msg {
             ChannelMsg::Data { data } => {
-                if ctx.target_data(k, &data).is_err() {
+                if ctx.target_data(&state, &data).is_err() {
                     ctx.recording_failed();
                     break;
                 }
@@ -48,7 +56,7 @@ pub(super) async fn target_to_client(
                 }
             }
             ChannelMsg::ExtendedData { data, ext } => {
-                if ctx.target_data(k, &data).is_err() {
+                if ctx.target_stderr(&state, &data).is_err() {
                     ctx.recording_failed();
                     break;
                 }
@@ -85,4 +93,7 @@ pub(super) async fn target_to_client(
         }
     }
     let _ = client.close().await;
+    if ctx.channel_ended(&state).is_err() {
+        ctx.recording_failed();
+    }
 }

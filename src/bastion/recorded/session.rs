@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Setup;
-use super::relay::Kind;
-use super::seam::{CastMeta, Recorder, RecordingSummary, SessionId};
+use super::relay::{ChanState, Kind};
+use super::seam::{CastMeta, Recorder, RecordingError, RecordingSummary, SessionId, SftpOp};
 use crate::audit::{
     AuditEvent, Conn, Grant, PeerText, RefusalCode, SessionBase, SessionRefused, SessionStarted,
 };
@@ -49,7 +49,9 @@ pub(super) struct SessionCtx {
     pub id: SessionId,
     /// The outer connection's fields, for this session's records.
     pub fields: Conn,
-    recorder: OnceLock<Recorder>,
+    recorder: Mutex<Option<Recorder>>,
+    /// Set once the recording was created (it stays set after it is finished).
+    recording_created: OnceLock<()>,
     /// The login and principals, once the session started.
     pub started: OnceLock<(String, Vec<String>)>,
     /// Turns true when the recording cannot be written: the session is cut.
@@ -78,7 +80,8 @@ impl SessionCtx {
             host,
             id,
             fields,
-            recorder: OnceLock::new(),
+            recorder: Mutex::new(None),
+            recording_created: OnceLock::new(),
             started: OnceLock::new(),
             failed: watch::channel(false).0,
             exit: Mutex::new(None),
@@ -102,9 +105,7 @@ impl SessionCtx {
 
     /// The recording's path.
     pub fn recording_path(&self) -> String {
-        self.setup
-            .dir
-            .join(format!("{}.cast", self.id))
+        crate::recording::recording_path(&self.setup.dir, &self.id)
             .display()
             .to_string()
     }
@@ -134,14 +135,20 @@ impl SessionCtx {
             ));
         }
         let meta = CastMeta {
-            key_id: self.identity.key_id.clone(),
-            login: login.to_string(),
-            host: self.host.name.clone(),
-            cols: 80,
-            rows: 24,
+            width: 80,
+            height: 24,
+            title: format!(
+                "{}@{} as {}",
+                crate::util::escape(&self.identity.key_id),
+                self.host.name,
+                crate::util::escape(login)
+            ),
+            env: Vec::new(),
+            command: None,
+            input: self.setup.input,
         };
         let _ = self.started.set((login.to_string(), principals));
-        let recorder = Recorder::create(&self.setup.dir, &self.id, &meta).map_err(|e| {
+        let recorder = Recorder::create(&self.setup.dir, &self.id, meta).map_err(|e| {
             warn!(session = %self.id, error = %e, "cannot create the recording");
             Refused {
                 detail: Some(e.to_string()),
@@ -153,7 +160,8 @@ impl SessionCtx {
                 )
             }
         })?;
-        let _ = self.recorder.set(recorder);
+        *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some(recorder);
+        let _ = self.recording_created.set(());
         Ok(())
     }
 
@@ -195,49 +203,105 @@ impl SessionCtx {
             .await;
     }
 
-    fn recorder(&self) -> std::io::Result<&Recorder> {
-        self.recorder
-            .get()
-            .ok_or_else(|| std::io::Error::other("the recording is not started"))
+    /// Runs `f` on the recorder; an error when there is none or it cannot write.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Recorder) -> Result<T, RecordingError>,
+    ) -> Result<T, String> {
+        let mut r = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        match r.as_mut() {
+            Some(rec) => f(rec).map_err(|e| e.to_string()),
+            None => Err("the recording is not open".into()),
+        }
     }
 
-    /// Whether the recording file exists (was created).
+    /// Whether the recording file was created.
     pub fn recording_started(&self) -> bool {
-        self.recorder.get().is_some()
+        self.recording_created.get().is_some()
     }
 
-    pub fn mark(&self, label: &str) -> std::io::Result<()> {
-        self.recorder()?.marker(label)
+    pub fn mark(&self, label: &str) -> Result<(), String> {
+        self.with(|r| r.marker(label))
     }
 
-    pub fn resize(&self, cols: u32, rows: u32) -> std::io::Result<()> {
-        self.recorder()?.resize(cols, rows)
+    pub fn resize(&self, cols: u32, rows: u32) -> Result<(), String> {
+        self.with(|r| r.resize(cols, rows))
     }
 
     /// Records an exec's command.
-    pub async fn exec(&self, command: &str) -> std::io::Result<()> {
-        self.recorder()?.marker(&format!("exec {command}"))
+    pub async fn exec(&self, command: &str) -> Result<(), String> {
+        self.with(|r| r.marker(&format!("exec: {command}")))
     }
 
-    /// Records what the client sends on a channel of `kind` (keystrokes only with
-    /// `recording.input`), before it goes to the target.
-    pub fn client_data(&self, kind: Kind, data: &[u8]) -> std::io::Result<()> {
+    /// Writes what waits (about every second, so output followed by silence is on disk).
+    pub fn tick(&self) -> Result<(), String> {
+        self.with(|r| r.tick())
+    }
+
+    /// Records what the client sends on a channel, before it goes to the target:
+    /// keystrokes only with `recording.input`, SFTP requests as operations.
+    pub fn client_data(&self, state: &Mutex<ChanState>, data: &[u8]) -> Result<(), String> {
         self.bytes_up
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        match kind {
-            Kind::Terminal | Kind::Pending if self.setup.input => self.recorder()?.input(data),
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.kind {
+            Kind::Terminal | Kind::Pending if self.setup.input => self.with(|r| r.input(data)),
+            Kind::Sftp => {
+                let ops = st
+                    .sftp
+                    .as_mut()
+                    .map(|o| o.client_bytes(data))
+                    .unwrap_or_default();
+                self.ops(&ops)
+            }
             _ => Ok(()),
         }
     }
 
-    /// Records what the target sends on a channel of `kind`, before the client sees it.
-    pub fn target_data(&self, kind: Kind, data: &[u8]) -> std::io::Result<()> {
+    /// Records what the target sends on a channel, before the client sees it.
+    pub fn target_data(&self, state: &Mutex<ChanState>, data: &[u8]) -> Result<(), String> {
         self.bytes_down
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        match kind {
-            Kind::Terminal | Kind::Pending => self.recorder()?.output(data),
-            _ => Ok(()),
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.kind {
+            Kind::Terminal | Kind::Pending => self.with(|r| r.output(data)),
+            Kind::Sftp => {
+                let ops = st
+                    .sftp
+                    .as_mut()
+                    .map(|o| o.server_bytes(data))
+                    .unwrap_or_default();
+                self.ops(&ops)
+            }
+            Kind::Forward => Ok(()),
         }
+    }
+
+    /// The target's stderr: in the terminal's output, as the user saw it.
+    pub fn target_stderr(&self, state: &Mutex<ChanState>, data: &[u8]) -> Result<(), String> {
+        self.bytes_down
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let st = state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.kind {
+            Kind::Forward => Ok(()),
+            _ => self.with(|r| r.output(data)),
+        }
+    }
+
+    /// A channel ended: the SFTP files still open and requests not followed.
+    pub fn channel_ended(&self, state: &Mutex<ChanState>) -> Result<(), String> {
+        let sftp = state.lock().unwrap_or_else(|e| e.into_inner()).sftp.take();
+        match sftp {
+            Some(o) => self.ops(&o.finish()),
+            None => Ok(()),
+        }
+    }
+
+    fn ops(&self, ops: &[SftpOp]) -> Result<(), String> {
+        for op in ops {
+            self.mark(&op.to_string())?;
+        }
+        Ok(())
     }
 
     pub fn exit_status(&self, code: u32) {
@@ -260,10 +324,14 @@ impl SessionCtx {
         self.failed.subscribe()
     }
 
-    /// Finishes the recording (exit status written); `None` when none was started.
+    /// Finishes the recording (exit status written); `None` when none is open.
     pub fn finish(&self) -> Option<Result<RecordingSummary, String>> {
-        let r = self.recorder.get()?;
-        let exit = *self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let exit = self.exit().map(|c| i32::try_from(c).unwrap_or(i32::MAX));
         Some(r.finish(exit).map_err(|e| e.to_string()))
     }
 
