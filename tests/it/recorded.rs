@@ -501,11 +501,16 @@ fn a_group_removal_cuts_a_live_recorded_session_within_a_second_and_the_cut_is_r
         },
         || "the session runs and its output is recorded".into(),
     );
+    let asked = Instant::now();
     b.reload_policy(|dir| {
         b.dmz.write_policy(false, &[]);
         record_web1(dir);
     });
     let applied = Instant::now();
+    eprintln!(
+        "policy reload applied {:?} after it was asked for",
+        applied - asked
+    );
     let child = running.0.as_mut().unwrap();
     let mut gone = None;
     while applied.elapsed() < Duration::from_secs(5) {
