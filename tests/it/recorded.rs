@@ -530,3 +530,26 @@ fn a_group_removal_cuts_a_live_recorded_session_within_a_second_and_the_cut_is_r
     assert!(marks.iter().any(|m| m.starts_with("cut: ")), "{marks:?}");
     assert!(e["recording_sha256"].is_string(), "{e}");
 }
+
+#[test]
+fn ca_init_makes_the_session_ca_and_v1_ca_lists_it_after_the_user_ca() {
+    let Some(b) = start_with("", &[]) else { return };
+    let ca = b.d.path().join("ca");
+    let private = ca.join("session_ca");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&private).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", private.display());
+    let session = std::fs::read_to_string(ca.join("session_ca.pub")).unwrap();
+    let user = std::fs::read_to_string(ca.join("user_ca.pub")).unwrap();
+    let r = b.d.curl("/v1/ca", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let key = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let lines: Vec<String> = r.text().lines().map(key).collect();
+    assert_eq!(
+        lines,
+        [key(user.trim()), key(session.trim())],
+        "{}",
+        r.text()
+    );
+}

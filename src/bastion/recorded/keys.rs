@@ -19,8 +19,7 @@ use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKe
 use crate::issuer::CaKey;
 use crate::policy::Host;
 
-/// `ca/session_ca`: signs per-session certificates in a `--bastion-only` process.
-pub const SESSION_CA: &str = "session_ca";
+pub use crate::issuer::keys::SESSION_CA;
 /// `ca/recorded_host_key`: the key a `--bastion-only` bastion presents inside recorded
 /// hosts' channels.
 pub const RECORDED_HOST_KEY: &str = "recorded_host_key";
