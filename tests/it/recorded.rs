@@ -553,3 +553,114 @@ fn ca_init_makes_the_session_ca_and_v1_ca_lists_it_after_the_user_ca() {
         r.text()
     );
 }
+
+/// The first bytes `ssh -W DEST web-1` gets through the recorded host (its stdin held
+/// open), or "" within 10 s; and what it said on stderr.
+fn first_bytes_through(client: &crate::support::ssh::SshClient, dest: &str) -> (String, String) {
+    use std::io::Read;
+    let err_path = std::env::temp_dir().join(format!(
+        "w-{}-{}",
+        std::process::id(),
+        dest.replace(':', "-")
+    ));
+    let mut child = client
+        .command(&["-W", dest, "web-1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let _running = Running(Some(child));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let n = out.read(&mut buf).unwrap_or(0);
+        let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    drop(_running);
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    (got, err)
+}
+
+#[test]
+fn a_local_forward_through_a_recorded_host_needs_port_forwarding_in_the_certificate() {
+    let Some(b) = recorded_bastion() else { return };
+    let dest = format!("127.0.0.1:{}", b.sshd.port);
+    // ssh-keygen's default extensions include permit-port-forwarding.
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 31, &[]);
+    let (got, err) = first_bytes_through(&b.client("alice", &key), &dest);
+    assert!(got.starts_with("SSH-2.0-OpenSSH"), "{got:?} {err}");
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            b.find("session.ended", &[]).iter().any(|e| {
+                let id = e["session"].as_str().unwrap_or_default();
+                markers_of(&cast(&b, id)).contains(&format!("forward {dest}"))
+            })
+        },
+        || {
+            format!(
+                "the forward in a recording: {:#?}",
+                b.find("session.ended", &[])
+            )
+        },
+    );
+    // Without it: refused, audited.
+    let key = b.user(
+        "carol",
+        "carol",
+        &["web-admin"],
+        "-1m:+5m",
+        32,
+        &["clear", "permit-pty"],
+    );
+    let (got, err) = first_bytes_through(&b.client("carol", &key), &dest);
+    assert_eq!(got, "", "{err}");
+    assert!(err.contains("port forwarding is not permitted"), "{err}");
+    b.expect_record(
+        "ssh.session.refused",
+        &[("request", "direct-tcpip"), ("key_id", "carol")],
+    );
+}
+
+#[test]
+fn bulk_output_and_input_through_a_recorded_session_arrive_whole() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 33, &[]);
+    let client = b.client("alice", &key);
+    let local = b.t.join("bulk.bin");
+    let mut data = Vec::with_capacity(8 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&local, &data).unwrap();
+    let cfg = client.config.display().to_string();
+    let remote = b.t.join("bulk-remote.bin");
+    let sh = |script: String| {
+        run_ok(Command::new("sh").args(["-c", &script]))
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let want = sh(format!("sha256sum < {}", local.display()));
+    // Client to target: 8 MiB into `cat > file` (the target's window paces the client).
+    sh(format!(
+        "ssh -F {cfg} web-1 'cat > {}' < {}",
+        remote.display(),
+        local.display()
+    ));
+    assert_eq!(sh(format!("sha256sum < {}", remote.display())), want);
+    // Target to client: 8 MiB of `cat` (the client's window paces the target).
+    let got = sh(format!(
+        "ssh -F {cfg} web-1 'cat {}' | sha256sum",
+        local.display()
+    ));
+    assert_eq!(got, want);
+}
