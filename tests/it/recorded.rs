@@ -664,3 +664,38 @@ fn bulk_output_and_input_through_a_recorded_session_arrive_whole() {
     ));
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_recording_disk_that_fills_during_a_session_cuts_that_session_only() {
+    let Some(b) = start_with("", &[]) else { return };
+    b.reload_policy(|dir| record_principal(dir, "web-admin"));
+    let dir = sessions_dir(&b);
+    std::fs::create_dir_all(&dir).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&dir),
+    );
+    let _mounted = FullDisk(dir.clone());
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 41, &[]);
+    let client = b.client("alice", &key);
+    // 4 MiB of output cannot fit in 256 KiB: the session is cut when a write fails; the
+    // client got at most what was recorded or waiting in the recorder's buffer.
+    let out = client.run(&[
+        "web-1",
+        "head -c 4194304 /dev/zero | tr '\\0' x; echo; echo done",
+    ]);
+    assert!(!out.success(), "{:?}", out.status);
+    assert!(!out.stdout.contains("done"), "the session went on");
+    assert!(
+        out.stdout.len() < 1 << 20,
+        "{} bytes reached the client",
+        out.stdout.len()
+    );
+    let e = ended(&b);
+    assert_eq!(e["end"], "recording-failed", "{e}");
+    // An unrecorded session of the same host (dave's) still goes through.
+    let dave = b.user("dave", "dave", &["short"], "-1m:+1m", 42, &[]);
+    let out = b.client("dave", &dave).run(&["web-1", "echo", "reached"]);
+    assert!(out.success(), "{out:?}");
+}
