@@ -17,8 +17,10 @@ mod cast;
 pub mod cmd;
 pub mod read;
 mod session_id;
+pub mod sessions;
 pub mod sftp;
 mod text;
+pub mod verify;
 
 pub use cast::{CastMeta, Recorder, RecordingSummary};
 pub use session_id::{SessionId, SessionIdError};
