@@ -255,6 +255,14 @@ impl Recorder {
         self.buf.capacity() + self.pending.as_ref().map_or(0, |p| p.text.capacity())
     }
 
+    /// Makes every later write fail as on a full disk (for tests of the callers).
+    #[cfg(test)]
+    pub(crate) fn break_for_test(&mut self) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+            self.file = f;
+        }
+    }
+
     fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }

@@ -15,6 +15,7 @@
 
 mod cast;
 pub mod cmd;
+mod live;
 pub mod read;
 mod session_id;
 pub mod sessions;
@@ -23,6 +24,7 @@ mod text;
 pub mod verify;
 
 pub use cast::{CastMeta, Recorder, RecordingSummary};
+pub use live::LiveRecording;
 pub use session_id::{SessionId, SessionIdError};
 
 use std::path::PathBuf;
