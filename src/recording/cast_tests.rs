@@ -216,6 +216,11 @@ fn an_idle_recorder_holds_little_memory_after_bulk_output() {
         "{}",
         r.buffered_capacity()
     );
+    eprintln!(
+        "idle recorder after 4 MiB of output: {} bytes inline + {} bytes of buffers",
+        std::mem::size_of::<Recorder>(),
+        r.buffered_capacity()
+    );
     r.finish(None).unwrap();
 }
 
