@@ -459,3 +459,40 @@ principals = ["dba", "web-deploy"]
         "{err}"
     );
 }
+
+/// `ssh bastion hosts` and `whoami` on the real bastion say which hosts record, from the
+/// policy in force (db-1 records after a reload; web-1 never does).
+#[test]
+fn hosts_and_whoami_on_the_bastion_say_which_hosts_record() {
+    let Some(b) = crate::support::dmz::start() else {
+        return;
+    };
+    b.reload_policy(|dir| {
+        let path = dir.join("hosts.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[hosts.db-1]\n", "[hosts.db-1]\nrecord = true\n");
+        std::fs::write(path, text).unwrap();
+    });
+    let bob = b.user("bob", "bob", &["dba"], "-1m:+5m", 41, &[]);
+    let c = b.client("bob", &bob);
+    let out = c.run(&["bastion", "hosts"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("db-1\tlogins: postgres\t(via dba)\trecorded\n"),
+        "{out:?}"
+    );
+    let out = c.run(&["bastion", "whoami"]);
+    assert!(out.stdout.contains("recorded:    db-1\n"), "{out:?}");
+    let alice = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 42, &[]);
+    let c = b.client("alice", &alice);
+    let out = c.run(&["bastion", "hosts"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("web-1") && !out.stdout.contains("recorded"),
+        "{out:?}"
+    );
+    let out = c.run(&["bastion", "whoami"]);
+    assert!(out.success() && !out.stdout.contains("recorded"), "{out:?}");
+}
