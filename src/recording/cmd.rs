@@ -1,6 +1,7 @@
 //! `drawbridge session list|play|watch`.
 //!
-//! - `list` reads the audit log (`session.started` without `session.ended` = live) and
+//! - `list` reads the audit log (`session.started` without `session.ended` = live;
+//!   `session.refused` = refused, with its reason) and
 //!   the recordings folder (recordings the log does not name are listed too, as such).
 //! - `play ID` writes the recording's output to the terminal with its original timing,
 //!   `--speed` times faster; pauses are cut to `--max-idle` seconds (5 by default: a

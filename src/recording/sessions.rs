@@ -1,5 +1,5 @@
-//! The recorded sessions an audit log names: `session.started` and `session.ended`
-//! records joined by session id, for `session list|watch` and `audit verify`.
+//! The recorded sessions an audit log names: `session.started`, `session.ended` and
+//! `session.refused` records joined by session id, for `session list|watch` and `audit verify`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -76,7 +76,10 @@ pub fn sessions_in_log(log: impl Read) -> std::io::Result<BTreeMap<String, Sessi
         };
         let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let event = text("event");
-        if event != "session.started" && event != "session.ended" {
+        if !matches!(
+            event.as_str(),
+            "session.started" | "session.ended" | "session.refused"
+        ) {
             return ControlFlow::Continue(());
         }
         let id = text("session");
@@ -94,6 +97,17 @@ pub fn sessions_in_log(log: impl Read) -> std::io::Result<BTreeMap<String, Sessi
         }
         if event == "session.started" {
             s.started = text("ts");
+        } else if event == "session.refused" {
+            // Refused after its channel opened: it never ran (or was cut before the target).
+            if s.started.is_empty() {
+                s.started = text("ts");
+            }
+            s.ended = Some(Ended {
+                line: n,
+                ts: text("ts"),
+                end: format!("refused ({})", text("reason")),
+                ..Ended::default()
+            });
         } else {
             s.ended = Some(Ended {
                 line: n,
@@ -135,9 +149,14 @@ mod tests {
             r#"{"seq":5,"event":"session.started","session":"../etc","key_id":"eve"}"#,
             "\n",
             "not json \"session.started\"\n",
+            r#"{"seq":6,"event":"session.refused","ts":"2026-12-01T04:00:00.000Z","session":"c3","key_id":"carol","target":"db-1","reason":"recording-unavailable"}"#,
+            "\n",
         );
         let s = sessions_in_log(log.as_bytes()).unwrap();
-        assert_eq!(s.keys().collect::<Vec<_>>(), ["a1", "b2"]);
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["a1", "b2", "c3"]);
+        assert_eq!(s["c3"].state(), "refused (recording-unavailable)");
+        assert_eq!(s["c3"].started, "2026-12-01T04:00:00.000Z");
+        assert!(s["c3"].ended.as_ref().unwrap().sha256.is_none());
         let a = &s["a1"];
         assert_eq!(
             (a.user.as_str(), a.host.as_str(), a.login.as_str()),
