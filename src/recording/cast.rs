@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::text::{Utf8Carry, cut, escape_controls};
+use super::text::{Utf8Carry, cut, escape_controls, json_string_into};
 use super::{RecordingError, SessionId, recording_path};
 
 /// Output within this long of the pending output event's start joins it.
@@ -287,8 +287,9 @@ impl Recorder {
 
     /// Appends one event line to the buffer.
     fn event(&mut self, at: f64, kind: &str, text: &str) {
-        let json = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-        let _ = writeln!(self.buf, "[{at:.6}, \"{kind}\", {json}]");
+        let _ = write!(self.buf, "[{at:.6}, \"{kind}\", ");
+        json_string_into(&mut self.buf, text);
+        self.buf.extend_from_slice(b"]\n");
     }
 
     fn maybe_flush(&mut self) -> Result<(), RecordingError> {
