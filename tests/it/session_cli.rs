@@ -183,6 +183,27 @@ async fn asciinema_cat_prints_the_output_of_a_recording() {
         "asciinema cat printed {:?}",
         out.stdout
     );
+    // Its player too (the file ends with an "m" event, the exit status).
+    let out = run_with_timeout(
+        Command::new("script").args([
+            "-qec",
+            &format!("asciinema play -s 100 {}", s.path.display()),
+            "/dev/null",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        out.code(),
+        0,
+        "asciinema play failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains(TEXT),
+        "asciinema play printed {:?}",
+        out.stdout
+    );
 }
 
 #[tokio::test]
