@@ -126,7 +126,11 @@ impl Recorder {
                 &format!("exec: {}", escape_controls(cut(c, MAX_MARKER))),
             );
         }
-        r.write_out()?;
+        if let Err(e) = r.write_out() {
+            // Not even the header fits (a full disk): leave no empty recording behind.
+            let _ = std::fs::remove_file(&r.path);
+            return Err(e);
+        }
         Ok(r)
     }
 
