@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::text::{Utf8Carry, cut, escape_controls};
+use super::text::{Utf8Carry, cut, escape_controls, json_string_into};
 use super::{RecordingError, SessionId, recording_path};
 
 /// Output within this long of the pending output event's start joins it.
@@ -126,7 +126,11 @@ impl Recorder {
                 &format!("exec: {}", escape_controls(cut(c, MAX_MARKER))),
             );
         }
-        r.write_out()?;
+        if let Err(e) = r.write_out() {
+            // Not even the header fits (a full disk): leave no empty recording behind.
+            let _ = std::fs::remove_file(&r.path);
+            return Err(e);
+        }
         Ok(r)
     }
 
@@ -255,6 +259,14 @@ impl Recorder {
         self.buf.capacity() + self.pending.as_ref().map_or(0, |p| p.text.capacity())
     }
 
+    /// Makes every later write fail as on a full disk (for tests of the callers).
+    #[cfg(test)]
+    pub(crate) fn break_for_test(&mut self) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+            self.file = f;
+        }
+    }
+
     fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
@@ -279,8 +291,9 @@ impl Recorder {
 
     /// Appends one event line to the buffer.
     fn event(&mut self, at: f64, kind: &str, text: &str) {
-        let json = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-        let _ = writeln!(self.buf, "[{at:.6}, \"{kind}\", {json}]");
+        let _ = write!(self.buf, "[{at:.6}, \"{kind}\", ");
+        json_string_into(&mut self.buf, text);
+        self.buf.extend_from_slice(b"]\n");
     }
 
     fn maybe_flush(&mut self) -> Result<(), RecordingError> {

@@ -216,6 +216,11 @@ fn an_idle_recorder_holds_little_memory_after_bulk_output() {
         "{}",
         r.buffered_capacity()
     );
+    eprintln!(
+        "idle recorder after 4 MiB of output: {} bytes inline + {} bytes of buffers",
+        std::mem::size_of::<Recorder>(),
+        r.buffered_capacity()
+    );
     r.finish(None).unwrap();
 }
 
@@ -240,4 +245,30 @@ fn a_failed_write_fails_every_call_after_it() {
         r.finish(Some(0)),
         Err(RecordingError::Failed { .. })
     ));
+}
+
+/// Throughput of the recorder itself (not a pass/fail goal: the relay's goal is measured
+/// end to end by the benchmark). Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn recorder_throughput() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = Recorder::create(d.path(), &SessionId::parse("speed").unwrap(), meta()).unwrap();
+    let line = "-rw-r--r-- 1 deploy deploy  48213 Nov 30 12:01 access.log.2026-11-30\r\n";
+    let chunk = line.repeat(32 * 1024 / line.len());
+    let total = 64 * 1024 * 1024;
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    while n < total {
+        r.output(chunk.as_bytes()).unwrap();
+        n += chunk.len();
+    }
+    let s = r.finish(None).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "recorder: {} MiB of terminal output in {secs:.2} s = {:.0} MiB/s ({} bytes on disk)",
+        n >> 20,
+        (n as f64 / (1 << 20) as f64) / secs,
+        s.size
+    );
 }

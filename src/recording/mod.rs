@@ -15,12 +15,16 @@
 
 mod cast;
 pub mod cmd;
+mod live;
 pub mod read;
 mod session_id;
+pub mod sessions;
 pub mod sftp;
 mod text;
+pub mod verify;
 
 pub use cast::{CastMeta, Recorder, RecordingSummary};
+pub use live::LiveRecording;
 pub use session_id::{SessionId, SessionIdError};
 
 use std::path::PathBuf;

@@ -275,3 +275,15 @@ fn random_well_framed_packets_never_panic() {
         obs.finish();
     }
 }
+
+#[test]
+fn an_idle_observer_after_a_transfer_is_small() {
+    let mut obs = SftpObserver::new();
+    replay(&mut obs, || 4096);
+    let held = obs.client.prefix.capacity() + obs.server.prefix.capacity();
+    eprintln!(
+        "idle sftp observer: {} bytes inline + {held} bytes of buffers",
+        std::mem::size_of::<SftpObserver>()
+    );
+    assert!(held <= 2 * 1024, "{held}");
+}

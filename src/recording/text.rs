@@ -82,6 +82,41 @@ impl Utf8Carry {
     }
 }
 
+/// Appends `s` as a JSON string (quotes included) to `out`, escaped exactly as
+/// `serde_json` escapes it. Runs of plain bytes are copied whole: this is the recorder's
+/// hot path for bulk output.
+pub(crate) fn json_string_into(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
 /// `s` with control characters (newline, ESC, ...) written as `\u{..}`, and nothing else
 /// changed: a marker or a path shown later in a terminal cannot drive it.
 pub(crate) fn escape_controls(s: &str) -> String {
@@ -126,6 +161,25 @@ mod tests {
             "🦀"
         );
         assert_eq!(decode(&[b"a\xe2", b"\x82\xacb"]), "a€b");
+    }
+
+    #[test]
+    fn json_strings_are_what_serde_json_writes() {
+        let mut all: String = (0u32..0x80).filter_map(char::from_u32).collect();
+        all.push_str("é€🦀\u{2028}\u{fffd}\u{7f}\u{9b}");
+        let mut cases = vec![String::new(), all.clone(), "plain".into(), "\"\\".into()];
+        for c in all.chars() {
+            cases.push(format!("a{c}b"));
+        }
+        for case in cases {
+            let mut out = Vec::new();
+            json_string_into(&mut out, &case);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&case).unwrap(),
+                "{case:?}"
+            );
+        }
     }
 
     #[test]

@@ -23,5 +23,6 @@ mod policy_cli;
 mod recorded;
 mod revocation_bastion;
 mod revocation_issuance;
+mod session_cli;
 mod threats_http;
 mod threats_ssh;

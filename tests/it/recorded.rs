@@ -699,3 +699,44 @@ fn a_recording_disk_that_fills_during_a_session_cuts_that_session_only() {
     let out = b.client("dave", &dave).run(&["web-1", "echo", "reached"]);
     assert!(out.success(), "{out:?}");
 }
+
+#[test]
+fn inside_the_channel_only_the_connections_certificate_and_a_granted_login_get_in() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 21, &[]);
+    // Another certificate of alice's, just as valid, offered first to the target only.
+    let other = b.user("alice-other", "alice", &["web-admin"], "-1m:+5m", 22, &[]);
+    let mut client = b.client("alice", &key);
+    client.add_target_as("web-1-deploy", "web-1", "deploy");
+    let cfg = std::fs::read_to_string(&client.config).unwrap();
+    let block = format!(
+        "Host web-1\n  IdentityFile {}\n  CertificateFile {}\n",
+        other.path.display(),
+        other.cert().display()
+    );
+    std::fs::write(&client.config, format!("{block}{cfg}")).unwrap();
+    let out = client.run(&["web-1", "echo", "reached"]);
+    // The client falls back to the connection's own certificate, which gets in.
+    assert!(out.success(), "{out:?}");
+    let r = b.expect_record("session.refused", &[("reason", "other-certificate")]);
+    assert_eq!(r["serial"], 21, "the outer connection's certificate: {r}");
+    let started = b.expect_record("session.started", &[]);
+    assert_eq!(started["serial"], 21, "{started}");
+
+    // A login none of the certificate's principals grants on the host: refused, before
+    // anything reaches the target.
+    let out = client.run(&["web-1-deploy", "echo", "reached"]);
+    assert!(!out.success(), "{out:?}");
+    assert!(!out.stdout.contains("reached"), "{out:?}");
+    let r = b.expect_record(
+        "session.refused",
+        &[("reason", "login-not-granted"), ("login", "deploy")],
+    );
+    assert_eq!(r["target"], "web-1", "{r}");
+    assert_eq!(
+        b.find("session.started", &[]).len(),
+        1,
+        "{:#?}",
+        b.records()
+    );
+}

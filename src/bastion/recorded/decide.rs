@@ -123,6 +123,7 @@ principals = ["dba"]
         // bob carries ops, which he no longer holds: nothing at all, not even postgres.
         let b = id("bob", &["dba", "ops"], now);
         let e = login(&p, &b, "db-1", "postgres", now).unwrap_err();
-        assert_eq!(e.code, RefusalCode::RoleLost);
+        assert_eq!(e.code, RefusalCode::Denied, "{e:?}");
+        assert!(e.rule.contains("ops"), "{e:?}");
     }
 }

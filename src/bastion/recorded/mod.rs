@@ -174,21 +174,6 @@ pub(super) async fn run(s: Start) {
     };
     let mut failed = ctx.failed();
     let mut shutdown = shared.cut.clone();
-    // Output followed by silence reaches the file within about a second.
-    let ticker = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                if ctx.recording_started() && ctx.tick().is_err() {
-                    ctx.recording_failed();
-                    return;
-                }
-            }
-        })
-    };
     let end = match russh::server::run_stream(config, stream, inner::Inner::new(ctx.clone())).await
     {
         Err(e) => {
@@ -230,7 +215,6 @@ pub(super) async fn run(s: Start) {
         }
     };
     kill.kill();
-    ticker.abort();
 
     let registration_cut = registration.forward.decided();
     drop(registration);
@@ -244,7 +228,7 @@ pub(super) async fn run(s: Start) {
         let _ = ctx.mark(&format!("cut: {}", cut.message));
         end = "cut".into();
     }
-    let summary = match ctx.finish() {
+    let summary = match ctx.finish().await {
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => {
             warn!(session = %ctx.id, error = %e, "cannot finish the recording");

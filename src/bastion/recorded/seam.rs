@@ -23,7 +23,9 @@ pub fn recorded_rule(policy: &Policy, host: &str, principals: &[String]) -> Stri
 }
 
 pub use crate::recording::sftp::{SftpObserver, SftpOp};
-pub use crate::recording::{CastMeta, Recorder, RecordingError, RecordingSummary, SessionId};
+pub use crate::recording::{
+    CastMeta, LiveRecording, Recorder, RecordingError, RecordingSummary, SessionId,
+};
 
 /// `recording.dir`, resolved against the configuration file's folder.
 pub fn recording_dir(config: &crate::config::Config) -> PathBuf {

@@ -10,7 +10,9 @@ use tracing::{info, warn};
 
 use super::Setup;
 use super::relay::{ChanState, Kind};
-use super::seam::{CastMeta, Recorder, RecordingError, RecordingSummary, SessionId, SftpOp};
+use super::seam::{
+    CastMeta, LiveRecording, Recorder, RecordingError, RecordingSummary, SessionId, SftpOp,
+};
 use crate::audit::{
     AuditEvent, Conn, Grant, PeerText, RefusalCode, SessionBase, SessionRefused, SessionStarted,
 };
@@ -49,13 +51,11 @@ pub(super) struct SessionCtx {
     pub id: SessionId,
     /// The outer connection's fields, for this session's records.
     pub fields: Conn,
-    recorder: Mutex<Option<Recorder>>,
-    /// Set once the recording was created (it stays set after it is finished).
-    recording_created: OnceLock<()>,
+    recorder: OnceLock<LiveRecording>,
     /// The login and principals, once the session started.
     pub started: OnceLock<(String, Vec<String>)>,
     /// Turns true when the recording cannot be written: the session is cut.
-    failed: watch::Sender<bool>,
+    failed: Arc<watch::Sender<bool>>,
     exit: Mutex<Option<u32>>,
     signal: Mutex<Option<String>>,
     pub bytes_up: AtomicU64,
@@ -80,10 +80,9 @@ impl SessionCtx {
             host,
             id,
             fields,
-            recorder: Mutex::new(None),
-            recording_created: OnceLock::new(),
+            recorder: OnceLock::new(),
             started: OnceLock::new(),
-            failed: watch::channel(false).0,
+            failed: Arc::new(watch::channel(false).0),
             exit: Mutex::new(None),
             signal: Mutex::new(None),
             bytes_up: AtomicU64::new(0),
@@ -160,8 +159,16 @@ impl SessionCtx {
                 )
             }
         })?;
-        *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some(recorder);
-        let _ = self.recording_created.set(());
+        let live = LiveRecording::start(recorder);
+        // A write that fails in the recording's own timer (an idle session) cuts too.
+        let mut failure = live.failed();
+        let failed = self.failed.clone();
+        tokio::spawn(async move {
+            if failure.wait_for(Option::is_some).await.is_ok() {
+                failed.send_replace(true);
+            }
+        });
+        let _ = self.recorder.set(live);
         Ok(())
     }
 
@@ -203,13 +210,12 @@ impl SessionCtx {
             .await;
     }
 
-    /// Runs `f` on the recorder; an error when there is none or it cannot write.
+    /// Runs `f` on the recording; an error when there is none or it cannot write.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Recorder) -> Result<T, RecordingError>,
+        f: impl FnOnce(&LiveRecording) -> Result<T, RecordingError>,
     ) -> Result<T, String> {
-        let mut r = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-        match r.as_mut() {
+        match self.recorder.get() {
             Some(rec) => f(rec).map_err(|e| e.to_string()),
             None => Err("the recording is not open".into()),
         }
@@ -217,7 +223,7 @@ impl SessionCtx {
 
     /// Whether the recording file was created.
     pub fn recording_started(&self) -> bool {
-        self.recording_created.get().is_some()
+        self.recorder.get().is_some()
     }
 
     pub fn mark(&self, label: &str) -> Result<(), String> {
@@ -231,11 +237,6 @@ impl SessionCtx {
     /// Records an exec's command.
     pub async fn exec(&self, command: &str) -> Result<(), String> {
         self.with(|r| r.marker(&format!("exec: {command}")))
-    }
-
-    /// Writes what waits (about every second, so output followed by silence is on disk).
-    pub fn tick(&self) -> Result<(), String> {
-        self.with(|r| r.tick())
     }
 
     /// Records what the client sends on a channel, before it goes to the target:
@@ -324,15 +325,11 @@ impl SessionCtx {
         self.failed.subscribe()
     }
 
-    /// Finishes the recording (exit status written); `None` when none is open.
-    pub fn finish(&self) -> Option<Result<RecordingSummary, String>> {
-        let r = self
-            .recorder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
+    /// Finishes the recording (exit status written); `None` when none was created.
+    pub async fn finish(&self) -> Option<Result<RecordingSummary, String>> {
+        let r = self.recorder.get()?;
         let exit = self.exit().map(|c| i32::try_from(c).unwrap_or(i32::MAX));
-        Some(r.finish(exit).map_err(|e| e.to_string()))
+        Some(r.finish(exit).await.map_err(|e| e.to_string()))
     }
 
     pub fn exit(&self) -> Option<u32> {
