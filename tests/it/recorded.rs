@@ -180,6 +180,10 @@ fn an_interactive_pty_session_is_recorded() {
         markers_of(&events).iter().any(|m| m == "shell"),
         "{events:?}"
     );
+    // `drawbridge session play` reproduces the output.
+    let (code, played, err) = b.d.cli(&["session", "play", &id, "--speed", "100"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(played.contains("pty-42"), "{played:?} {err}");
     // asciinema's own reader accepts the file and prints the output.
     // `asciinema cat` wants a terminal: `script` gives it one.
     let file = sessions_dir(&b).join(format!("{id}.cast"));
