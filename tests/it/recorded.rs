@@ -744,3 +744,54 @@ fn inside_the_channel_only_the_connections_certificate_and_a_granted_login_get_i
         b.records()
     );
 }
+
+#[test]
+fn a_bastion_only_process_records_with_the_session_ca_and_the_recorded_host_key() {
+    if !crate::support::sshd::need_sshd() {
+        return;
+    }
+    let t = crate::support::ssh::TestDir::new();
+    let mut d = crate::support::drawbridge::Drawbridge::prepare_with_ssh(&[], "", "");
+    let (code, out, err) = d.cli(&["ca", "init"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let ca = d.path().join("ca");
+    // The issuer's private keys leave the bastion host; the session CA stays.
+    let offline = t.join("offline");
+    std::fs::create_dir_all(&offline).unwrap();
+    for f in ["user_ca", "host_ca", "token_key", "tls.key"] {
+        std::fs::rename(ca.join(f), offline.join(f)).unwrap();
+    }
+    for f in ["user_ca.pub", "host_ca.pub"] {
+        std::fs::copy(ca.join(f), offline.join(f)).unwrap();
+    }
+    let ca_of = |name: &str| crate::support::ssh::Ca {
+        key: crate::support::ssh::Key {
+            path: offline.join(name),
+        },
+    };
+    let (user_ca, host_ca) = (ca_of("user_ca"), ca_of("host_ca"));
+    // The key presented inside recorded channels, certified by the host CA for web-1.
+    let inner = crate::support::ssh::keygen(&ca.join("recorded_host_key"), "ed25519");
+    host_ca.sign_host(&inner.public(), &["web-1", "127.0.0.1"]);
+    // The target trusts only the session CA: only a per-session certificate gets in.
+    let dmz = crate::support::dmz::Dmz::start(
+        t,
+        user_ca,
+        host_ca,
+        &ca.join("session_ca.pub"),
+        &d.path().join("policies"),
+    );
+    record_web1(&d.path().join("policies"));
+    d.launch(&["--bastion-only"]);
+    let key = dmz.user("alice", "alice", &["web-admin"], "-1m:+5m", 51, &[]);
+    let out = dmz
+        .client("alice", d.ssh.port(), &key)
+        .run(&["web-1", "echo", "split-recorded"]);
+    assert!(out.success(), "{out:?}\n{}", d.server_log());
+    assert_eq!(out.stdout.trim(), "split-recorded");
+    assert!(out.stderr.contains("this session is recorded"), "{out:?}");
+    let id = banner_session(&out.stderr);
+    let audit = d.audit_path();
+    let e = crate::support::audit::expect_record_in(&audit, "session.ended", &[("session", &id)]);
+    assert!(e["recording_sha256"].is_string(), "{e}");
+}
