@@ -795,3 +795,220 @@ fn a_bastion_only_process_records_with_the_session_ca_and_the_recorded_host_key(
     let e = crate::support::audit::expect_record_in(&audit, "session.ended", &[("session", &id)]);
     assert!(e["recording_sha256"].is_string(), "{e}");
 }
+
+/// `ssh web-1 'echo up; sleep 600'` for each client, returned once every one printed
+/// `up` (the session is established end to end), killed on drop.
+fn hold_sessions(client: &crate::support::ssh::SshClient, n: usize) -> Vec<Running> {
+    let (held, up, said) = try_hold_sessions(client, n);
+    assert_eq!(up, n, "sessions established; clients said: {said}");
+    held
+}
+
+/// [`hold_sessions`] without the assertion: the clients, how many got in, and what the
+/// first failed ones said.
+fn try_hold_sessions(
+    client: &crate::support::ssh::SshClient,
+    n: usize,
+) -> (Vec<Running>, usize, String) {
+    use std::io::BufRead;
+    let mut held = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let errs = std::env::temp_dir().join(format!("held-{}", std::process::id()));
+    std::fs::create_dir_all(&errs).unwrap();
+    for i in 0..n {
+        let mut child = client
+            .command(&["web-1", "echo up; sleep 600"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(errs.join(i.to_string())).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line.trim() == "up");
+        });
+        held.push(Running(Some(child)));
+    }
+    let mut up = 0;
+    for _ in 0..n {
+        if rx.recv_timeout(Duration::from_secs(150)) == Ok(true) {
+            up += 1;
+        }
+    }
+    let said: String = (0..n)
+        .filter_map(|i| std::fs::read_to_string(errs.join(i.to_string())).ok())
+        .map(|e| {
+            e.lines()
+                .filter(|l| !l.contains("this session is recorded"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|e| !e.trim().is_empty())
+        .take(3)
+        .collect();
+    let _ = std::fs::remove_dir_all(&errs);
+    (held, up, said)
+}
+
+/// Round trips of one byte through `ssh web-1 cat` (the shape of a keystroke and its
+/// echo): p50 and p99 in microseconds.
+fn echo_latency(client: &crate::support::ssh::SshClient, n: usize) -> (u128, u128) {
+    use std::io::Read;
+    let mut child = client
+        .command(&["web-1", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    let _running = Running(Some(child));
+    let mut times = Vec::with_capacity(n);
+    let mut b = [0u8; 1];
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        input.write_all(b"x").unwrap();
+        output.read_exact(&mut b).unwrap();
+        if i >= 20 {
+            times.push(t.elapsed().as_micros());
+        }
+    }
+    times.sort_unstable();
+    (times[n / 2], times[(n * 99) / 100])
+}
+
+/// Seconds to `cat` `file` through `ssh web-1` to /dev/null.
+fn cat_seconds(client: &crate::support::ssh::SshClient, file: &Path) -> f64 {
+    let cfg = client.config.display().to_string();
+    let t = Instant::now();
+    run_ok(Command::new("sh").args([
+        "-c",
+        &format!("ssh -F {cfg} web-1 'cat {}' > /dev/null", file.display()),
+    ]));
+    t.elapsed().as_secs_f64()
+}
+
+/// Measurements of recorded sessions beside unrecorded ones through the same bastion and
+/// target (a debug build of drawbridge unless run otherwise): keystroke-like echo, bulk
+/// output, disk overhead, memory per idle session, sessions at once. Prints a table.
+/// `cargo test --test it recorded::measure -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_recorded_beside_unrecorded() {
+    let Some(mut b) = start_with(
+        "max_connections_per_user = 1000\nmax_unauthenticated = 1000\n\
+         max_unauthenticated_per_source = 1000\nmax_channels_per_connection = 10\n\
+         connect_timeout = \"60s\"",
+        &[],
+    ) else {
+        return;
+    };
+    b.dmz
+        .sshd
+        .restart_with("MaxStartups 1000\nMaxSessions 10\n");
+    b.reload_policy(|dir| record_principal(dir, "web-admin"));
+    let alice = b.user("alice", "alice", &["web-admin"], "-1m:+30m", 61, &[]);
+    let dave = b.user("dave", "dave", &["short"], "-1m:+1m", 62, &[]);
+    let recorded = b.client("alice", &alice);
+    let plain = b.client("dave", &dave);
+    // Hundreds of handshakes at once on a shared machine take longer than the 5 s the
+    // test clients allow otherwise.
+    for c in [&recorded, &plain] {
+        let cfg = std::fs::read_to_string(&c.config).unwrap();
+        std::fs::write(
+            &c.config,
+            cfg.replace("ConnectTimeout 5", "ConnectTimeout 120"),
+        )
+        .unwrap();
+    }
+
+    let (r50, r99) = echo_latency(&recorded, 500);
+    let (p50, p99) = echo_latency(&plain, 500);
+    println!("echo round trip p50/p99 µs: recorded {r50}/{r99}, unrecorded {p50}/{p99}");
+
+    // 64 MiB of base64 text (terminal-like output).
+    let text = b.t.join("text.b64");
+    run_ok(Command::new("sh").args([
+        "-c",
+        &format!(
+            "head -c 50331648 /dev/urandom | base64 > {}",
+            text.display()
+        ),
+    ]));
+    let size = std::fs::metadata(&text).unwrap().len();
+    let before: u64 = dir_size(&sessions_dir(&b));
+    let tr = cat_seconds(&recorded, &text);
+    let tp = cat_seconds(&plain, &text);
+    wait_until(
+        Duration::from_secs(30),
+        || b.find("session.ended", &[]).len() >= 2,
+        || "the cat session ended".into(),
+    );
+    let disk = dir_size(&sessions_dir(&b)) - before;
+    let mib = size as f64 / 1048576.0;
+    println!(
+        "cat {mib:.0} MiB: recorded {:.1} MiB/s, unrecorded {:.1} MiB/s (ratio {:.2}); recording {:.2}× the output",
+        mib / tr,
+        mib / tp,
+        tp / tr,
+        disk as f64 / size as f64
+    );
+    let _ = std::fs::remove_file(&text);
+
+    let n = 50;
+    let idle = b.rss_kib();
+    let held = hold_sessions(&recorded, n);
+    std::thread::sleep(Duration::from_secs(2));
+    let with = b.rss_kib();
+    drop(held);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle2 = b.rss_kib();
+    let held = hold_sessions(&plain, n);
+    std::thread::sleep(Duration::from_secs(2));
+    let with2 = b.rss_kib();
+    drop(held);
+    println!(
+        "RSS per idle session ({n} held): recorded {} KiB, unrecorded {} KiB",
+        with.saturating_sub(idle) / n as u64,
+        with2.saturating_sub(idle2) / n as u64
+    );
+
+    let burst = 200;
+    // dave's role allows one minute: a fresh certificate for the burst.
+    let dave = b.user("dave-burst", "dave", &["short"], "-1m:+1m", 63, &[]);
+    let mut plain = b.client("dave-burst", &dave);
+    plain.option("ConnectTimeout 120");
+    let cfg = std::fs::read_to_string(&plain.config).unwrap();
+    std::fs::write(
+        &plain.config,
+        cfg.replace("ConnectTimeout 5", "ConnectTimeout 120"),
+    )
+    .unwrap();
+    for (name, client) in [("unrecorded", &plain), ("recorded", &recorded)] {
+        let t = Instant::now();
+        let (held, up, said) = try_hold_sessions(client, burst);
+        println!(
+            "{burst} {name} sessions at once: {up} established in {:.1} s, {} failed {said:?}",
+            t.elapsed().as_secs_f64(),
+            burst - up
+        );
+        drop(held);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    b.assert_healthy();
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
