@@ -212,7 +212,7 @@ pub fn write_list(
             escape_controls(&s.user),
             escape_controls(&s.host),
             escape_controls(&s.login),
-            s.state(),
+            escape_controls(&s.state()),
             duration,
             recording,
         ]);
