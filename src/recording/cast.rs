@@ -148,19 +148,25 @@ impl Recorder {
     pub fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
         self.check()?;
         let at = self.now();
-        let joins = self
-            .pending
-            .as_ref()
-            .is_some_and(|p| at - p.at < COALESCE.as_secs_f64() && p.text.len() < MAX_EVENT_TEXT);
-        if !joins {
-            self.emit_pending();
-            self.pending = Some(Pending {
-                at,
-                text: String::new(),
+        // A large write becomes several events of at most MAX_EVENT_TEXT bytes (the
+        // decoder carries a character split between them).
+        for piece in bytes.chunks(MAX_EVENT_TEXT) {
+            let joins = self.pending.as_ref().is_some_and(|p| {
+                at - p.at < COALESCE.as_secs_f64() && p.text.len() < MAX_EVENT_TEXT
             });
-        }
-        if let Some(p) = self.pending.as_mut() {
-            self.out_text.decode_into(bytes, &mut p.text);
+            if !joins {
+                self.emit_pending();
+                self.pending = Some(Pending {
+                    at,
+                    text: String::new(),
+                });
+            }
+            if let Some(p) = self.pending.as_mut() {
+                self.out_text.decode_into(piece, &mut p.text);
+            }
+            if self.buf.len() >= FLUSH_BYTES {
+                self.write_out()?;
+            }
         }
         self.maybe_flush()
     }

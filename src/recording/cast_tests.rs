@@ -272,3 +272,16 @@ fn recorder_throughput() {
         s.size
     );
 }
+
+#[test]
+fn one_huge_write_is_cut_into_bounded_events() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = Recorder::create(d.path(), &SessionId::parse("huge").unwrap(), meta()).unwrap();
+    let text = "é".repeat(1024 * 1024); // 2 MiB, characters across every cut
+    r.output(text.as_bytes()).unwrap();
+    let s = r.finish(None).unwrap();
+    let ev = events(&s.path);
+    assert!(ev.len() >= 2 * 1024 * 1024 / MAX_EVENT_TEXT, "{}", ev.len());
+    assert!(ev.iter().all(|(_, t)| t.len() <= MAX_EVENT_TEXT + 4));
+    assert_eq!(output_text(&s.path), text);
+}

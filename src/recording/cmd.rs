@@ -212,7 +212,7 @@ pub fn write_list(
             escape_controls(&s.user),
             escape_controls(&s.host),
             escape_controls(&s.login),
-            s.state(),
+            escape_controls(&s.state()),
             duration,
             recording,
         ]);
@@ -341,7 +341,8 @@ pub fn play(
 }
 
 /// Reads the lines appended to the audit log since the last call, and says whether one
-/// of them ends session `id` (`session.ended`).
+/// of them ends session `id` (`session.ended`, or `session.refused` for one refused after
+/// its recording began).
 struct LogTail {
     file: std::fs::File,
     lines: Lines,
@@ -363,7 +364,10 @@ impl LogTail {
                 let text = String::from_utf8_lossy(l);
                 if text.contains(&needle)
                     && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                    && v.get("event").and_then(|e| e.as_str()) == Some("session.ended")
+                    && matches!(
+                        v.get("event").and_then(|e| e.as_str()),
+                        Some("session.ended" | "session.refused")
+                    )
                     && v.get("session").and_then(|e| e.as_str()) == Some(id.as_str())
                 {
                     ended = true;

@@ -287,3 +287,24 @@ fn an_idle_observer_after_a_transfer_is_small() {
     );
     assert!(held <= 2 * 1024, "{held}");
 }
+
+/// The fuzz target's seed (`fuzz/make-seeds`) is the real session in the target's framing:
+/// fed the way the target feeds it, it yields the real operations.
+#[test]
+fn the_fuzz_seed_replays_the_real_session() {
+    let seed = include_bytes!("../../fuzz/seeds/sftp_observer/openssh-session");
+    let mut obs = SftpObserver::new();
+    let mut ops = Vec::new();
+    let mut rest: &[u8] = seed;
+    while let Some((&head, tail)) = rest.split_first() {
+        let n = usize::from(head >> 1).min(tail.len());
+        let (piece, after) = tail.split_at(n);
+        ops.extend(if head & 1 == 0 {
+            obs.client_bytes(piece)
+        } else {
+            obs.server_bytes(piece)
+        });
+        rest = after;
+    }
+    assert_eq!(shown(&ops), expected());
+}
