@@ -92,7 +92,13 @@ pub enum UserCommand {
         /// Read the password from standard input (first line) instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// Also enroll a TOTP second factor: prints its otpauth:// URI and a QR code once.
+        #[arg(long)]
+        totp: bool,
     },
+    /// Enroll (or re-enroll) a password user's TOTP second factor: a new secret, printed
+    /// once as an otpauth:// URI and a QR code; the old one stops working.
+    Totp { name: String },
 }
 
 #[derive(Debug, Subcommand)]

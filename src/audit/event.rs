@@ -431,6 +431,16 @@ pub enum AuditEvent {
     },
     #[serde(rename = "forward.refused")]
     ForwardRefused(ForwardRefused),
+    /// A device login started with an identity provider (`POST /v1/device`); its end is a
+    /// `login.ok` or `login.failed` with method `oidc`.
+    #[serde(rename = "device.started")]
+    DeviceStarted {
+        client: String,
+        issuer: String,
+        expires_in: u64,
+        policy_version: String,
+        rule: String,
+    },
     /// Records written by unit tests of the log itself.
     #[cfg(test)]
     #[serde(rename = "test.event")]
@@ -499,6 +509,7 @@ pub fn samples() -> Vec<AuditEvent> {
         | AuditEvent::LoginOk { .. }
         | AuditEvent::LoginFailed { .. }
         | AuditEvent::LoginFailedRepeated { .. }
+        | AuditEvent::DeviceStarted { .. }
         | AuditEvent::CertIssued { .. }
         | AuditEvent::CertRefused { .. }
         | AuditEvent::SshAuthOk { .. }
@@ -598,6 +609,13 @@ pub fn samples() -> Vec<AuditEvent> {
             user: Some(p()),
             policy_version: v(),
             rule: s("identity.rate_limit"),
+        },
+        AuditEvent::DeviceStarted {
+            client: s("c"),
+            issuer: s("https://idp.example.org"),
+            expires_in: 600,
+            policy_version: v(),
+            rule: s("oidc.client_id"),
         },
         AuditEvent::CertIssued {
             user: s("u"),

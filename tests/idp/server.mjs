@@ -52,8 +52,9 @@ const provider = new Provider(issuer, {
       enabled: true,
       charset: 'base-20',
       mask: '****-****',
-      userCodeInputSource: async (ctx, form) => {
-        ctx.body = `<!DOCTYPE html><html><body>${form}</body></html>`;
+      userCodeInputSource: async (ctx, form, out, err) => {
+        const said = err ? `<p>error ${esc(err.name)}</p>` : '';
+        ctx.body = `<!DOCTYPE html><html><body>${said}${form}</body></html>`;
       },
       userCodeConfirmSource: async (ctx, form, client, deviceInfo, userCode) => {
         ctx.body = `<!DOCTYPE html><html><body><p>code ${esc(userCode)}</p>${form}</body></html>`;

@@ -13,6 +13,7 @@ mod api;
 mod audit_cli;
 mod audit_trail;
 mod bastion;
+mod device_login;
 mod e2e;
 mod exhaustion;
 mod faults_http;

@@ -15,6 +15,7 @@ pub mod h2raw;
 pub mod idle_api;
 pub mod idp;
 pub mod net;
+pub mod oidc_provider;
 pub mod ports;
 pub mod process;
 pub mod rawssh;
