@@ -414,3 +414,99 @@ fn require_totp_refuses_password_users_without_it() {
     );
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
+
+// The login helper ---------------------------------------------------------------------
+
+fn login_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/drawbridge-login")
+}
+
+/// The helper in its own session (no terminal to ask on), `HOME` in `home`.
+fn helper(d: &Drawbridge, home: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setsid");
+    cmd.arg("sh")
+        .arg(login_script())
+        .arg("--server")
+        .arg(format!("https://{}", d.api))
+        .arg("--cacert")
+        .arg(d.cacert())
+        .args(args)
+        .env("HOME", home)
+        .env_remove("DRAWBRIDGE_OTP");
+    cmd
+}
+
+/// `drawbridge-login --oidc` prints the URL and the code, polls while the person logs in
+/// at the provider, then gets the certificate, known_hosts and ssh_config as always.
+#[test]
+fn login_script_oidc_prints_the_url_polls_and_gets_a_certificate() {
+    let idp = OidcProvider::start(600, 1);
+    let d = Drawbridge::start(&idp.config());
+    let home = tempfile::tempdir().unwrap();
+    let out_path = home.path().join("out");
+    let err_path = home.path().join("err");
+    let child = helper(&d, home.path(), &["--oidc"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = crate::support::process::KillOnDrop(child);
+    let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    crate::support::process::wait_until(
+        Duration::from_secs(30),
+        || read().contains("Open http"),
+        || {
+            format!(
+                "no URL printed: {} {}",
+                read(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            )
+        },
+    );
+    let url = read()
+        .lines()
+        .find_map(|l| l.strip_prefix("Open "))
+        .unwrap()
+        .to_string();
+    assert!(read().contains("shows the code"), "{}", read());
+    idp.approve(&url, "erin", &["ops"]);
+    crate::support::process::wait_until(
+        Duration::from_secs(60),
+        || matches!(child.0.try_wait(), Ok(Some(_))),
+        || format!("the helper did not finish: {}", read()),
+    );
+    let status = child.0.wait().unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "{}\n{err}", read());
+    assert!(read().contains("logged in as erin"), "{}", read());
+    assert!(read().contains("principals: web-deploy"), "{}", read());
+    assert!(home.path().join(".ssh/id_ed25519-cert.pub").exists());
+    assert!(home.path().join(".ssh/drawbridge/config").exists());
+}
+
+/// A TOTP user: the helper sends the code from the second line of standard input; without
+/// one (and no terminal to ask on) it says what the server wants.
+#[test]
+fn login_script_sends_the_one_time_code() {
+    let d = Drawbridge::start("");
+    let secret = enrol(&d, "alice", "pw-alice");
+    let home = tempfile::tempdir().unwrap();
+    early_in_a_step();
+    let code = totp_code(&secret, "alice", now_secs());
+    let out = crate::support::process::run_with_input(
+        &mut helper(&d, home.path(), &["--user", "alice", "--password-stdin"]),
+        Some(format!("pw-alice\n{code}\n").as_bytes()),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{}", out.text());
+    assert!(out.stdout.contains("logged in as alice"), "{}", out.text());
+
+    let out = crate::support::process::run_with_input(
+        &mut helper(&d, home.path(), &["--user", "alice", "--password-stdin"]),
+        Some(b"pw-alice\n"),
+        Duration::from_secs(60),
+    );
+    assert!(!out.success(), "{}", out.text());
+    assert!(out.stderr.contains("one-time code"), "{}", out.text());
+}
