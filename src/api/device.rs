@@ -26,6 +26,18 @@ use crate::util::{rfc3339, unix_secs};
 /// Largest body read: `{"device_code": "..."}` is far shorter.
 pub const MAX_DEVICE_BODY: usize = 4 * 1024;
 
+/// Reads a device endpoint's body (at most [`MAX_DEVICE_BODY`] bytes).
+async fn device_body(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
+    read_body(body, MAX_DEVICE_BODY).await.map_err(|mut e| {
+        if e.code == crate::audit::RefusalCode::BodyTooLarge {
+            e.message = format!(
+                "the request body is over {MAX_DEVICE_BODY} bytes; send {{\"device_code\": \"...\"}}"
+            );
+        }
+        e
+    })
+}
+
 fn api_error(e: &DeviceError) -> ApiError {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let mut out = ApiError::new(status, e.code(), e.message());
@@ -77,7 +89,7 @@ pub async fn post_device(
     let (parts, body) = request.into_parts();
     let client = client_ip(&parts);
     // Nothing is read from the body; it is only bounded.
-    read_body(body, MAX_DEVICE_BODY).await?;
+    device_body(body).await?;
     let Some(device) = state.device.clone() else {
         return Err(refused(&state, client, DeviceError::NotConfigured).await);
     };
@@ -130,7 +142,7 @@ pub async fn post_device_token(
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let client = client_ip(&parts);
-    let body = read_body(body, MAX_DEVICE_BODY).await?;
+    let body = device_body(body).await?;
     let code = device_code_of(&body)?;
     let Some(device) = state.device.clone() else {
         return Err(refused(&state, client, DeviceError::NotConfigured).await);

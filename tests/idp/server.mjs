@@ -3,7 +3,8 @@
 //
 //   node server.mjs PORT [DEVICE_CODE_TTL_SECONDS] [INTERVAL_SECONDS]
 //
-// Issuer http://127.0.0.1:PORT, one public client `drawbridge` allowed the device grant,
+// Issuer http://127.0.0.1:PORT, a public client `drawbridge` allowed the device grant (and
+// a confidential one, `drawbridge-confidential`, secret `idp-test-client-secret-4f1c9a`),
 // ID tokens signed RS256 with a key made at start, claims `sub`, `email`, `groups`.
 // The "browser" part is plain HTML forms a test drives over HTTP:
 //   GET  /device?user_code=CODE       -> a form (id op.deviceConfirmForm) with hidden xsrf
@@ -36,6 +37,15 @@ const provider = new Provider(issuer, {
   clients: [{
     client_id: 'drawbridge',
     token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
+    response_types: [],
+    redirect_uris: [],
+    id_token_signed_response_alg: 'RS256',
+  }, {
+    // A confidential client: its secret comes with HTTP Basic.
+    client_id: 'drawbridge-confidential',
+    client_secret: 'idp-test-client-secret-4f1c9a',
+    token_endpoint_auth_method: 'client_secret_basic',
     grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
     response_types: [],
     redirect_uris: [],

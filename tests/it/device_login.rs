@@ -285,6 +285,46 @@ fn device_login_needs_the_audience_to_be_the_client_id() {
     assert!(err.contains("must be the client_id"), "{err}");
 }
 
+/// A confidential client: the secret comes from `client_secret_file` (0600, else `serve`
+/// refuses to start), goes to the provider with HTTP Basic, and reaches no log.
+#[test]
+fn device_login_with_a_client_secret_that_reaches_no_log() {
+    const SECRET: &str = "idp-test-client-secret-4f1c9a";
+    let idp = OidcProvider::start(600, 1);
+    let config = idp
+        .config()
+        .replace("\"drawbridge\"", "\"drawbridge-confidential\"")
+        + "client_secret_file = \"idp-client-secret\"\n";
+    let mut d = Drawbridge::prepare(&crate::support::drawbridge::FIXTURE_POLICY, &config);
+    let secret_file = d.path().join("idp-client-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = d.cli(&["ca", "init"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = d.cli(&["serve"], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("client_secret_file"), "{err}");
+
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.launch(&[]);
+    let started = start_device(&d);
+    let code = started["device_code"].as_str().unwrap().to_string();
+    idp.approve(
+        started["verification_uri_complete"].as_str().unwrap(),
+        "erin",
+        &["ops"],
+    );
+    let r = poll_until_done(&d, &code, 1);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), d.server_log());
+    assert!(!d.server_log().contains(SECRET));
+    assert!(
+        !std::fs::read_to_string(d.audit_path())
+            .unwrap()
+            .contains(SECRET)
+    );
+}
+
 /// Without an `[[oidc]]` that has a `client_id`, device logins are unavailable (503).
 #[test]
 fn device_login_without_a_provider_is_unavailable() {

@@ -189,6 +189,9 @@ impl DeviceLogin {
             None => None,
             Some(file) => {
                 let path = config.resolve(file);
+                // A secret readable by others is refused, as the CA's private files are.
+                crate::issuer::check_private_mode(&path)
+                    .map_err(|e| anyhow::anyhow!("oidc {}: client_secret_file: {e}", p.issuer))?;
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     anyhow::anyhow!(
                         "oidc {}: cannot read client_secret_file {}: {e}",
