@@ -241,33 +241,7 @@ impl DeviceClient {
                 "device authorization refused: HTTP {status} {error}"
             )));
         }
-        let missing = |f: &str| ProviderError::Invalid(format!("device authorization: no \"{f}\""));
-        let device_code =
-            short_text(&doc, "device_code", 4096)?.ok_or_else(|| missing("device_code"))?;
-        let user_code = short_text(&doc, "user_code", 64)?.ok_or_else(|| missing("user_code"))?;
-        // Google names it `verification_url`.
-        let verification_uri = match short_text(&doc, "verification_uri", 2048)? {
-            Some(u) => u,
-            None => short_text(&doc, "verification_url", 2048)?
-                .ok_or_else(|| missing("verification_uri"))?,
-        };
-        check_provider_url(&verification_uri).map_err(ProviderError::Invalid)?;
-        let complete = short_text(&doc, "verification_uri_complete", 2048)?;
-        if let Some(c) = &complete {
-            check_provider_url(c).map_err(ProviderError::Invalid)?;
-        }
-        let expires_in = number(&doc, "expires_in")?
-            .ok_or_else(|| missing("expires_in"))?
-            .clamp(1, MAX_EXPIRES_IN);
-        let interval = number(&doc, "interval")?.unwrap_or(5).clamp(1, 60);
-        Ok(Authorization {
-            device_code: Secret::new(device_code),
-            user_code,
-            verification_uri,
-            verification_uri_complete: complete,
-            expires_in,
-            interval,
-        })
+        parse_authorization(&doc)
     }
 
     /// Asks for the tokens of a device authorization (RFC 8628 3.4, 3.5).
@@ -304,5 +278,95 @@ impl DeviceClient {
             }
             other => TokenAnswer::Refused(other.to_owned()),
         })
+    }
+}
+
+/// Reads a device authorization answer (RFC 8628 3.2): every string bounded, every URL one
+/// we would call, `expires_in` capped at [`MAX_EXPIRES_IN`], `interval` within 1..=60 s.
+pub fn parse_authorization(doc: &Value) -> Result<Authorization, ProviderError> {
+    let missing = |f: &str| ProviderError::Invalid(format!("device authorization: no \"{f}\""));
+    let device_code =
+        short_text(doc, "device_code", 4096)?.ok_or_else(|| missing("device_code"))?;
+    let user_code = short_text(doc, "user_code", 64)?.ok_or_else(|| missing("user_code"))?;
+    // Google names it `verification_url`.
+    let verification_uri = match short_text(doc, "verification_uri", 2048)? {
+        Some(u) => u,
+        None => {
+            short_text(doc, "verification_url", 2048)?.ok_or_else(|| missing("verification_uri"))?
+        }
+    };
+    check_provider_url(&verification_uri).map_err(ProviderError::Invalid)?;
+    let complete = short_text(doc, "verification_uri_complete", 2048)?;
+    if let Some(c) = &complete {
+        check_provider_url(c).map_err(ProviderError::Invalid)?;
+    }
+    let expires_in = number(doc, "expires_in")?
+        .ok_or_else(|| missing("expires_in"))?
+        .clamp(1, MAX_EXPIRES_IN);
+    let interval = number(doc, "interval")?.unwrap_or(5).clamp(1, 60);
+    Ok(Authorization {
+        device_code: Secret::new(device_code),
+        user_code,
+        verification_uri,
+        verification_uri_complete: complete,
+        expires_in,
+        interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer() -> Value {
+        serde_json::json!({
+            "device_code": "dc", "user_code": "ABCD-EFGH",
+            "verification_uri": "https://idp.example.org/device",
+            "verification_uri_complete": "https://idp.example.org/device?user_code=ABCD-EFGH",
+            "expires_in": 600, "interval": 5,
+        })
+    }
+
+    #[test]
+    fn a_good_answer_and_the_bounds() {
+        let a = parse_authorization(&answer()).unwrap();
+        assert_eq!((a.expires_in, a.interval), (600, 5));
+        let mut v = answer();
+        v["expires_in"] = 10_000_000.into();
+        v["interval"] = 0.into();
+        let a = parse_authorization(&v).unwrap();
+        assert_eq!((a.expires_in, a.interval), (MAX_EXPIRES_IN, 1));
+        // Google's name for it, and no interval (RFC 8628: 5 s).
+        let mut v = answer();
+        let uri = v
+            .as_object_mut()
+            .unwrap()
+            .remove("verification_uri")
+            .unwrap();
+        v["verification_url"] = uri;
+        v.as_object_mut().unwrap().remove("interval");
+        assert_eq!(parse_authorization(&v).unwrap().interval, 5);
+    }
+
+    #[test]
+    fn unusable_answers_are_refused() {
+        let cases: Vec<(&str, Value)> = vec![
+            ("device_code", Value::Null),
+            ("device_code", "x".repeat(5000).into()),
+            ("user_code", "a\nb".into()),
+            ("user_code", 5.into()),
+            ("verification_uri", "http://idp.example.org/device".into()),
+            ("verification_uri_complete", "javascript:alert(1)".into()),
+            ("expires_in", "600".into()),
+            ("expires_in", (-1).into()),
+        ];
+        for (field, value) in cases {
+            let mut v = answer();
+            v[field] = value.clone();
+            assert!(
+                matches!(parse_authorization(&v), Err(ProviderError::Invalid(_))),
+                "{field} = {value}"
+            );
+        }
     }
 }
