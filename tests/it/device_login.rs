@@ -455,10 +455,25 @@ fn totp_enrol_then_login_with_a_code_once() {
     assert!(!audit.contains(&secret));
     assert!(!audit.contains(&format!("\"{code}\"")));
 
+    // A password change without --totp keeps the second factor.
+    let (c, out, err) = d.cli(
+        &["user", "add", "tina", "--password-stdin"],
+        Some("pw-tina-2\n"),
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_error(&login(&d, "tina", "pw-tina-2", None), 401, "otp_required");
+
     // Re-enrolling gives a new secret: the old one's codes stop working.
     let (c, out, err) = d.cli(&["user", "totp", "tina"], None);
     assert_eq!(c, 0, "{out}{err}");
     assert!(!out.contains(&secret));
+    let stored = std::fs::read_to_string(&users).unwrap();
+    assert!(!stored.contains(&secret), "{stored}");
+    // Only an existing password user can be enrolled.
+    let (c, out, err) = d.cli(&["user", "totp", "nobody"], None);
+    assert_eq!(c, 1, "{out}{err}");
+    assert!(err.contains("no password user nobody"), "{err}");
 }
 
 /// Guessing codes with the right password is limited as guessing passwords: failures
