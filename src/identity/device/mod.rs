@@ -185,6 +185,15 @@ impl DeviceLogin {
             return Ok(None);
         };
         let client_id = p.client_id.clone().unwrap_or_default();
+        if p.audience != client_id {
+            anyhow::bail!(
+                "oidc {}: audience {:?} must be the client_id {:?} for the device login \
+                 (the provider's ID token is addressed to the client)",
+                p.issuer,
+                p.audience,
+                client_id
+            );
+        }
         let secret = match &p.client_secret_file {
             None => None,
             Some(file) => {
