@@ -33,6 +33,7 @@ pub struct Config {
     pub login: LoginConfig,
     pub audit: AuditConfig,
     pub oidc: Vec<OidcConfig>,
+    pub recording: RecordingConfig,
     /// The folder relative paths are resolved against (not a config key).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -175,6 +176,26 @@ pub struct AuditConfig {
     pub replica: String,
 }
 
+/// `[recording]`: where recorded sessions are written and what they hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// The folder of the recordings (`ID.cast`), created 0700 when missing.
+    pub dir: PathBuf,
+    /// Record keystrokes too. Off by default: a password typed at a prompt on the target
+    /// would be in the recording.
+    pub input: bool,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: "var/sessions".into(),
+            input: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
@@ -308,6 +329,7 @@ impl Default for Config {
             login: LoginConfig::default(),
             audit: AuditConfig::default(),
             oidc: Vec::new(),
+            recording: RecordingConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -447,6 +469,10 @@ impl Config {
     pub fn users_path(&self) -> PathBuf {
         self.resolve(&self.paths.users)
     }
+    /// The folder of session recordings (`[recording] dir`).
+    pub fn recording_dir(&self) -> PathBuf {
+        self.resolve(&self.recording.dir)
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -524,6 +550,18 @@ groups_claim = "groups"
         assert!(Config::parse("[certs]\nmax_ttl = \"often\"\n").is_err());
         assert!(Config::parse("[api]\ntls = false\nlisten = \"0.0.0.0:8443\"\n").is_err());
         assert!(Config::parse("[api]\ntls = false\n").is_ok());
+    }
+
+    #[test]
+    fn recording_keys_default_and_resolve_against_the_file() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.recording.dir, PathBuf::from("var/sessions"));
+        assert!(!c.recording.input);
+        let mut c = Config::parse("[recording]\ndir = \"rec\"\ninput = true\n").unwrap();
+        c.base_dir = PathBuf::from("/etc/drawbridge");
+        assert_eq!(c.recording_dir(), PathBuf::from("/etc/drawbridge/rec"));
+        assert!(c.recording.input);
+        assert!(Config::parse("[recording]\ninputs = true\n").is_err());
     }
 
     #[test]

@@ -575,6 +575,13 @@ async fn get_ssh_config(
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let generated = rfc3339(now);
+    // The certificate drawbridge-login fetches next carries every principal held, so a
+    // host is recorded when it or any principal granting it says so.
+    let recorded: Vec<&str> = hosts
+        .iter()
+        .filter(|r| policy.records(r.host, &r.principals))
+        .map(|r| r.host)
+        .collect();
     let snippet = render(&SnippetInput {
         user: &id.user,
         bastion_host: &bastion_host,
@@ -582,6 +589,7 @@ async fn get_ssh_config(
         identity_file: &identity_file,
         hosts: &hosts,
         generated_at: &generated,
+        recorded: &recorded,
     });
     Ok(text(snippet))
 }

@@ -75,6 +75,14 @@ refusal_codes! {
     Cut = "cut",
     ConnectFailed = "connect-failed",
     ConnectTimeout = "connect-timeout",
+    // Recorded sessions (`recording`, the bastion's SSH server inside the channel).
+    /// The recording cannot be created or written (rule `recording.dir`).
+    RecordingUnavailable = "recording-unavailable",
+    /// The target's host key is neither certified by the host CA for its name nor the
+    /// inventory's pinned key (rule `bastion.target-host-key`).
+    TargetHostKey = "target-host-key",
+    /// The target refused the per-session certificate (rule `bastion.session-certificate`).
+    TargetAuthFailed = "target-auth-failed",
     // The API (`api`, `identity::AuthError`, `issuer::plan::IssueRefusal`).
     Unauthenticated = "unauthenticated",
     BadCredentials = "bad_credentials",

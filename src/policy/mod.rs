@@ -19,6 +19,7 @@ mod load;
 pub mod model;
 pub mod names;
 pub mod reach;
+pub mod recorded;
 mod sections_hosts;
 mod sections_people;
 pub(crate) mod spanned;
@@ -31,6 +32,7 @@ pub use folder::SourceFile;
 pub use model::*;
 pub use names::check_name;
 pub use reach::Reach;
+pub use recorded::RecordedBy;
 pub use values::{parse_address, parse_source, parse_time, revoked_key_fingerprint, selector_text};
 
 use std::path::Path;

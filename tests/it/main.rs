@@ -23,5 +23,6 @@ mod issuer_cli;
 mod policy_cli;
 mod revocation_bastion;
 mod revocation_issuance;
+mod session_cli;
 mod threats_http;
 mod threats_ssh;
