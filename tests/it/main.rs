@@ -20,6 +20,7 @@ mod faults_ssh;
 mod identity_cli;
 mod issuer_cli;
 mod policy_cli;
+mod policy_git;
 mod revocation_bastion;
 mod revocation_issuance;
 mod threats_http;
