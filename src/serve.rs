@@ -6,6 +6,8 @@
 //! or nothing starts), then the listeners. A checkpoint is written every minute while
 //! records are written. SIGHUP reloads the policy at once; the watcher also reloads on
 //! file changes; either way the new policy decides nothing before its record is on disk.
+//! With `[policy] git` the policy is a commit: the watcher and SIGHUP fetch the ref, and a
+//! head that does not pass (`policy::git::source`) is refused and recorded once.
 //! SIGTERM or Ctrl-C: stop accepting, let open forwards and requests finish for
 //! `ssh.shutdown_grace`, write `service.stopped` and a last checkpoint, exit 0.
 

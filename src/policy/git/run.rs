@@ -122,7 +122,8 @@ pub fn run(
         success: status.success(),
         code: status.code(),
         stdout,
-        stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        // What a remote prints reaches logs and records: escaped, and bounded above.
+        stderr: crate::util::escape(String::from_utf8_lossy(&stderr).trim()),
     })
 }
 

@@ -105,9 +105,10 @@ impl AllowedSigners {
         for s in self.signers.iter().filter(|s| s.key.key_data() == key) {
             if !pattern_list_matches(&s.principals, committer_email) {
                 why.push(format!(
-                    "{}: the key is allowed for {}, not for the committer {committer_email:?}",
+                    "{}: the key is allowed for {}, not for the committer \"{}\"",
                     s.at,
-                    s.principals.join(",")
+                    s.principals.join(","),
+                    crate::util::shown(committer_email)
                 ));
             } else if s
                 .namespaces
