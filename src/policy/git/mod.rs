@@ -12,6 +12,8 @@ pub mod source;
 pub mod verify_cmd;
 
 #[cfg(test)]
+mod repo_tests;
+#[cfg(test)]
 mod signature_tests;
 
 pub use source::{GitSettings, GitSource};

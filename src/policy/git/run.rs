@@ -58,6 +58,11 @@ pub fn git(git_dir: &Path) -> Command {
 
 /// Runs `cmd` with `input` on its stdin, stops it after `timeout` and when it prints more
 /// than `max_stdout` bytes. A non-zero exit is not an error here (see [`checked`]).
+///
+/// `git` runs in a process group of its own, and stopping it kills the whole group: a
+/// `fetch` runs helpers (`ssh`, `git-remote-https`, `index-pack`) that would otherwise
+/// live on and hold its pipes open. What it printed is awaited until the deadline, never
+/// longer (a helper that left the group cannot hold the caller).
 pub fn run(
     mut cmd: Command,
     what: &str,
@@ -65,21 +70,22 @@ pub fn run(
     timeout: Duration,
     max_stdout: usize,
 ) -> Result<Output, RunError> {
+    use std::os::unix::process::CommandExt;
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.process_group(0);
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
-    let writer = match (input, child.stdin.take()) {
-        (Some(bytes), Some(mut stdin)) => Some(std::thread::spawn(move || {
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
             use std::io::Write;
             // A `git` that stops reading early fails on its own; nothing to add here.
             let _ = stdin.write_all(&bytes);
-        })),
-        _ => None,
-    };
+        });
+    }
     let over = Arc::new(AtomicBool::new(false));
     let out = child
         .stdout
@@ -87,31 +93,53 @@ pub fn run(
         .map(|s| reader(s, max_stdout + 1, Some(over.clone())));
     let err = child.stderr.take().map(|s| reader(s, STDERR_KEPT, None));
     let deadline = Instant::now() + timeout;
+    let stop = |child: &mut std::process::Child| {
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(child),
+            rustix::process::Signal::KILL,
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    };
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) if over.load(Ordering::Relaxed) => {
-                let _ = child.kill();
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline && !over.load(Ordering::Relaxed) => {}
+            _ => {
+                stop(&mut child);
+                return Err(if over.load(Ordering::Relaxed) {
+                    RunError::TooMuch {
+                        what: what.to_string(),
+                        limit: max_stdout,
+                    }
+                } else {
+                    RunError::Timeout {
+                        what: what.to_string(),
+                        secs: timeout.as_secs().max(1),
+                    }
+                });
             }
-            Ok(None) => {}
-            Err(_) => break None,
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    let stdout = out.and_then(|r| r.recv_timeout(wait).ok());
+    let stderr = err
+        .and_then(|r| r.recv_timeout(Duration::from_millis(200)).ok())
+        .unwrap_or_default();
+    let Some(stdout) = stdout else {
+        // Exited, but something it started still holds its output open.
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::KILL,
+        );
         return Err(RunError::Timeout {
             what: what.to_string(),
             secs: timeout.as_secs().max(1),
         });
     };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
-    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
     if stdout.len() > max_stdout {
         return Err(RunError::TooMuch {
             what: what.to_string(),
@@ -146,13 +174,15 @@ pub fn checked(
     }
 }
 
-/// Reads at most `limit` bytes, then drains the rest unread so the child never blocks on
-/// a full pipe; `over` turns true when the limit was reached (the caller stops the child).
+/// Reads at most `limit` bytes and sends them when the pipe closes (draining the rest
+/// unread, so the child never blocks on a full pipe); `over` turns true as soon as the
+/// limit is reached (the caller stops the child).
 fn reader(
     mut src: impl Read + Send + 'static,
     limit: usize,
     over: Option<Arc<AtomicBool>>,
-) -> std::thread::JoinHandle<Vec<u8>> {
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = (&mut src).take(limit as u64).read_to_end(&mut buf);
@@ -162,6 +192,7 @@ fn reader(
             flag.store(true, Ordering::Relaxed);
         }
         let _ = std::io::copy(&mut src, &mut std::io::sink());
-        buf
-    })
+        let _ = tx.send(buf);
+    });
+    rx
 }
