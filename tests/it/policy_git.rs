@@ -239,10 +239,15 @@ fn t51_a_ref_moved_back_or_rewritten_is_refused_also_after_a_restart() {
         },
         || "the head refused at start is not recorded".into(),
     );
+    // A new client (the restarted bastion listens on another port), refused under the
+    // commit kept.
+    let (alice, _) = w.alice("alice-again", 5402);
     assert!(
         !w.alice_reaches_web1(&alice),
         "the restart applied the rewritten commit"
     );
+    let refused = w.b.expect_record("forward.refused", &[("serial", "5402")]);
+    assert_eq!(refused["policy_version"], second.as_str());
 }
 
 #[test]
@@ -365,4 +370,89 @@ fn t51_policy_verify_answers_for_a_reviewer() {
         None,
     );
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn a_signed_commit_whose_policy_does_not_load_is_refused_naming_the_file() {
+    let Some(w) = world("200ms") else { return };
+    std::fs::write(w.repo().join("hosts.toml"), "[hosts.web-1\n").unwrap();
+    let broken = commit_signed(w.repo(), &w.signers.alice, "a typo");
+    let r = w.rejected(&broken);
+    assert_eq!(r["reason"], "invalid-policy", "{r}");
+    assert_eq!(r["policy_version"], w.first.as_str());
+    let short = &broken[..12];
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{short}:hosts.toml:1:")),
+        "{r}"
+    );
+    let (alice, _) = w.alice("alice", 5601);
+    assert!(
+        w.alice_reaches_web1(&alice),
+        "the last good commit is not in force"
+    );
+}
+
+#[test]
+fn an_unreachable_repository_keeps_the_commit_in_force_also_across_a_restart() {
+    let Some(mut w) = world("200ms") else { return };
+    let gone = w.b.d.path().join("policies.gone");
+    std::fs::rename(w.repo(), &gone).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || w.b.d.server_log().contains("cannot fetch the policy"),
+        || format!("no failed fetch logged: {}", w.b.d.server_log()),
+    );
+    let (alice, _) = w.alice("alice", 5701);
+    assert!(
+        w.alice_reaches_web1(&alice),
+        "the commit in force was dropped"
+    );
+    assert!(
+        w.records("policy.rejected", &[]).is_empty(),
+        "a failed fetch is no refusal"
+    );
+
+    w.b.d.stop();
+    w.b.d.restart();
+    let started = w.records("service.started", &[]).pop().unwrap();
+    assert_eq!(started["policy_version"], w.first.as_str());
+    // A new client: the restarted bastion listens on another port.
+    let (alice, _) = w.alice("alice-again", 5702);
+    assert!(
+        w.alice_reaches_web1(&alice),
+        "the restart lost the commit in force"
+    );
+
+    // Back: the next poll fetches again.
+    std::fs::rename(&gone, w.repo()).unwrap();
+    w.b.write_policy(false, &[]);
+    let second = commit_signed(w.repo(), &w.signers.alice, "alice leaves ops");
+    w.applied(&second);
+}
+
+#[test]
+fn a_first_start_on_an_unsigned_head_does_not_start() {
+    let keys = TestDir::new();
+    let signers = Signers::new(&keys);
+    let config = format!(
+        "[policy]\ngit = \"policies\"\npoll = \"1s\"\nallowed_signers = \"{}\"\n",
+        signers.allowed.display()
+    );
+    let d = crate::support::drawbridge::Drawbridge::prepare(
+        &crate::support::drawbridge::FIXTURE_POLICY,
+        &config,
+    );
+    let repo = d.path().join("policies");
+    init(&repo);
+    let unsigned = commit_unsigned(&repo, "unsigned");
+    let (code, out, err) = d.cli(&["serve"], None);
+    assert_ne!(code, 0, "serve started on an unsigned head: {out}{err}");
+    assert!(
+        err.contains(&format!("commit {unsigned} refused (unsigned)"))
+            && err.contains("no policy commit of"),
+        "{err}"
+    );
 }
