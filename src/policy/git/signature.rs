@@ -173,11 +173,14 @@ pub fn verify(
             )
         })?;
     match signers.allow(sig.public_key(), &commit.committer_email, now) {
-        Ok(line) => Ok(Signed {
-            principals: line.principals.join(","),
-            line: line.at.clone(),
-            fingerprint,
-        }),
+        Ok(line) => {
+            security_key_flags(&sig, line, &fingerprint)?;
+            Ok(Signed {
+                principals: line.principals.join(","),
+                line: line.at.clone(),
+                fingerprint,
+            })
+        }
         Err(NotAllowed::UnknownKey) => Err(Refusal::new(
             RefusalCode::UnknownSigner,
             format!("signed by {fingerprint}, a key not in the allowed signers"),
@@ -190,4 +193,52 @@ pub fn verify(
             ),
         )),
     }
+}
+
+/// A security key (`sk-`) signature's flags, as OpenSSH checks them: the touch (user
+/// presence) unless the line says `no-touch-required`, and the PIN (user verification)
+/// when it says `verify-required`. Other keys carry no flags.
+fn security_key_flags(
+    sig: &SshSig,
+    line: &super::signers::Signer,
+    fingerprint: &str,
+) -> Result<(), Refusal> {
+    const USER_PRESENCE: u8 = 0x01;
+    const USER_VERIFICATION: u8 = 0x04;
+    let is_sk = matches!(
+        sig.algorithm(),
+        ssh_key::Algorithm::SkEd25519 | ssh_key::Algorithm::SkEcdsaSha2NistP256
+    );
+    if !is_sk {
+        return Ok(());
+    }
+    // The signature ends with the flags (1 byte) and the counter (4 bytes).
+    let bytes = sig.signature_bytes();
+    let Some(&flags) = bytes.len().checked_sub(5).and_then(|i| bytes.get(i)) else {
+        return Err(Refusal::new(
+            RefusalCode::BadCommitSignature,
+            "a security key signature without its flags",
+        ));
+    };
+    if flags & USER_PRESENCE == 0 && !line.no_touch_required {
+        return Err(Refusal::new(
+            RefusalCode::BadCommitSignature,
+            format!(
+                "signed by the security key {fingerprint} without a touch (user presence); \
+                 {} does not say no-touch-required",
+                line.at
+            ),
+        ));
+    }
+    if flags & USER_VERIFICATION == 0 && line.verify_required {
+        return Err(Refusal::new(
+            RefusalCode::BadCommitSignature,
+            format!(
+                "signed by the security key {fingerprint} without user verification (PIN), \
+                 which {} requires (verify-required)",
+                line.at
+            ),
+        ));
+    }
+    Ok(())
 }

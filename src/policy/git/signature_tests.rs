@@ -134,3 +134,75 @@ fn malformed_commits_are_errors() {
             .contains("two gpgsig")
     );
 }
+
+/// `signed.commit`'s payload signed by a software security key (`sk-ssh-ed25519`) with
+/// the authenticator `flags`, as the commit object and the allowed_signers line for it
+/// (with `options`).
+fn security_key_commit(flags: u8, options: &str) -> (Vec<u8>, AllowedSigners) {
+    use ed25519_dalek::Signer as _;
+    use sha2::{Digest, Sha256};
+    use ssh_key::public::{Ed25519PublicKey, KeyData, SkEd25519};
+    use ssh_key::{Algorithm, HashAlg, LineEnding, Signature, SshSig};
+
+    let payload = parse_commit(SIGNED).unwrap().payload;
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let application = "ssh:";
+    let key = KeyData::SkEd25519(SkEd25519::new(
+        Ed25519PublicKey(sk.verifying_key().to_bytes()),
+        application,
+    ));
+    let signed_data = SshSig::signed_data("git", HashAlg::Sha512, &payload).unwrap();
+    let trailer = [flags, 0, 0, 0, 1];
+    let mut message = Sha256::digest(application.as_bytes()).to_vec();
+    message.extend_from_slice(&trailer);
+    message.extend_from_slice(&Sha256::digest(&signed_data));
+    let mut data = sk.sign(&message).to_bytes().to_vec();
+    data.extend_from_slice(&trailer);
+    let sig = SshSig::new(
+        key.clone(),
+        "git",
+        HashAlg::Sha512,
+        Signature::new(Algorithm::SkEd25519, data).unwrap(),
+    )
+    .unwrap();
+    let pem = sig.to_pem(LineEnding::LF).unwrap();
+    let header: String = pem
+        .trim_end()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("gpgsig {l}\n")
+            } else {
+                format!(" {l}\n")
+            }
+        })
+        .collect();
+    let text = String::from_utf8(payload).unwrap();
+    let (head, message) = text.split_once("\n\n").unwrap();
+    let raw = format!("{head}\n{header}\n{message}").into_bytes();
+    let public = ssh_key::PublicKey::from(key).to_openssh().unwrap();
+    let signers =
+        AllowedSigners::parse("f", &format!("alice@example.org {options} {public}\n")).unwrap();
+    (raw, signers)
+}
+
+#[test]
+fn a_security_key_signature_needs_the_touch_unless_the_line_waives_it() {
+    // Touched (user presence): applies.
+    let (raw, s) = security_key_commit(0x01, "");
+    verify(&parse_commit(&raw).unwrap(), &s, now()).unwrap();
+    // Not touched: refused, unless the line says no-touch-required.
+    let (raw, s) = security_key_commit(0x00, "");
+    let e = verify(&parse_commit(&raw).unwrap(), &s, now()).unwrap_err();
+    assert_eq!(e.code, RefusalCode::BadCommitSignature, "{e}");
+    assert!(e.message.contains("without a touch"), "{e}");
+    let (raw, s) = security_key_commit(0x00, "no-touch-required");
+    verify(&parse_commit(&raw).unwrap(), &s, now()).unwrap();
+    // verify-required: the PIN flag too.
+    let (raw, s) = security_key_commit(0x01, "verify-required");
+    let e = verify(&parse_commit(&raw).unwrap(), &s, now()).unwrap_err();
+    assert!(e.message.contains("without user verification"), "{e}");
+    let (raw, s) = security_key_commit(0x05, "verify-required");
+    verify(&parse_commit(&raw).unwrap(), &s, now()).unwrap();
+}

@@ -5,7 +5,9 @@
 //! patterns (`*`, `?`, `!` to negate) matched against the committer's e-mail address.
 //! OPTIONS understood: `namespaces="..."` (patterns; the line applies only when `git`
 //! matches), `valid-after="..."` and `valid-before="..."` (`YYYYMMDD[HHMM[SS]]Z`, UTC: a
-//! time without the `Z` would depend on the host's time zone and is refused). Any other
+//! time without the `Z` would depend on the host's time zone and is refused),
+//! `no-touch-required` and `verify-required` (a security key's user presence and
+//! verification flags, as `ssh-keygen -Y verify` reads them). Any other
 //! option (`cert-authority` among them) makes the whole file an error: a line that
 //! says more than we check must never be read as if it said less.
 
@@ -30,6 +32,10 @@ pub struct Signer {
     /// Seconds since the epoch, UTC.
     pub valid_after: Option<u64>,
     pub valid_before: Option<u64>,
+    /// `no-touch-required`: a security key's signature made without a touch counts.
+    pub no_touch_required: bool,
+    /// `verify-required`: a security key's signature must carry user verification (PIN).
+    pub verify_required: bool,
     pub key: PublicKey,
 }
 
@@ -148,6 +154,7 @@ fn parse_line(at: &str, line: &str) -> Result<Signer, String> {
         return Err("an empty principal".into());
     }
     let (mut namespaces, mut valid_after, mut valid_before) = (None, None, None);
+    let (mut no_touch_required, mut verify_required) = (false, false);
     if !is_key_type(&tokens[0]) {
         let options = tokens.remove(0);
         for opt in split_options(&options)? {
@@ -161,6 +168,8 @@ fn parse_line(at: &str, line: &str) -> Result<Signer, String> {
                 }
                 ("valid-after", Some(v)) => valid_after = Some(parse_time(&v)?),
                 ("valid-before", Some(v)) => valid_before = Some(parse_time(&v)?),
+                ("no-touch-required", None) => no_touch_required = true,
+                ("verify-required", None) => verify_required = true,
                 ("cert-authority", _) => {
                     return Err("the option cert-authority is not supported: list each \
                                 signer's own key"
@@ -169,8 +178,8 @@ fn parse_line(at: &str, line: &str) -> Result<Signer, String> {
                 (other, _) => {
                     return Err(format!(
                         "the option {other:?} is not understood (understood: namespaces, \
-                         valid-after, valid-before); the line is refused rather than read \
-                         without it"
+                         valid-after, valid-before, no-touch-required, verify-required); the \
+                         line is refused rather than read without it"
                     ));
                 }
             }
@@ -191,6 +200,8 @@ fn parse_line(at: &str, line: &str) -> Result<Signer, String> {
         namespaces,
         valid_after,
         valid_before,
+        no_touch_required,
+        verify_required,
         key,
     })
 }
@@ -368,7 +379,7 @@ mod tests {
                 format!("a cert-authority {KEY}"),
                 "cert-authority is not supported",
             ),
-            (format!("a no-touch-required {KEY}"), "not understood"),
+            (format!("a no-touch {KEY}"), "not understood"),
             (format!("a valid-before=\"20270101\" {KEY}"), "with the Z"),
             (format!("a namespaces=git {KEY}"), "double quotes"),
             ("a ssh-ed25519 AAAA".to_string(), "does not parse"),
