@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::support::audit::{expect_record_within, record_time as ts};
 use crate::support::dmz::{self, Bastion};
-use crate::support::drawbridge::run;
+use crate::support::drawbridge::{PW, basic, post_key, run, user_key};
 use crate::support::net::HeldForward;
 use crate::support::process::wait_until;
 use crate::support::signed_git::{Signers, commit_signed, commit_unsigned, force_main_to, init};
@@ -115,6 +115,21 @@ fn t51_a_signed_commit_is_applied_and_the_audit_names_it() {
     assert_eq!(started["policy_version"], w.first.as_str());
     let (alice, _) = w.alice("alice", 5101);
     assert!(w.alice_reaches_web1(&alice), "alice in ops reaches web-1");
+    // Issuance decides under the commit too.
+    w.b.d.add_user("alice", PW);
+    let api_key = user_key(&w.b.d, "alice-api");
+    let issue = || {
+        post_key(
+            &w.b.d,
+            &["-u", &basic("alice")],
+            &api_key,
+            "?principals=web-admin",
+        )
+    };
+    let r = issue();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let issued = w.b.expect_record("cert.issued", &[("user", "alice")]);
+    assert_eq!(issued["policy_version"], w.first.as_str());
 
     w.b.write_policy(false, &[]);
     let second = commit_signed(w.repo(), &w.signers.alice, "alice leaves ops");
@@ -130,6 +145,10 @@ fn t51_a_signed_commit_is_applied_and_the_audit_names_it() {
     let refused = w.b.expect_record("forward.refused", &[("key_id", "alice")]);
     assert_eq!(refused["policy_version"], second.as_str());
     assert_eq!(refused["lost_principal"], "web-admin");
+    let r = issue();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let no = w.b.expect_record("cert.refused", &[("user", "alice")]);
+    assert_eq!(no["policy_version"], second.as_str());
 }
 
 #[test]
