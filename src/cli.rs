@@ -131,6 +131,21 @@ pub enum PolicyCommand {
         rev_b: String,
         dir: Option<PathBuf>,
     },
+    /// Whether the service would put the Git commit REV in force: signed by a key the
+    /// allowed signers allow (namespace git), descending from --in-force, and its policy
+    /// files load. Exit 0 and the signer, or 1 and the reason.
+    Verify {
+        rev: String,
+        /// The repository (a work tree or a bare clone; default: the current folder).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// OpenSSH allowed_signers file (default: policy.allowed_signers of the config).
+        #[arg(long)]
+        allowed_signers: Option<PathBuf>,
+        /// The commit in force: REV must descend from it.
+        #[arg(long)]
+        in_force: Option<String>,
+    },
     /// AuthorizedPrincipalsFile contents for HOST, per login.
     Principals {
         host: String,

@@ -29,6 +29,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub ssh: SshConfig,
     pub paths: PathsConfig,
+    /// `[policy]`: the policy from signed Git commits (unset: the folder as it is).
+    pub policy: crate::policy::git::config::PolicyConfig,
     pub certs: CertsConfig,
     pub login: LoginConfig,
     pub audit: AuditConfig,
@@ -325,6 +327,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             ssh: SshConfig::default(),
             paths: PathsConfig::default(),
+            policy: Default::default(),
             certs: CertsConfig::default(),
             login: LoginConfig::default(),
             audit: AuditConfig::default(),
@@ -385,6 +388,7 @@ impl Config {
         if self.certs.default_ttl.is_zero() {
             return Err("certs.default_ttl must be above zero".into());
         }
+        self.policy.validate()?;
         if self.ssh.host_names.is_empty() {
             return Err("ssh.host_names must name at least one host name or address".into());
         }

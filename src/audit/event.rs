@@ -423,12 +423,21 @@ pub enum AuditEvent {
     PolicyReloaded {
         old_version: String,
         policy_version: String,
+        /// Policy from Git with allowed signers: who signed the commit now in force.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signed_by: Option<String>,
     },
     #[serde(rename = "policy.rejected")]
     PolicyRejected {
         /// The version kept.
         policy_version: String,
         errors: Vec<String>,
+        /// Policy from Git: why the commit is refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<RefusalCode>,
+        /// Policy from Git: the commit refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
     },
     #[serde(rename = "audit.recovered")]
     AuditRecovered {
@@ -731,10 +740,13 @@ pub fn samples() -> Vec<AuditEvent> {
         AuditEvent::PolicyReloaded {
             old_version: v(),
             policy_version: v(),
+            signed_by: Some(s("alice@example.org (SHA256:k, ca/allowed_signers:1)")),
         },
         AuditEvent::PolicyRejected {
             policy_version: v(),
             errors: vec![s("e")],
+            reason: Some(RefusalCode::Unsigned),
+            commit: Some(v()),
         },
         AuditEvent::AuditRecovered {
             reason: s("r"),

@@ -63,6 +63,12 @@ refusal_codes! {
     PreAuthEarlyDrop = "pre-auth-early-drop",
     PreAuthPenalty = "pre-auth-penalty",
     PreAuthEvicted = "pre-auth-evicted",
+    // Policy from Git (`policy::git`): why a commit is not put in force.
+    Unsigned = "unsigned",
+    BadCommitSignature = "bad-commit-signature",
+    UnknownSigner = "unknown-signer",
+    NotDescendant = "not-descendant",
+    InvalidPolicy = "invalid-policy",
     // Forwards (`bastion::forward`, `bastion::targets`, `bastion::registry`,
     // `policy::carried`).
     Denied = "denied",

@@ -21,6 +21,7 @@ mod faults_ssh;
 mod identity_cli;
 mod issuer_cli;
 mod policy_cli;
+mod policy_git;
 mod revocation_bastion;
 mod revocation_issuance;
 mod session_cli;

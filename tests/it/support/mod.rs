@@ -20,6 +20,7 @@ pub mod ports;
 pub mod process;
 pub mod rawssh;
 pub mod rawssh_session;
+pub mod signed_git;
 pub mod softsk;
 pub mod ssh;
 pub mod sshd;
