@@ -40,7 +40,7 @@ fn world(poll: &str) -> Option<World> {
         signers.allowed.display()
     );
     let mut first = String::new();
-    let b = dmz::start_configured(&config, |dmz| {
+    let b = dmz::start_prepared(&config, |dmz| {
         init(&dmz.policy_dir);
         first = commit_signed(&dmz.policy_dir, &signers.alice, "the first policy");
     })?;

@@ -133,6 +133,21 @@ pub fn start_configured(
     extra_config: &str,
     extra_hosts: &[(&str, String)],
 ) -> Option<Bastion> {
+    start_full(ssh_extra, extra_config, extra_hosts, |_| {})
+}
+
+/// Like [`start_configured`], with `before_launch` run once the DMZ and its policy folder
+/// are written, just before `serve` starts (e.g. to commit the folder).
+pub fn start_prepared(extra_config: &str, before_launch: impl FnOnce(&Dmz)) -> Option<Bastion> {
+    start_full("", extra_config, &[], before_launch)
+}
+
+fn start_full(
+    ssh_extra: &str,
+    extra_config: &str,
+    extra_hosts: &[(&str, String)],
+    before_launch: impl FnOnce(&Dmz),
+) -> Option<Bastion> {
     if !need_sshd() {
         return None;
     }
@@ -147,25 +162,6 @@ pub fn start_configured(
     if !extra_hosts.is_empty() {
         dmz.write_policy(true, extra_hosts);
     }
-    d.launch(&[]);
-    Some(Bastion { dmz, d, other_ca })
-}
-
-/// Like [`start_with`], with `extra_config` in drawbridge.toml (e.g. a `[policy]`
-/// section) and `before_launch` run once the DMZ and its policy folder are written, just
-/// before `serve` starts (e.g. to commit the folder).
-pub fn start_configured(extra_config: &str, before_launch: impl FnOnce(&Dmz)) -> Option<Bastion> {
-    if !need_sshd() {
-        return None;
-    }
-    let t = TestDir::new();
-    let mut d = Drawbridge::prepare_with_ssh(&[], extra_config, "");
-    let (code, out, err) = d.cli(&["ca", "init"], None);
-    assert_eq!(code, 0, "ca init: {out}{err}");
-    let (user_ca, host_ca) = (d.ca("user_ca"), d.ca("host_ca"));
-    let other_ca = Ca::new(&t, "other_ca");
-    let trusted = d.path().join("ca/trusted_user_ca_keys.pub");
-    let dmz = Dmz::start(t, user_ca, host_ca, &trusted, &d.path().join("policies"));
     before_launch(&dmz);
     d.launch(&[]);
     Some(Bastion { dmz, d, other_ca })
