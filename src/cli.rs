@@ -95,7 +95,13 @@ pub enum UserCommand {
         /// Read the password from standard input (first line) instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// Also enroll a TOTP second factor: prints its otpauth:// URI and a QR code once.
+        #[arg(long)]
+        totp: bool,
     },
+    /// Enroll (or re-enroll) a password user's TOTP second factor: a new secret, printed
+    /// once as an otpauth:// URI and a QR code; the old one stops working.
+    Totp { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +130,21 @@ pub enum PolicyCommand {
         rev_a: String,
         rev_b: String,
         dir: Option<PathBuf>,
+    },
+    /// Whether the service would put the Git commit REV in force: signed by a key the
+    /// allowed signers allow (namespace git), descending from --in-force, and its policy
+    /// files load. Exit 0 and the signer, or 1 and the reason.
+    Verify {
+        rev: String,
+        /// The repository (a work tree or a bare clone; default: the current folder).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// OpenSSH allowed_signers file (default: policy.allowed_signers of the config).
+        #[arg(long)]
+        allowed_signers: Option<PathBuf>,
+        /// The commit in force: REV must descend from it.
+        #[arg(long)]
+        in_force: Option<String>,
     },
     /// AuthorizedPrincipalsFile contents for HOST, per login.
     Principals {

@@ -29,6 +29,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub ssh: SshConfig,
     pub paths: PathsConfig,
+    /// `[policy]`: the policy from signed Git commits (unset: the folder as it is).
+    pub policy: crate::policy::git::config::PolicyConfig,
     pub certs: CertsConfig,
     pub login: LoginConfig,
     pub audit: AuditConfig,
@@ -159,6 +161,14 @@ pub struct LoginConfig {
     /// Niceness (0–19) of the hashing threads, so a storm of password logins yields the
     /// CPU to certificate issuance and forwarding instead of taking it from them.
     pub hash_nice: i32,
+    /// Refuse password logins of users without TOTP (`drawbridge user totp NAME`).
+    pub require_totp: bool,
+    /// Device logins pending at once (all sources), and per source (an IPv4 address or an
+    /// IPv6 /64).
+    pub device_pending: usize,
+    pub device_pending_per_source: usize,
+    /// Device logins one source may start per minute.
+    pub device_starts_per_minute: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +209,21 @@ pub struct OidcConfig {
     pub user_claim: String,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// The OAuth client for the device login (`POST /v1/device`); unset: no device login
+    /// through this provider.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// A file holding the client secret, for providers that want one (sent with HTTP
+    /// Basic; never logged).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes asked for in the device login.
+    #[serde(default = "default_device_scope")]
+    pub device_scope: String,
+}
+
+fn default_device_scope() -> String {
+    "openid email profile".into()
 }
 
 fn default_user_claim() -> String {
@@ -280,6 +305,10 @@ impl Default for LoginConfig {
             hash_workers: 2,
             hash_queue: 32,
             hash_nice: 10,
+            require_totp: false,
+            device_pending: 1024,
+            device_pending_per_source: 8,
+            device_starts_per_minute: 10,
         }
     }
 }
@@ -298,6 +327,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             ssh: SshConfig::default(),
             paths: PathsConfig::default(),
+            policy: Default::default(),
             certs: CertsConfig::default(),
             login: LoginConfig::default(),
             audit: AuditConfig::default(),
@@ -358,6 +388,7 @@ impl Config {
         if self.certs.default_ttl.is_zero() {
             return Err("certs.default_ttl must be above zero".into());
         }
+        self.policy.validate()?;
         if self.ssh.host_names.is_empty() {
             return Err("ssh.host_names must name at least one host name or address".into());
         }

@@ -6,6 +6,8 @@
 //! or nothing starts), then the listeners. A checkpoint is written every minute while
 //! records are written. SIGHUP reloads the policy at once; the watcher also reloads on
 //! file changes; either way the new policy decides nothing before its record is on disk.
+//! With `[policy] git` the policy is a commit: the watcher and SIGHUP fetch the ref, and a
+//! head that does not pass (`policy::git::source`) is refused and recorded once.
 //! SIGTERM or Ctrl-C: stop accepting, let open forwards and requests finish for
 //! `ssh.shutdown_grace`, write `service.stopped` and a last checkpoint, exit 0.
 
@@ -49,7 +51,28 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let policy_dir = config.policies_dir();
-    let policy = match PolicyStore::open(&policy_dir) {
+    let git_policy = crate::policy::git::config::settings(&config);
+    let from_git = git_policy.is_some();
+    let opened = match git_policy {
+        Some(settings) => {
+            let what = format!("{} (ref {})", settings.url, settings.git_ref);
+            let opened = tokio::task::spawn_blocking(move || PolicyStore::open_git(settings))
+                .await
+                .context("opening the policy from Git")?;
+            match opened {
+                Ok(p) => Ok(p),
+                Err(reasons) => {
+                    eprintln!("{reasons}");
+                    anyhow::bail!(
+                        "no policy commit of {what} can be put in force (reasons above); \
+                         push a commit that passes (drawbridge policy verify REV) and start again"
+                    );
+                }
+            }
+        }
+        None => PolicyStore::open(&policy_dir),
+    };
+    let policy = match opened {
         Ok(p) => p,
         Err(errors) => {
             eprintln!("{errors}");
@@ -86,6 +109,11 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_checkpoints(checkpoints.clone(), shutdown.clone());
     spawn_policy_watch(policy.clone(), audit.clone(), shutdown.clone());
+    if from_git {
+        // A head refused at start (the commit last applied is in force) is recorded now
+        // that the log is open.
+        reload_recorded(policy.clone(), audit.clone()).await;
+    }
 
     let metrics = Arc::new(crate::api::metrics::Metrics::new());
     let mut tasks = Vec::new();
@@ -251,8 +279,9 @@ fn watch_token(token: &CancellationToken) -> tokio::sync::watch::Receiver<bool> 
 
 fn spawn_policy_watch(policy: Arc<PolicyStore>, audit: Audit, shutdown: CancellationToken) {
     let handle = tokio::runtime::Handle::current();
+    let poll = policy.git_poll().unwrap_or(POLICY_POLL);
     let watcher = policy.spawn_watcher_with(
-        POLICY_POLL,
+        poll,
         move |outcome| commit_reload(&handle, &audit, outcome),
         log_reload,
     );
@@ -300,13 +329,28 @@ fn commit_reload(
 
 fn reload_event(outcome: &ReloadOutcome) -> Option<AuditEvent> {
     match outcome {
-        ReloadOutcome::Unchanged | ReloadOutcome::Refused { .. } => None,
+        ReloadOutcome::Unchanged
+        | ReloadOutcome::Refused { .. }
+        | ReloadOutcome::Unavailable { .. } => None,
         ReloadOutcome::Applied {
             old_version,
             new_version,
+            signed_by,
         } => Some(AuditEvent::PolicyReloaded {
             old_version: old_version.clone(),
             policy_version: new_version.clone(),
+            signed_by: signed_by.clone(),
+        }),
+        ReloadOutcome::CommitRejected {
+            kept_version,
+            commit,
+            reason,
+            errors,
+        } => Some(AuditEvent::PolicyRejected {
+            policy_version: kept_version.clone(),
+            errors: errors.clone(),
+            reason: Some(*reason),
+            commit: Some(commit.clone()),
         }),
         ReloadOutcome::Rejected {
             kept_version,
@@ -316,6 +360,8 @@ fn reload_event(outcome: &ReloadOutcome) -> Option<AuditEvent> {
             Some(AuditEvent::PolicyRejected {
                 policy_version: kept_version.clone(),
                 errors: list,
+                reason: None,
+                commit: None,
             })
         }
     }
@@ -327,7 +373,28 @@ fn log_reload(outcome: ReloadOutcome) {
         ReloadOutcome::Applied {
             old_version,
             new_version,
-        } => tracing::info!(%old_version, %new_version, "policy reloaded"),
+            signed_by,
+        } => tracing::info!(%old_version, %new_version, ?signed_by, "policy reloaded"),
+        ReloadOutcome::CommitRejected {
+            kept_version,
+            commit,
+            reason,
+            errors,
+        } => tracing::error!(
+            kept = %kept_version,
+            %commit,
+            %reason,
+            errors = %errors.join("; "),
+            "policy commit refused; keeping the commit in force"
+        ),
+        ReloadOutcome::Unavailable {
+            kept_version,
+            reason,
+        } => tracing::warn!(
+            kept = %kept_version,
+            %reason,
+            "cannot fetch the policy; keeping the commit in force (tried again at the next poll)"
+        ),
         ReloadOutcome::Rejected {
             kept_version,
             errors,

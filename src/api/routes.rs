@@ -36,6 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/known_hosts", get(public::get_known_hosts))
         .route("/v1/ssh_config", get(get_ssh_config))
         .route("/v1/krl", get(public::get_krl))
+        .route("/v1/device", post(super::device::post_device))
+        .route("/v1/device/token", post(super::device::post_device_token))
         .route("/healthz", get(public::get_healthz))
         .route("/metrics", get(public::get_metrics))
         .fallback(not_found)
@@ -78,7 +80,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-fn client_ip(parts: &Parts) -> IpAddr {
+pub(super) fn client_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -143,6 +145,21 @@ fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, A
     }
 }
 
+/// The header a TOTP user's one-time code comes in.
+pub const OTP_HEADER: &str = "drawbridge-otp";
+
+/// The `Drawbridge-OTP` code, if sent. A value that is not short printable text is kept
+/// as an empty code, which never matches (a code is six digits).
+fn otp_header(headers: &HeaderMap) -> Option<Secret<String>> {
+    let value = headers.get(OTP_HEADER)?;
+    let text = value
+        .to_str()
+        .ok()
+        .filter(|t| t.len() <= 16)
+        .unwrap_or_default();
+    Some(Secret::new(text.trim().to_string()))
+}
+
 fn auth_error(e: &AuthError) -> ApiError {
     match e {
         AuthError::RateLimited { retry_after } => ApiError::too_many(
@@ -156,6 +173,7 @@ fn auth_error(e: &AuthError) -> ApiError {
             std::time::Duration::from_secs(1),
         ),
         AuthError::Internal(detail) => ApiError::internal(detail),
+        AuthError::TotpNotEnrolled => ApiError::forbidden(e.code(), e.to_string()),
         other => ApiError::unauthorized(other.code(), other.to_string()),
     }
 }
@@ -182,7 +200,10 @@ async fn authenticate(
     let (claimed, result) = match &creds {
         Credentials::Basic { user, password } => (
             Some(user.clone()),
-            state.auth.basic(user, password, client).await,
+            state
+                .auth
+                .basic_with_otp(user, password, otp_header(&parts.headers).as_ref(), client)
+                .await,
         ),
         Credentials::Bearer(token) => (None, state.auth.bearer(token.expose(), client).await),
     };

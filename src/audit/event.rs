@@ -423,12 +423,21 @@ pub enum AuditEvent {
     PolicyReloaded {
         old_version: String,
         policy_version: String,
+        /// Policy from Git with allowed signers: who signed the commit now in force.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signed_by: Option<String>,
     },
     #[serde(rename = "policy.rejected")]
     PolicyRejected {
         /// The version kept.
         policy_version: String,
         errors: Vec<String>,
+        /// Policy from Git: why the commit is refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<RefusalCode>,
+        /// Policy from Git: the commit refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
     },
     #[serde(rename = "audit.recovered")]
     AuditRecovered {
@@ -575,6 +584,16 @@ pub enum AuditEvent {
     },
     #[serde(rename = "forward.refused")]
     ForwardRefused(ForwardRefused),
+    /// A device login started with an identity provider (`POST /v1/device`); its end is a
+    /// `login.ok` or `login.failed` with method `oidc`.
+    #[serde(rename = "device.started")]
+    DeviceStarted {
+        client: String,
+        issuer: String,
+        expires_in: u64,
+        policy_version: String,
+        rule: String,
+    },
     #[serde(rename = "session.started")]
     SessionStarted(SessionStarted),
     #[serde(rename = "session.ended")]
@@ -649,6 +668,7 @@ pub fn samples() -> Vec<AuditEvent> {
         | AuditEvent::LoginOk { .. }
         | AuditEvent::LoginFailed { .. }
         | AuditEvent::LoginFailedRepeated { .. }
+        | AuditEvent::DeviceStarted { .. }
         | AuditEvent::CertIssued { .. }
         | AuditEvent::CertRefused { .. }
         | AuditEvent::SshAuthOk { .. }
@@ -720,10 +740,13 @@ pub fn samples() -> Vec<AuditEvent> {
         AuditEvent::PolicyReloaded {
             old_version: v(),
             policy_version: v(),
+            signed_by: Some(s("alice@example.org (SHA256:k, ca/allowed_signers:1)")),
         },
         AuditEvent::PolicyRejected {
             policy_version: v(),
             errors: vec![s("e")],
+            reason: Some(RefusalCode::Unsigned),
+            commit: Some(v()),
         },
         AuditEvent::AuditRecovered {
             reason: s("r"),
@@ -759,6 +782,13 @@ pub fn samples() -> Vec<AuditEvent> {
             user: Some(p()),
             policy_version: v(),
             rule: s("identity.rate_limit"),
+        },
+        AuditEvent::DeviceStarted {
+            client: s("c"),
+            issuer: s("https://idp.example.org"),
+            expires_in: 600,
+            policy_version: v(),
+            rule: s("oidc.client_id"),
         },
         AuditEvent::CertIssued {
             user: s("u"),

@@ -63,6 +63,12 @@ refusal_codes! {
     PreAuthEarlyDrop = "pre-auth-early-drop",
     PreAuthPenalty = "pre-auth-penalty",
     PreAuthEvicted = "pre-auth-evicted",
+    // Policy from Git (`policy::git`): why a commit is not put in force.
+    Unsigned = "unsigned",
+    BadCommitSignature = "bad-commit-signature",
+    UnknownSigner = "unknown-signer",
+    NotDescendant = "not-descendant",
+    InvalidPolicy = "invalid-policy",
     // Forwards (`bastion::forward`, `bastion::targets`, `bastion::registry`,
     // `policy::carried`).
     Denied = "denied",
@@ -120,6 +126,18 @@ refusal_codes! {
     PrincipalNotHeld = "principal_not_held",
     NoPrincipalsHeld = "no_principals",
     GrantEnding = "grant_ending",
+    // The second factor of password users (`identity::totp`).
+    OtpRequired = "otp_required",
+    TotpNotEnrolled = "totp_not_enrolled",
+    // The device login through an identity provider (`identity::device`, RFC 8628 names).
+    AuthorizationPending = "authorization_pending",
+    SlowDown = "slow_down",
+    ExpiredToken = "expired_token",
+    AccessDenied = "access_denied",
+    InvalidGrant = "invalid_grant",
+    DeviceUnavailable = "device_unavailable",
+    DeviceLimit = "device_limit",
+    IdpError = "idp_error",
 }
 
 impl std::fmt::Display for RefusalCode {

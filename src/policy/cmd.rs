@@ -46,6 +46,18 @@ pub fn run(config: &Config, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Principals { host, out, dir } => {
             principals(&dir_or_default(dir), &host, out.as_deref())
         }
+        PolicyCommand::Verify {
+            rev,
+            repo,
+            allowed_signers,
+            in_force,
+        } => super::git::verify_cmd::verify(
+            config,
+            &rev,
+            repo.as_deref(),
+            allowed_signers.as_deref(),
+            in_force.as_deref(),
+        ),
     }
 }
 

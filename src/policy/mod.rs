@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod diff;
 pub mod eval;
 pub mod folder;
+pub mod git;
 pub mod ip_like;
 mod load;
 pub mod model;

@@ -772,6 +772,7 @@ fn reload_applies_valid_rejects_invalid_and_keeps_the_last_good() {
         watch::ReloadOutcome::Applied {
             old_version,
             new_version,
+            ..
         } => {
             assert_eq!(old_version, v1);
             assert_ne!(new_version, v1);
