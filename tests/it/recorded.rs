@@ -1012,3 +1012,30 @@ fn dir_size(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn the_target_refuses_the_per_session_certificate_from_any_other_address() {
+    // The bastion is told its egress address is 127.0.0.2, but connects from 127.0.0.1:
+    // the per-session certificate says 127.0.0.2/32 only, so the target's sshd refuses
+    // it, as it would from the client's address or anywhere else.
+    let Some(b) = start_with("egress_addresses = [\"127.0.0.2/32\"]", &[]) else {
+        return;
+    };
+    b.reload_policy(record_web1);
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 71, &[]);
+    let out = b.client("alice", &key).run(&["web-1", "echo", "reached"]);
+    assert!(!out.success(), "{out:?}");
+    assert!(!out.stdout.contains("reached"), "{out:?}");
+    let r = b.expect_record("session.refused", &[("reason", "target-auth-failed")]);
+    assert_eq!(r["target"], "web-1", "{r}");
+    // sshd's own reason: the address.
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            b.sshd
+                .log()
+                .contains("valid certificate but not from a permitted source address (127.0.0.1)")
+        },
+        || format!("sshd's reason: {}", b.sshd.log()),
+    );
+}
