@@ -1039,3 +1039,74 @@ fn the_target_refuses_the_per_session_certificate_from_any_other_address() {
         || format!("sshd's reason: {}", b.sshd.log()),
     );
 }
+
+/// A second sshd for web-1 (same keys and files) whose clock runs `offset` ahead
+/// (`faketime`), on a port of its own; killed on drop. Returns its port and log path.
+fn sshd_with_clock_ahead(b: &Bastion, offset: &str) -> (Running, u16, PathBuf) {
+    let have = Command::new("sh")
+        .args(["-c", "command -v faketime"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(have, "faketime is missing: apt-get install faketime");
+    let base = std::fs::read_to_string(b.sshd.dir.join("sshd_config")).unwrap();
+    let port = crate::support::ports::free_port();
+    let cfg = base.replace(
+        &format!("ListenAddress 127.0.0.1:{}", b.sshd.port),
+        &format!("ListenAddress 127.0.0.1:{port}"),
+    );
+    let name = format!("sshd_config_ahead_{port}");
+    let path = b.sshd.dir.join(&name);
+    std::fs::write(&path, cfg).unwrap();
+    let log = b.sshd.dir.join(format!("{name}.log"));
+    let child = Command::new("faketime")
+        .args(["-f", offset, "/usr/sbin/sshd", "-D", "-e", "-f"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let running = Running(Some(child));
+    crate::support::process::wait_for_port(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
+    (running, port, log)
+}
+
+#[test]
+fn the_target_refuses_the_per_session_certificate_after_two_minutes() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 81, &[]);
+    let client = b.client("alice", &key);
+    for (offset, accepted) in [("+100s", true), ("+3m", false)] {
+        let (_sshd, port, log) = sshd_with_clock_ahead(&b, offset);
+        b.reload_policy(|dir| {
+            crate::support::dmz::write_dmz_policy(dir, port, b.dead_port, true, &[]);
+            record_web1(dir);
+        });
+        let out = client.run(&["web-1", "echo", "reached"]);
+        if accepted {
+            // Within its window (made now, valid 120 s): the target takes it.
+            assert!(out.success(), "{offset}: {out:?}");
+        } else {
+            assert!(!out.success(), "{offset}: {out:?}");
+            assert!(!out.stdout.contains("reached"), "{out:?}");
+            b.expect_record("session.refused", &[("reason", "target-auth-failed")]);
+            wait_until(
+                Duration::from_secs(5),
+                || {
+                    std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .contains("Certificate invalid: expired")
+                },
+                || {
+                    format!(
+                        "sshd's reason: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                },
+            );
+        }
+    }
+}
