@@ -37,6 +37,9 @@ pub enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Recorded sessions: list them, play one back, follow a live one.
+    #[command(subcommand)]
+    Session(SessionCommand),
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +95,13 @@ pub enum UserCommand {
         /// Read the password from standard input (first line) instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// Also enroll a TOTP second factor: prints its otpauth:// URI and a QR code once.
+        #[arg(long)]
+        totp: bool,
     },
+    /// Enroll (or re-enroll) a password user's TOTP second factor: a new secret, printed
+    /// once as an otpauth:// URI and a QR code; the old one stops working.
+    Totp { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +130,21 @@ pub enum PolicyCommand {
         rev_a: String,
         rev_b: String,
         dir: Option<PathBuf>,
+    },
+    /// Whether the service would put the Git commit REV in force: signed by a key the
+    /// allowed signers allow (namespace git), descending from --in-force, and its policy
+    /// files load. Exit 0 and the signer, or 1 and the reason.
+    Verify {
+        rev: String,
+        /// The repository (a work tree or a bare clone; default: the current folder).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// OpenSSH allowed_signers file (default: policy.allowed_signers of the config).
+        #[arg(long)]
+        allowed_signers: Option<PathBuf>,
+        /// The commit in force: REV must descend from it.
+        #[arg(long)]
+        in_force: Option<String>,
     },
     /// AuthorizedPrincipalsFile contents for HOST, per login.
     Principals {
@@ -151,6 +175,10 @@ pub enum AuditCommand {
         /// (default: audit_key.pub in paths.ca of the config).
         #[arg(long = "key", value_name = "FILE")]
         keys: Vec<PathBuf>,
+        /// The folder of the session recordings that `session.ended` records name, each
+        /// re-hashed and compared (default: recording.dir of the config).
+        #[arg(long, value_name = "DIR")]
+        recordings: Option<PathBuf>,
     },
     /// Check the audit chains kept in PostgreSQL (`[state] postgres`): every replica's, or
     /// one; exit 1 naming the replica and the first bad record.
@@ -193,6 +221,84 @@ pub enum AuditCommand {
 }
 
 /// Entry point for `main`.
+/// `drawbridge session ...`: read the audit log (`paths.audit`) and the recordings
+/// (`recording.dir`) of the config, or the files given.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// The recorded sessions the audit log names (live ones too), and recordings in the
+    /// folder the log does not name.
+    List {
+        /// Only this user's (the certificate's key id).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only those to this inventory host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only those started since T: an RFC 3339 time, a date, or a duration before
+        /// now (`2h`, `7d`).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Only sessions still running (started, not ended).
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        files: SessionFiles,
+    },
+    /// Play a recording in the terminal with its original timing.
+    Play {
+        id: String,
+        /// Faster (2 = twice as fast) or slower (0.5); above 0.
+        #[arg(long, default_value = "1", value_parser = parse_speed)]
+        speed: f64,
+        /// Pauses longer than this many seconds (after --speed) are cut to it; 0 keeps
+        /// every pause as it was.
+        #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = parse_max_idle)]
+        max_idle: f64,
+        /// Also print the markers (exec command, SFTP operations, exit status, cut) on
+        /// standard error.
+        #[arg(long)]
+        markers: bool,
+        #[command(flatten)]
+        files: SessionFiles,
+    },
+    /// Follow a live session's recording as it grows, until the session ends.
+    Watch {
+        id: String,
+        /// Also print the markers on standard error.
+        #[arg(long)]
+        markers: bool,
+        #[command(flatten)]
+        files: SessionFiles,
+    },
+}
+
+/// Where `session` commands read.
+#[derive(Debug, Clone, Args)]
+pub struct SessionFiles {
+    /// The audit log (default: paths.audit of the config).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// The recordings folder (default: recording.dir of the config).
+    #[arg(long = "recordings", value_name = "DIR")]
+    pub recordings: Option<PathBuf>,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1000.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: a number above 0 and at most 1000 (2 = twice as fast)"
+        )),
+    }
+}
+
+fn parse_max_idle(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?}: a number of seconds, 0 or more")),
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -209,6 +315,7 @@ pub fn main() -> ExitCode {
         Command::User(cmd) => crate::identity::cmd::run(&config, cmd),
         Command::Policy(cmd) => crate::policy::cmd::run(&config, cmd),
         Command::Audit(cmd) => crate::audit::cmd::run(&config, cmd),
+        Command::Session(cmd) => crate::recording::cmd::run(&config, cmd),
     };
     match result {
         Ok(code) => code,

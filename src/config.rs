@@ -29,12 +29,15 @@ pub struct Config {
     pub api: ApiConfig,
     pub ssh: SshConfig,
     pub paths: PathsConfig,
+    /// `[policy]`: the policy from signed Git commits (unset: the folder as it is).
+    pub policy: crate::policy::git::config::PolicyConfig,
     pub certs: CertsConfig,
     pub login: LoginConfig,
     pub audit: AuditConfig,
     pub oidc: Vec<OidcConfig>,
     /// Shared state for several replicas (PostgreSQL); unset: files and memory.
     pub state: StateConfig,
+    pub recording: RecordingConfig,
     /// The folder relative paths are resolved against (not a config key).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -160,6 +163,14 @@ pub struct LoginConfig {
     /// Niceness (0–19) of the hashing threads, so a storm of password logins yields the
     /// CPU to certificate issuance and forwarding instead of taking it from them.
     pub hash_nice: i32,
+    /// Refuse password logins of users without TOTP (`drawbridge user totp NAME`).
+    pub require_totp: bool,
+    /// Device logins pending at once (all sources), and per source (an IPv4 address or an
+    /// IPv6 /64).
+    pub device_pending: usize,
+    pub device_pending_per_source: usize,
+    /// Device logins one source may start per minute.
+    pub device_starts_per_minute: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +209,26 @@ impl Default for StateConfig {
     }
 }
 
+/// `[recording]`: where recorded sessions are written and what they hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// The folder of the recordings (`ID.cast`), created 0700 when missing.
+    pub dir: PathBuf,
+    /// Record keystrokes too. Off by default: a password typed at a prompt on the target
+    /// would be in the recording.
+    pub input: bool,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: "var/sessions".into(),
+            input: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
@@ -209,6 +240,21 @@ pub struct OidcConfig {
     pub user_claim: String,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// The OAuth client for the device login (`POST /v1/device`); unset: no device login
+    /// through this provider.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// A file holding the client secret, for providers that want one (sent with HTTP
+    /// Basic; never logged).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes asked for in the device login.
+    #[serde(default = "default_device_scope")]
+    pub device_scope: String,
+}
+
+fn default_device_scope() -> String {
+    "openid email profile".into()
 }
 
 fn default_user_claim() -> String {
@@ -290,6 +336,10 @@ impl Default for LoginConfig {
             hash_workers: 2,
             hash_queue: 32,
             hash_nice: 10,
+            require_totp: false,
+            device_pending: 1024,
+            device_pending_per_source: 8,
+            device_starts_per_minute: 10,
         }
     }
 }
@@ -308,11 +358,13 @@ impl Default for Config {
             api: ApiConfig::default(),
             ssh: SshConfig::default(),
             paths: PathsConfig::default(),
+            policy: Default::default(),
             certs: CertsConfig::default(),
             login: LoginConfig::default(),
             audit: AuditConfig::default(),
             oidc: Vec::new(),
             state: StateConfig::default(),
+            recording: RecordingConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -368,6 +420,7 @@ impl Config {
         if self.certs.default_ttl.is_zero() {
             return Err("certs.default_ttl must be above zero".into());
         }
+        self.policy.validate()?;
         if self.ssh.host_names.is_empty() {
             return Err("ssh.host_names must name at least one host name or address".into());
         }
@@ -452,6 +505,10 @@ impl Config {
     pub fn users_path(&self) -> PathBuf {
         self.resolve(&self.paths.users)
     }
+    /// The folder of session recordings (`[recording] dir`).
+    pub fn recording_dir(&self) -> PathBuf {
+        self.resolve(&self.recording.dir)
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -529,6 +586,18 @@ groups_claim = "groups"
         assert!(Config::parse("[certs]\nmax_ttl = \"often\"\n").is_err());
         assert!(Config::parse("[api]\ntls = false\nlisten = \"0.0.0.0:8443\"\n").is_err());
         assert!(Config::parse("[api]\ntls = false\n").is_ok());
+    }
+
+    #[test]
+    fn recording_keys_default_and_resolve_against_the_file() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.recording.dir, PathBuf::from("var/sessions"));
+        assert!(!c.recording.input);
+        let mut c = Config::parse("[recording]\ndir = \"rec\"\ninput = true\n").unwrap();
+        c.base_dir = PathBuf::from("/etc/drawbridge");
+        assert_eq!(c.recording_dir(), PathBuf::from("/etc/drawbridge/rec"));
+        assert!(c.recording.input);
+        assert!(Config::parse("[recording]\ninputs = true\n").is_err());
     }
 
     #[test]

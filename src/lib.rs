@@ -11,6 +11,7 @@
 //! | [`audit`] | the hash-chained JSON-lines log and `audit verify` | a record is on disk before the action it records takes effect |
 //! | [`api`] | the HTTPS API (axum) | callers are authenticated before any body is read |
 //! | [`bastion`] | the SSH front (russh): certificate check, `direct-tcpip` forwarding | forwards only to inventory addresses the current policy allows |
+//! | [`recording`] | recorded sessions: the asciicast file, SFTP operations, `session list/play/watch` | a recording is 0600, never over a file or link; a write error fails every later call (the session is cut) |
 //! | [`serve`] | wiring of the above for `drawbridge serve` | |
 //! | [`cli`] | the command line | exit 0 success, 1 failure, 2 bad usage |
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod config;
 pub mod identity;
 pub mod issuer;
 pub mod policy;
+pub mod recording;
 pub mod serve;
 pub mod state;
 pub mod util;

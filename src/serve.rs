@@ -6,6 +6,8 @@
 //! or nothing starts), then the listeners. A checkpoint is written every minute while
 //! records are written. SIGHUP reloads the policy at once; the watcher also reloads on
 //! file changes; either way the new policy decides nothing before its record is on disk.
+//! With `[policy] git` the policy is a commit: the watcher and SIGHUP fetch the ref, and a
+//! head that does not pass (`policy::git::source`) is refused and recorded once.
 //! SIGTERM or Ctrl-C: stop accepting, let open forwards and requests finish for
 //! `ssh.shutdown_grace`, write `service.stopped` and a last checkpoint, exit 0.
 
@@ -49,7 +51,28 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let policy_dir = config.policies_dir();
-    let policy = match PolicyStore::open(&policy_dir) {
+    let git_policy = crate::policy::git::config::settings(&config);
+    let from_git = git_policy.is_some();
+    let opened = match git_policy {
+        Some(settings) => {
+            let what = format!("{} (ref {})", settings.url, settings.git_ref);
+            let opened = tokio::task::spawn_blocking(move || PolicyStore::open_git(settings))
+                .await
+                .context("opening the policy from Git")?;
+            match opened {
+                Ok(p) => Ok(p),
+                Err(reasons) => {
+                    eprintln!("{reasons}");
+                    anyhow::bail!(
+                        "no policy commit of {what} can be put in force (reasons above); \
+                         push a commit that passes (drawbridge policy verify REV) and start again"
+                    );
+                }
+            }
+        }
+        None => PolicyStore::open(&policy_dir),
+    };
+    let policy = match opened {
         Ok(p) => p,
         Err(errors) => {
             eprintln!("{errors}");
@@ -111,6 +134,11 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = &shared_state {
         s.spawn_leases(config.login.window, shutdown.clone());
     }
+    if from_git {
+        // A head refused at start (the commit last applied is in force) is recorded now
+        // that the log is open.
+        reload_recorded(policy.clone(), audit.clone()).await;
+    }
 
     let metrics = Arc::new(crate::api::metrics::Metrics::new());
     let mut tasks = Vec::new();
@@ -137,6 +165,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let cfg = config.ssh.clone();
         // The issuer backdates valid_after by 60 s: a certificate spans max_ttl + 60 s.
         let max = config.certs.max_ttl + crate::issuer::cert_fields::BACKDATING;
+        let recording = recording_setup(&config, &ca_dir, run_api)?;
         let parts = crate::bastion::BastionParts {
             listener,
             cfg,
@@ -146,6 +175,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit: audit.clone(),
             metrics: bastion_metrics,
             shutdown: watch_token(&shutdown),
+            recording,
         };
         let bastion_state = shared_state
             .as_ref()
@@ -281,8 +311,9 @@ fn watch_token(token: &CancellationToken) -> tokio::sync::watch::Receiver<bool> 
 
 fn spawn_policy_watch(policy: Arc<PolicyStore>, audit: Audit, shutdown: CancellationToken) {
     let handle = tokio::runtime::Handle::current();
+    let poll = policy.git_poll().unwrap_or(POLICY_POLL);
     let watcher = policy.spawn_watcher_with(
-        POLICY_POLL,
+        poll,
         move |outcome| commit_reload(&handle, &audit, outcome),
         log_reload,
     );
@@ -330,13 +361,28 @@ fn commit_reload(
 
 fn reload_event(outcome: &ReloadOutcome) -> Option<AuditEvent> {
     match outcome {
-        ReloadOutcome::Unchanged | ReloadOutcome::Refused { .. } => None,
+        ReloadOutcome::Unchanged
+        | ReloadOutcome::Refused { .. }
+        | ReloadOutcome::Unavailable { .. } => None,
         ReloadOutcome::Applied {
             old_version,
             new_version,
+            signed_by,
         } => Some(AuditEvent::PolicyReloaded {
             old_version: old_version.clone(),
             policy_version: new_version.clone(),
+            signed_by: signed_by.clone(),
+        }),
+        ReloadOutcome::CommitRejected {
+            kept_version,
+            commit,
+            reason,
+            errors,
+        } => Some(AuditEvent::PolicyRejected {
+            policy_version: kept_version.clone(),
+            errors: errors.clone(),
+            reason: Some(*reason),
+            commit: Some(commit.clone()),
         }),
         ReloadOutcome::Rejected {
             kept_version,
@@ -346,6 +392,8 @@ fn reload_event(outcome: &ReloadOutcome) -> Option<AuditEvent> {
             Some(AuditEvent::PolicyRejected {
                 policy_version: kept_version.clone(),
                 errors: list,
+                reason: None,
+                commit: None,
             })
         }
     }
@@ -357,7 +405,28 @@ fn log_reload(outcome: ReloadOutcome) {
         ReloadOutcome::Applied {
             old_version,
             new_version,
-        } => tracing::info!(%old_version, %new_version, "policy reloaded"),
+            signed_by,
+        } => tracing::info!(%old_version, %new_version, ?signed_by, "policy reloaded"),
+        ReloadOutcome::CommitRejected {
+            kept_version,
+            commit,
+            reason,
+            errors,
+        } => tracing::error!(
+            kept = %kept_version,
+            %commit,
+            %reason,
+            errors = %errors.join("; "),
+            "policy commit refused; keeping the commit in force"
+        ),
+        ReloadOutcome::Unavailable {
+            kept_version,
+            reason,
+        } => tracing::warn!(
+            kept = %kept_version,
+            %reason,
+            "cannot fetch the policy; keeping the commit in force (tried again at the next poll)"
+        ),
         ReloadOutcome::Rejected {
             kept_version,
             errors,
@@ -377,4 +446,39 @@ fn log_reload(outcome: ReloadOutcome) {
              keeping the policy in force (retried at the next poll)"
         ),
     }
+}
+
+/// What the bastion records sessions with. With the issuer in the same process: the user
+/// CA signs per-session certificates and the host CA the inner host certificates. A
+/// `--bastion-only` process records only with `ca/session_ca` and
+/// `ca/recorded_host_key` + `-cert.pub` (from `ca sign-host`); without them it refuses
+/// the sessions the policy says to record.
+fn recording_setup(
+    config: &Config,
+    ca_dir: &std::path::Path,
+    with_issuer: bool,
+) -> anyhow::Result<Option<crate::bastion::recorded::Setup>> {
+    use crate::bastion::recorded::{RecordingKeys, Setup, seam};
+    let dir = seam::recording_dir(config);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the recordings folder; recorded sessions will be refused");
+    }
+    let keys = if with_issuer {
+        let k = crate::issuer::IssuerKeys::load(ca_dir)
+            .with_context(|| format!("loading the CA keys from {}", ca_dir.display()))?;
+        RecordingKeys::in_process(k.user_ca, k.host_ca).map_err(anyhow::Error::msg)?
+    } else {
+        match RecordingKeys::bastion_only(ca_dir) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "recorded sessions will be refused");
+                return Ok(None);
+            }
+        }
+    };
+    Ok(Some(Setup {
+        keys,
+        dir,
+        input: seam::record_input(config),
+    }))
 }

@@ -62,6 +62,9 @@ fn fixture() -> &'static Fixture {
                 jwks: jwks_path.display().to_string(),
                 user_claim: "email".into(),
                 groups_claim: "groups".into(),
+                client_id: None,
+                client_secret_file: None,
+                device_scope: "openid".into(),
             }],
             ..Config::default()
         };

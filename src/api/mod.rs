@@ -3,6 +3,7 @@
 //! Invariant: callers are authenticated (a `FromRequestParts` extractor) before any body is
 //! read, so an anonymous request with a bad body gets 401, not 400 or 413.
 
+mod device;
 pub mod disk;
 pub mod error;
 pub mod metrics;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub repeats: repeats::Repeats,
     /// Refused bearer tokens recorded one by one per source, the rest counted.
     pub token_refusals: crate::audit::budget::Budget,
+    /// The device login through an identity provider, when one has a `client_id`.
+    pub device: Option<Arc<crate::identity::device::DeviceLogin>>,
     keys: Arc<IssuerKeys>,
     /// The shared state (`[state] postgres`), whose health `/healthz` reports.
     pub shared_state: Option<Arc<crate::state::db::Db>>,
@@ -68,6 +71,7 @@ impl AppState {
             Some((db, limiter)) => (Some(db), Authenticator::with_limiter(&config, limiter)?),
             None => (None, Authenticator::new(&config)?),
         };
+        let device = crate::identity::device::DeviceLogin::from_config(&config)?.map(Arc::new);
         Ok(Arc::new(AppState {
             shared_state,
             config,
@@ -77,6 +81,7 @@ impl AppState {
             auth: Arc::new(auth),
             repeats: repeats::Repeats::default(),
             token_refusals: crate::audit::budget::Budget::default(),
+            device,
             keys: Arc::new(keys),
         }))
     }

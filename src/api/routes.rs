@@ -36,6 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/known_hosts", get(public::get_known_hosts))
         .route("/v1/ssh_config", get(get_ssh_config))
         .route("/v1/krl", get(public::get_krl))
+        .route("/v1/device", post(super::device::post_device))
+        .route("/v1/device/token", post(super::device::post_device_token))
         .route("/healthz", get(public::get_healthz))
         .route("/metrics", get(public::get_metrics))
         .fallback(not_found)
@@ -78,7 +80,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-fn client_ip(parts: &Parts) -> IpAddr {
+pub(super) fn client_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -143,6 +145,21 @@ fn credentials(headers: &HeaderMap, allow_bearer: bool) -> Result<Credentials, A
     }
 }
 
+/// The header a TOTP user's one-time code comes in.
+pub const OTP_HEADER: &str = "drawbridge-otp";
+
+/// The `Drawbridge-OTP` code, if sent. A value that is not short printable text is kept
+/// as an empty code, which never matches (a code is six digits).
+fn otp_header(headers: &HeaderMap) -> Option<Secret<String>> {
+    let value = headers.get(OTP_HEADER)?;
+    let text = value
+        .to_str()
+        .ok()
+        .filter(|t| t.len() <= 16)
+        .unwrap_or_default();
+    Some(Secret::new(text.trim().to_string()))
+}
+
 fn auth_error(e: &AuthError) -> ApiError {
     match e {
         AuthError::RateLimited { retry_after } => ApiError::too_many(
@@ -164,6 +181,7 @@ fn auth_error(e: &AuthError) -> ApiError {
                 e.client_message(),
             )
         }
+        AuthError::TotpNotEnrolled => ApiError::forbidden(e.code(), e.to_string()),
         other => ApiError::unauthorized(other.code(), other.to_string()),
     }
 }
@@ -190,7 +208,10 @@ async fn authenticate(
     let (claimed, result) = match &creds {
         Credentials::Basic { user, password } => (
             Some(user.clone()),
-            state.auth.basic(user, password, client).await,
+            state
+                .auth
+                .basic_with_otp(user, password, otp_header(&parts.headers).as_ref(), client)
+                .await,
         ),
         Credentials::Bearer(token) => (None, state.auth.bearer(token.expose(), client).await),
     };
@@ -562,6 +583,13 @@ async fn get_ssh_config(
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let generated = rfc3339(now);
+    // The certificate drawbridge-login fetches next carries every principal held, so a
+    // host is recorded when it or any principal granting it says so.
+    let recorded: Vec<&str> = hosts
+        .iter()
+        .filter(|r| policy.records(r.host, &r.principals))
+        .map(|r| r.host)
+        .collect();
     let snippet = render(&SnippetInput {
         user: &id.user,
         bastion_host: &bastion_host,
@@ -569,6 +597,7 @@ async fn get_ssh_config(
         identity_file: &identity_file,
         hosts: &hosts,
         generated_at: &generated,
+        recorded: &recorded,
     });
     Ok(text(snippet))
 }

@@ -22,6 +22,8 @@ pub struct SnippetInput<'a> {
     /// The hosts the caller may reach ([`crate::policy::Policy::reachable`]).
     pub hosts: &'a [Reach<'a>],
     pub generated_at: &'a str,
+    /// The hosts among `hosts` where sessions are recorded (a comment in their block).
+    pub recorded: &'a [&'a str],
 }
 
 /// Whether a value may stand in an ssh_config line as it is.
@@ -65,6 +67,13 @@ pub fn render(input: &SnippetInput<'_>) -> String {
             continue;
         }
         let _ = writeln!(out, "\nHost {}", h.host);
+        if input.recorded.contains(&h.host) {
+            let _ = writeln!(
+                out,
+                "  # sessions to {} are recorded by the bastion",
+                h.host
+            );
+        }
         let _ = writeln!(out, "  HostName {}", h.host);
         let _ = writeln!(out, "  Port {}", h.port);
         let _ = writeln!(out, "  ProxyJump {BASTION_ALIAS}");
@@ -110,6 +119,7 @@ mod tests {
             identity_file: "~/.ssh/id_ed25519",
             hosts: &hosts,
             generated_at: "2026-11-25T06:00:00Z",
+            recorded: &[],
         });
         assert!(s.contains(
             "Host drawbridge\n  HostName bastion.example.org\n  Port 2222\n  User alice\n"
@@ -127,5 +137,30 @@ mod tests {
         assert!(!valid_identity_file("x\nProxyCommand evil"));
         assert!(!valid_identity_file("a b"));
         assert!(!valid_identity_file(""));
+    }
+
+    #[test]
+    fn recorded_hosts_get_a_comment() {
+        let hosts = vec![Reach {
+            host: "db-1",
+            port: 22,
+            logins: vec!["root"],
+            principals: vec!["dba"],
+        }];
+        let s = render(&SnippetInput {
+            user: "alice",
+            bastion_host: "bastion.example.org",
+            bastion_port: 2222,
+            identity_file: "~/.ssh/id_ed25519",
+            hosts: &hosts,
+            generated_at: "2026-11-25T06:00:00Z",
+            recorded: &["db-1"],
+        });
+        assert!(
+            s.contains(
+                "Host db-1\n  # sessions to db-1 are recorded by the bastion\n  HostName db-1\n"
+            ),
+            "{s}"
+        );
     }
 }

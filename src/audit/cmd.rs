@@ -1,6 +1,8 @@
 //! `drawbridge audit verify FILE [--checkpoints]`: prints `ok: N records, last hash H`
 //! (and what the checkpoints anchor) and exits 0, or `FILE:LINE: what is wrong` (the first
-//! bad record, or what is missing) and exits 1.
+//! bad record, or what is missing) and exits 1. Then every recording a `session.ended`
+//! record names is re-hashed (in `--recordings DIR` or `recording.dir`); one edited, cut
+//! or removed is named and the exit is 1.
 //!
 //! `drawbridge audit search FILE [filters] [--json]`: the matching records, as a table or
 //! JSON lines; a count on standard error.
@@ -33,18 +35,24 @@ pub fn run(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             checkpoints,
             checkpoints_file,
             keys,
+            recordings,
         } => {
-            if checkpoints || checkpoints_file.is_some() {
+            let dir = crate::recording::verify::recordings_dir(recordings, config);
+            let code = if checkpoints || checkpoints_file.is_some() {
                 let cp_path = checkpoints_file.unwrap_or_else(|| checkpoints_path(&file));
                 let key_paths = if keys.is_empty() {
                     vec![config.ca_dir().join(KEY_PUB)]
                 } else {
                     keys
                 };
-                verify_with_checkpoints(&file, &cp_path, &key_paths)
+                verify_with_checkpoints(&file, &cp_path, &key_paths)?
             } else {
-                Ok(verify_chain(&file))
+                verify_chain(&file)
+            };
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
             }
+            Ok(verify_recordings(&file, &dir))
         }
         AuditCommand::Search {
             file,
@@ -115,6 +123,36 @@ fn verify_chain(file: &Path) -> ExitCode {
         }
         Err(e) => {
             report_log_failure(file, &e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Re-hashes the recordings the log's `session.ended` records name (nothing is printed
+/// for a log without recorded sessions).
+fn verify_recordings(file: &Path, dir: &Path) -> ExitCode {
+    match crate::recording::verify::check_recordings(file, dir) {
+        Ok(c) => {
+            for p in &c.problems {
+                eprintln!("{p}");
+            }
+            if c.matched + c.problems.len() + c.unfinished.len() > 0 {
+                println!(
+                    "recordings in {}: {} re-hashed and intact, {} edited, cut or removed; {} not ended (live, or the service stopped first: nothing to compare)",
+                    dir.display(),
+                    c.matched,
+                    c.problems.len(),
+                    c.unfinished.len()
+                );
+            }
+            if c.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
             ExitCode::from(1)
         }
     }

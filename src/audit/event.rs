@@ -258,6 +258,150 @@ impl ForwardRefused {
     }
 }
 
+/// A recorded session's identity in its records: the connection, the session id, the
+/// inventory host and the login asked for inside the channel, under which policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionBase {
+    #[serde(flatten)]
+    pub conn: Conn,
+    /// The session id (also the recording's file name, `ID.cast`).
+    pub session: String,
+    /// The inventory host.
+    pub target: String,
+    /// The inventory address and port dialled.
+    pub address: String,
+    /// The login the client asked for (peer text).
+    pub login: PeerText,
+    pub policy_version: String,
+}
+
+/// `session.started`: see `docs/audit-events.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionStarted {
+    #[serde(flatten)]
+    pub base: SessionBase,
+    /// The certificate principals in the per-session certificate (those that grant the
+    /// host and the login).
+    pub principals: Vec<String>,
+    /// How each is held.
+    pub grants: Vec<Grant>,
+    /// The rule that asks for the recording (`hosts.NAME.record`, `principals.NAME.record`).
+    pub rule: String,
+    /// The reason written in the certificate at issuance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The recording's path.
+    pub recording: String,
+    /// Keystrokes are recorded too (`recording.input`).
+    pub input: bool,
+}
+
+/// `session.ended`: see `docs/audit-events.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionEnded {
+    #[serde(flatten)]
+    pub base: SessionBase,
+    pub duration_ms: u64,
+    pub bytes_client_to_target: u64,
+    pub bytes_target_to_client: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<String>,
+    /// `closed`, `cut`, `shutdown`, `recording-failed`, `target-closed`.
+    pub end: String,
+    /// The rule of a cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RefusalCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The recording's path.
+    pub recording: String,
+    /// Its size in bytes and SHA-256 (hex) when it was closed; absent when it could not be
+    /// finished (`end` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording_sha256: Option<String>,
+}
+
+impl SessionEnded {
+    /// A session that ended `end`, everything optional unset.
+    pub fn new(base: SessionBase, recording: &str, end: &str) -> Self {
+        SessionEnded {
+            base,
+            duration_ms: 0,
+            bytes_client_to_target: 0,
+            bytes_target_to_client: 0,
+            exit_status: None,
+            exit_signal: None,
+            end: end.to_string(),
+            rule: None,
+            reason: None,
+            lost_principal: None,
+            message: None,
+            recording: recording.to_string(),
+            recording_size: None,
+            recording_sha256: None,
+        }
+    }
+}
+
+/// `session.refused`: a recorded session refused after its channel was accepted (the
+/// recording cannot be written, the target's host key is not trusted, the login is not
+/// granted, ...). See `docs/audit-events.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRefused {
+    #[serde(flatten)]
+    pub conn: Conn,
+    pub session: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<PeerText>,
+    pub reason: RefusalCode,
+    /// What the user was told.
+    pub message: String,
+    pub policy_version: String,
+    pub rule: String,
+    /// What the user was not told (the I/O error, the key presented).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+}
+
+impl SessionRefused {
+    pub fn new(
+        conn: Conn,
+        session: &str,
+        reason: RefusalCode,
+        message: &str,
+        policy_version: &str,
+        rule: &str,
+    ) -> Self {
+        SessionRefused {
+            conn,
+            session: session.to_string(),
+            target: None,
+            address: None,
+            login: None,
+            reason,
+            message: message.to_string(),
+            policy_version: policy_version.to_string(),
+            rule: rule.to_string(),
+            detail: None,
+            recording: None,
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -279,12 +423,21 @@ pub enum AuditEvent {
     PolicyReloaded {
         old_version: String,
         policy_version: String,
+        /// Policy from Git with allowed signers: who signed the commit now in force.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signed_by: Option<String>,
     },
     #[serde(rename = "policy.rejected")]
     PolicyRejected {
         /// The version kept.
         policy_version: String,
         errors: Vec<String>,
+        /// Policy from Git: why the commit is refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<RefusalCode>,
+        /// Policy from Git: the commit refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
     },
     #[serde(rename = "audit.recovered")]
     AuditRecovered {
@@ -431,6 +584,22 @@ pub enum AuditEvent {
     },
     #[serde(rename = "forward.refused")]
     ForwardRefused(ForwardRefused),
+    /// A device login started with an identity provider (`POST /v1/device`); its end is a
+    /// `login.ok` or `login.failed` with method `oidc`.
+    #[serde(rename = "device.started")]
+    DeviceStarted {
+        client: String,
+        issuer: String,
+        expires_in: u64,
+        policy_version: String,
+        rule: String,
+    },
+    #[serde(rename = "session.started")]
+    SessionStarted(SessionStarted),
+    #[serde(rename = "session.ended")]
+    SessionEnded(SessionEnded),
+    #[serde(rename = "session.refused")]
+    SessionRefused(SessionRefused),
     /// Records written by unit tests of the log itself.
     #[cfg(test)]
     #[serde(rename = "test.event")]
@@ -499,6 +668,7 @@ pub fn samples() -> Vec<AuditEvent> {
         | AuditEvent::LoginOk { .. }
         | AuditEvent::LoginFailed { .. }
         | AuditEvent::LoginFailedRepeated { .. }
+        | AuditEvent::DeviceStarted { .. }
         | AuditEvent::CertIssued { .. }
         | AuditEvent::CertRefused { .. }
         | AuditEvent::SshAuthOk { .. }
@@ -509,6 +679,9 @@ pub fn samples() -> Vec<AuditEvent> {
         | AuditEvent::ForwardClosed { .. }
         | AuditEvent::ForwardCut { .. }
         | AuditEvent::ForwardRefused(_)
+        | AuditEvent::SessionStarted(_)
+        | AuditEvent::SessionEnded(_)
+        | AuditEvent::SessionRefused(_)
         | AuditEvent::Test { .. } => {}
     };
     let long = "x".repeat(300);
@@ -540,6 +713,14 @@ pub fn samples() -> Vec<AuditEvent> {
         port: 22,
         policy_version: v(),
     };
+    let session = SessionBase {
+        conn: conn.clone(),
+        session: s("s"),
+        target: s("db-1"),
+        address: s("10.0.0.1:22"),
+        login: p(),
+        policy_version: v(),
+    };
     let decided = Decided {
         target: s("db-1"),
         address: s("10.0.0.1:22"),
@@ -559,10 +740,13 @@ pub fn samples() -> Vec<AuditEvent> {
         AuditEvent::PolicyReloaded {
             old_version: v(),
             policy_version: v(),
+            signed_by: Some(s("alice@example.org (SHA256:k, ca/allowed_signers:1)")),
         },
         AuditEvent::PolicyRejected {
             policy_version: v(),
             errors: vec![s("e")],
+            reason: Some(RefusalCode::Unsigned),
+            commit: Some(v()),
         },
         AuditEvent::AuditRecovered {
             reason: s("r"),
@@ -598,6 +782,13 @@ pub fn samples() -> Vec<AuditEvent> {
             user: Some(p()),
             policy_version: v(),
             rule: s("identity.rate_limit"),
+        },
+        AuditEvent::DeviceStarted {
+            client: s("c"),
+            issuer: s("https://idp.example.org"),
+            expires_in: 600,
+            policy_version: v(),
+            rule: s("oidc.client_id"),
         },
         AuditEvent::CertIssued {
             user: s("u"),
@@ -688,7 +879,45 @@ pub fn samples() -> Vec<AuditEvent> {
             lost_principal: Some(s("dba")),
             detail: Some(s("d")),
             decided: Some(decided),
-            ..ForwardRefused::new(conn, RefusalCode::Denied, &v(), "r")
+            ..ForwardRefused::new(conn.clone(), RefusalCode::Denied, &v(), "r")
+        }),
+        AuditEvent::SessionStarted(SessionStarted {
+            base: session.clone(),
+            principals: vec![s("dba")],
+            grants: vec![Grant::new("dba", &Via::User)],
+            rule: s("hosts.db-1.record"),
+            reason: Some(s("INC-1")),
+            recording: s("var/sessions/s.cast"),
+            input: false,
+        }),
+        AuditEvent::SessionEnded(SessionEnded {
+            duration_ms: 1,
+            bytes_client_to_target: 1,
+            bytes_target_to_client: 1,
+            exit_status: Some(0),
+            exit_signal: Some(s("KILL")),
+            rule: Some(s("r")),
+            reason: Some(RefusalCode::RoleLost),
+            lost_principal: Some(s("dba")),
+            message: Some(s("m")),
+            recording_size: Some(1),
+            recording_sha256: Some(s("00")),
+            ..SessionEnded::new(session, "var/sessions/s.cast", "cut")
+        }),
+        AuditEvent::SessionRefused(SessionRefused {
+            target: Some(s("db-1")),
+            address: Some(s("10.0.0.1:22")),
+            login: Some(p()),
+            detail: Some(s("d")),
+            recording: Some(s("var/sessions/s.cast")),
+            ..SessionRefused::new(
+                conn,
+                "s",
+                RefusalCode::RecordingUnavailable,
+                "m",
+                &v(),
+                "recording.dir",
+            )
         }),
     ]
 }

@@ -63,6 +63,7 @@ pub use checkpoint::{Checkpoint, CheckpointKey, Checkpointer};
 pub use event::{
     AuditEvent, AuthFailed, Conn, Decided, ForwardBase, ForwardRefused, Grant, PeerText,
 };
+pub use event::{SessionBase, SessionEnded, SessionRefused, SessionStarted};
 pub use record::{GENESIS, VerifyFailure, VerifySummary, verify};
 pub use refusal::RefusalCode;
 pub use sink::{AuditSink, FileSink, MemorySink, Recovery};

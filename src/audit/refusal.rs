@@ -63,6 +63,12 @@ refusal_codes! {
     PreAuthEarlyDrop = "pre-auth-early-drop",
     PreAuthPenalty = "pre-auth-penalty",
     PreAuthEvicted = "pre-auth-evicted",
+    // Policy from Git (`policy::git`): why a commit is not put in force.
+    Unsigned = "unsigned",
+    BadCommitSignature = "bad-commit-signature",
+    UnknownSigner = "unknown-signer",
+    NotDescendant = "not-descendant",
+    InvalidPolicy = "invalid-policy",
     // Forwards (`bastion::forward`, `bastion::targets`, `bastion::registry`,
     // `policy::carried`).
     Denied = "denied",
@@ -75,6 +81,22 @@ refusal_codes! {
     Cut = "cut",
     ConnectFailed = "connect-failed",
     ConnectTimeout = "connect-timeout",
+    // Recorded sessions (`recording`, the bastion's SSH server inside the channel).
+    /// The recording cannot be created or written (rule `recording.dir`).
+    RecordingUnavailable = "recording-unavailable",
+    /// The target's host key is neither certified by the host CA for its name nor the
+    /// inventory's pinned key (rule `bastion.target-host-key`).
+    TargetHostKey = "target-host-key",
+    /// The target refused the per-session certificate (rule `bastion.session-certificate`).
+    TargetAuthFailed = "target-auth-failed",
+    /// No principal of the certificate grants the login asked for inside a recorded
+    /// host's channel.
+    LoginNotGranted = "login-not-granted",
+    /// The certificate inside a recorded host's channel is not the one the connection to
+    /// the bastion authenticated with.
+    OtherCertificate = "other-certificate",
+    /// The per-session certificate for a recorded session could not be made.
+    SessionCertificate = "session-certificate",
     // The API (`api`, `identity::AuthError`, `issuer::plan::IssueRefusal`).
     Unauthenticated = "unauthenticated",
     BadCredentials = "bad_credentials",
@@ -109,6 +131,18 @@ refusal_codes! {
     StateUnavailable = "state-unavailable",
     /// API: the shared login limits cannot be read.
     ApiStateUnavailable = "state_unavailable",
+    // The second factor of password users (`identity::totp`).
+    OtpRequired = "otp_required",
+    TotpNotEnrolled = "totp_not_enrolled",
+    // The device login through an identity provider (`identity::device`, RFC 8628 names).
+    AuthorizationPending = "authorization_pending",
+    SlowDown = "slow_down",
+    ExpiredToken = "expired_token",
+    AccessDenied = "access_denied",
+    InvalidGrant = "invalid_grant",
+    DeviceUnavailable = "device_unavailable",
+    DeviceLimit = "device_limit",
+    IdpError = "idp_error",
 }
 
 impl std::fmt::Display for RefusalCode {

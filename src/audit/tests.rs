@@ -406,3 +406,36 @@ async fn a_second_writer_on_the_same_file_is_refused() {
     assert!(msg.contains("locked by another process"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn session_records_are_written_with_their_kinds() {
+    let (_d, path) = temp();
+    let audit = Audit::open(&path, "r1").unwrap();
+    for e in event::samples().into_iter().filter(|e| {
+        matches!(
+            e,
+            AuditEvent::SessionStarted(_)
+                | AuditEvent::SessionEnded(_)
+                | AuditEvent::SessionRefused(_)
+        )
+    }) {
+        audit.record(e).await.unwrap();
+    }
+    let kinds: Vec<String> = lines_of(&path)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["session.started", "session.ended", "session.refused"]
+    );
+    let refused: Value = serde_json::from_str(&lines_of(&path)[2]).unwrap();
+    assert_eq!(refused["reason"], "recording-unavailable");
+    assert_eq!(refused["rule"], "recording.dir");
+    verify(&path).unwrap();
+}

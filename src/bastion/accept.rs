@@ -35,6 +35,7 @@ pub(super) async fn run(parts: BastionParts, state: super::BastionState) -> anyh
         audit,
         metrics,
         mut shutdown,
+        recording,
     } = parts;
     let trusted = TrustedCas::new(&keys.trusted_user_cas);
     if trusted.is_empty() {
@@ -58,6 +59,7 @@ pub(super) async fn run(parts: BastionParts, state: super::BastionState) -> anyh
         unauth,
         refusals: Budget::default(),
         next_conn: AtomicU64::new(1),
+        recording: recording.map(Arc::new),
     });
     info!(listen = ?listener.local_addr().ok(), "bastion listening");
     let (recheck_stop, recheck_stop_rx) = watch::channel(false);

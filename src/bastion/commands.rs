@@ -65,16 +65,47 @@ pub(super) fn hosts(id: &CertIdentity, policy: &Policy, now: SystemTime) -> Stri
         return "no hosts: your certificate's principals grant none under the current policy\n"
             .into();
     }
+    let principals: Vec<&str> = id.principals.iter().map(String::as_str).collect();
     let mut out = String::new();
     for r in list {
         out.push_str(&format!(
-            "{}\tlogins: {}\t(via {})\n",
+            "{}\tlogins: {}\t(via {}){}\n",
             escape(r.host),
             r.logins.join(", "),
-            r.principals.join(", ")
+            r.principals.join(", "),
+            if policy.records(r.host, &principals) {
+                "\trecorded"
+            } else {
+                ""
+            }
         ));
     }
     out
+}
+
+/// The `recorded:` line `whoami` ends with: the hosts this certificate reaches where every
+/// session is recorded, or nothing when there are none (or the certificate no longer
+/// stands: `hosts` says why).
+pub(super) fn recorded_line(id: &CertIdentity, policy: &Policy, now: SystemTime) -> String {
+    let carried = id.carried();
+    if policy
+        .still_holds(&carried, now, Some(id.age(now)))
+        .is_err()
+    {
+        return String::new();
+    }
+    let principals: Vec<&str> = id.principals.iter().map(String::as_str).collect();
+    let recorded: Vec<String> = policy
+        .reachable(&id.key_id, &id.idp_groups, Some(&id.principals), now)
+        .into_iter()
+        .filter(|r| policy.records(r.host, &principals))
+        .map(|r| escape(r.host))
+        .collect();
+    if recorded.is_empty() {
+        String::new()
+    } else {
+        format!("recorded:    {}\n", recorded.join(", "))
+    }
 }
 
 #[cfg(test)]

@@ -138,3 +138,39 @@ fn hosts_when_the_granted_host_left_the_inventory() {
         "no hosts: your certificate's principals grant none under the current policy\n"
     );
 }
+
+#[test]
+fn hosts_and_whoami_say_which_hosts_record() {
+    let text = format!(
+        "{}\n[principals.prod-root]\nhosts = [\"web-1\"]\nlogins = [\"root\"]\nrecord = true\n",
+        POLICY.replace(
+            "[hosts.db-1]\naddress = \"10.0.0.3\"",
+            "[hosts.db-1]\naddress = \"10.0.0.3\"\nrecord = true"
+        )
+    );
+    let text = text.replace(
+        "principals = [\"web-deploy\"]",
+        "principals = [\"web-deploy\", \"prod-root\"]",
+    );
+    let p = Policy::from_toml("p.toml", &text).unwrap();
+    let t0 = UNTIL - 7200;
+    // db-1 records for everyone; web-1 only for a certificate carrying prod-root.
+    let bob = cert("bob", &["web-deploy", "dba"], &[], 9, t0);
+    assert_eq!(
+        hosts(&bob, &p, at(t0 + 60)),
+        "db-1\tlogins: postgres, root\t(via dba)\trecorded\n\
+         web-1\tlogins: deploy\t(via web-deploy)\n"
+    );
+    assert_eq!(recorded_line(&bob, &p, at(t0 + 60)), "recorded:    db-1\n");
+    let root = cert("alice", &["web-deploy", "prod-root"], &[], 12, t0);
+    assert_eq!(
+        hosts(&root, &p, at(t0 + 60)),
+        "web-1\tlogins: deploy, root\t(via prod-root, web-deploy)\trecorded\n"
+    );
+    assert_eq!(
+        recorded_line(&root, &p, at(t0 + 60)),
+        "recorded:    web-1\n"
+    );
+    let alice = cert("alice", &["web-deploy"], &[], 13, t0);
+    assert_eq!(recorded_line(&alice, &p, at(t0 + 60)), "");
+}

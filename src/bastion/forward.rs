@@ -242,6 +242,41 @@ pub(super) async fn run(req: Request) {
         return end_cut_unopened(&shared, closed, reply, &cut, started).await;
     }
 
+    // A recorded host: the bastion answers the channel itself (see `recorded`).
+    if super::recorded::seam::records(&policy, target, &allowed.grants) {
+        // Never piped unrecorded: a bastion that cannot record refuses.
+        let Some(setup) = shared.recording.clone() else {
+            let r = ForwardRefusal {
+                rule: Some("bastion.recorded".into()),
+                ..prohibited(
+                    RefusalCode::RecordingUnavailable,
+                    format!(
+                        "{}: sessions to this host are recorded, and this bastion cannot record",
+                        target.name
+                    ),
+                )
+            };
+            return end_unopened(&shared, closed, reply, r, started).await;
+        };
+        let target = target.clone();
+        return super::recorded::run(super::recorded::Start {
+            shared,
+            setup,
+            identity,
+            fields: closed.base.conn.clone(),
+            target,
+            closed,
+            registration,
+            cut_rx,
+            channel,
+            reply,
+            slot: _slot,
+            forwards,
+            started,
+        })
+        .await;
+    }
+
     // F5: dial with a deadline; the SSH connection stays up whatever happens here.
     let dial = TcpStream::connect((target.address.as_str(), target.port));
     let failed = |code: RefusalCode, message: String| ForwardRefusal {
@@ -325,18 +360,18 @@ pub(super) async fn run(req: Request) {
 }
 
 /// How a forward ended, for its `forward.closed`.
-struct Ended {
-    up: u64,
-    down: u64,
-    started: Instant,
-    end: String,
-    rule: Option<String>,
-    reason: Option<RefusalCode>,
-    message: Option<String>,
+pub(super) struct Ended {
+    pub up: u64,
+    pub down: u64,
+    pub started: Instant,
+    pub end: String,
+    pub rule: Option<String>,
+    pub reason: Option<RefusalCode>,
+    pub message: Option<String>,
 }
 
 impl Ended {
-    fn record(self, fields: ForwardFields) -> AuditEvent {
+    pub(super) fn record(self, fields: ForwardFields) -> AuditEvent {
         AuditEvent::ForwardClosed {
             base: fields.base,
             decided: fields.decided,
@@ -368,7 +403,7 @@ async fn end_cut_unopened(
 
 /// Ends a forward recorded as opened that never reached the client: `forward.closed`
 /// with `end` = the code, then the channel-open failure.
-async fn end_unopened(
+pub(super) async fn end_unopened(
     shared: &Shared,
     closed: ForwardFields,
     reply: ChannelOpenHandle,

@@ -271,7 +271,11 @@ impl Handler for Connection {
             return Ok(());
         };
         let output = match command {
-            "whoami" => commands::whoami(&id, self.peer.ip(), SystemTime::now()),
+            "whoami" => {
+                let now = SystemTime::now();
+                let recorded = commands::recorded_line(&id, &self.shared.policy.current(), now);
+                commands::whoami(&id, self.peer.ip(), now) + &recorded
+            }
             "hosts" => commands::hosts(&id, &self.shared.policy.current(), SystemTime::now()),
             other => {
                 let shown: String = escape(other).chars().take(64).collect();

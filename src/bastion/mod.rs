@@ -15,6 +15,7 @@
 //! | `shared` | the state every connection shares, and the places given back on drop |
 //! | `codes` | refusal codes besides the certificate check's |
 //! | `forward` | per-request authorization under the policy loaded now, dialing, byte pumping |
+//! | [`recorded`] | recorded sessions: the SSH server inside the channel, the client to the target, the relay |
 //! | [`registry`] | the open forwards, and the live re-check that cuts those the policy in force no longer allows |
 //!
 //! # Invariants
@@ -111,6 +112,7 @@ pub mod lib_refusals;
 pub mod preauth;
 /// The per-source record budget now lives with the audit log, which the API shares.
 pub use crate::audit::budget as refusal_budget;
+pub mod recorded;
 pub mod registry;
 mod russh_config;
 mod shared;
@@ -233,6 +235,8 @@ pub struct BastionParts {
     pub metrics: Arc<BastionMetrics>,
     /// Turns true (or its sender is dropped) to stop the bastion.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Recorded sessions; `None`: a session that the policy says to record is refused.
+    pub recording: Option<recorded::Setup>,
 }
 
 /// Runs the bastion on `parts.listener` until `parts.shutdown` turns true (or its sender

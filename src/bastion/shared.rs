@@ -35,6 +35,8 @@ pub(super) struct Shared {
     /// Refusal records per source (see `refusal_budget`).
     pub refusals: Budget,
     pub next_conn: AtomicU64,
+    /// Recorded sessions: keys, folder; `None` when this bastion does not record.
+    pub recording: Option<Arc<super::recorded::Setup>>,
 }
 
 /// One place among the unauthenticated connections ([`preauth`]); given back on drop.

@@ -159,6 +159,7 @@ mod tests {
                 address: address.to_string(),
                 port,
                 labels: Default::default(),
+                record: false,
                 origin: Origin::default(),
             },
         )

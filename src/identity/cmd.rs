@@ -5,6 +5,11 @@
 //! line of standard input (without its line ending); otherwise it is asked twice on the
 //! terminal without echo. Empty passwords and names outside `A-Z a-z 0-9 . _ @ + -` are
 //! refused. The file is rewritten atomically with mode 0600.
+//!
+//! `user add NAME --totp` and `user totp NAME` give the user a new TOTP secret, kept in the
+//! same file, and print it once as an `otpauth://` URI and a terminal QR code (standard
+//! output; nothing else is printed there). Changing a password without `--totp` keeps the
+//! user's TOTP secret: a second factor is never dropped by a password change.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -12,19 +17,59 @@ use std::process::ExitCode;
 use crate::cli::UserCommand;
 use crate::config::Config;
 
-use super::Secret;
 use super::password::{UserEntry, UsersFile, hash_password};
+use super::{Secret, totp};
 
 pub fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UserCommand::Add {
             name,
             password_stdin,
-        } => add(config, &name, password_stdin),
+            totp,
+        } => add(config, &name, password_stdin, totp),
+        UserCommand::Totp { name } => enroll_totp(config, &name),
     }
 }
 
-fn add(config: &Config, name: &str, password_stdin: bool) -> anyhow::Result<ExitCode> {
+fn enroll_totp(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let path = config.users_path();
+    let mut file = UsersFile::load(&path)?;
+    let Some(entry) = file.users.get_mut(name) else {
+        anyhow::bail!(
+            "no password user {name} in {}; add one with `drawbridge user add {name} --totp`",
+            path.display()
+        );
+    };
+    let secret = totp::new_secret().map_err(|e| anyhow::anyhow!(e))?;
+    entry.totp = Some(secret.clone());
+    file.save(&path)?;
+    print_enrolment(name, &secret)?;
+    eprintln!(
+        "enrolled a new TOTP secret for {name} in {}",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the `otpauth://` URI and its QR code on standard output.
+fn print_enrolment(name: &str, secret: &str) -> anyhow::Result<()> {
+    let uri = totp::otpauth_uri(name, secret).map_err(|e| anyhow::anyhow!(e))?;
+    let qr = totp::terminal_qr(&uri).map_err(|e| anyhow::anyhow!(e))?;
+    println!("{uri}");
+    println!("{qr}");
+    eprintln!(
+        "scan the QR code (or enter the URI) in an authenticator app; it is shown only now. \
+         Logins then need the code: curl -u {name} -H 'Drawbridge-OTP: 123456' ..."
+    );
+    Ok(())
+}
+
+fn add(
+    config: &Config,
+    name: &str,
+    password_stdin: bool,
+    with_totp: bool,
+) -> anyhow::Result<ExitCode> {
     // The one name rule, so that every user added can be named in the policy.
     crate::policy::check_name("user", name).map_err(|e| anyhow::anyhow!("not allowed: {e}"))?;
     let path = config.users_path();
@@ -39,11 +84,26 @@ fn add(config: &Config, name: &str, password_stdin: bool) -> anyhow::Result<Exit
         anyhow::bail!("empty password refused");
     }
     let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{}", e.audit_reason()))?;
+    let kept_totp = file.users.get(name).and_then(|e| e.totp.clone());
+    let new_totp = if with_totp {
+        Some(totp::new_secret().map_err(|e| anyhow::anyhow!(e))?)
+    } else {
+        None
+    };
     let existed = file
         .users
-        .insert(name.to_owned(), UserEntry { hash })
+        .insert(
+            name.to_owned(),
+            UserEntry {
+                hash,
+                totp: new_totp.clone().or(kept_totp),
+            },
+        )
         .is_some();
     file.save(&path)?;
+    if let Some(secret) = &new_totp {
+        print_enrolment(name, secret)?;
+    }
     if existed {
         eprintln!("changed the password of {name} in {}", path.display());
     } else {

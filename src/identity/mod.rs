@@ -14,11 +14,15 @@
 //! [`tokens`] (drawbridge tokens and the token key), [`oidc`] (identity providers).
 
 pub mod cmd;
+pub mod device;
 pub mod limiter;
 pub mod oidc;
 pub mod password;
+pub mod provider_url;
 pub mod secret;
 pub mod tokens;
+pub mod totp;
+pub mod used_codes;
 
 use crate::audit::RefusalCode;
 use std::net::IpAddr;
@@ -36,6 +40,7 @@ pub use oidc::OidcProvider;
 pub use password::{HashPool, UserStore};
 pub use secret::Secret;
 pub use tokens::TokenKeys;
+pub use used_codes::{MemoryUsedCodes, UsedCodes};
 
 use crate::config::Config;
 
@@ -90,6 +95,19 @@ pub enum AuthError {
     /// The bearer token was refused; the text says why ("token expired", ...). HTTP 401.
     #[error("{0}")]
     InvalidToken(String),
+    /// A TOTP user sent the right password without `Drawbridge-OTP`. HTTP 401; counted as a
+    /// failed login, as a wrong password is.
+    #[error("this user needs a one-time code: send it in the Drawbridge-OTP header")]
+    OtpRequired,
+    /// A TOTP user's code was wrong, used before or outside ±1 step; the text (for the
+    /// audit record only) says which. The client sees the wrong-password text. HTTP 401.
+    #[error("invalid user name or password")]
+    OtpRefused(String),
+    /// `login.require_totp` is on and this password user has no TOTP. HTTP 403.
+    #[error(
+        "password logins need a second factor here; ask the operator to run `drawbridge user totp NAME`"
+    )]
+    TotpNotEnrolled,
     /// Our fault (a missing key, a worker that died). HTTP 500; the detail is not for the
     /// client.
     #[error("internal error: {0}")]
@@ -105,6 +123,8 @@ impl AuthError {
     pub fn status(&self) -> u16 {
         match self {
             AuthError::InvalidCredentials | AuthError::InvalidToken(_) => 401,
+            AuthError::OtpRequired | AuthError::OtpRefused(_) => 401,
+            AuthError::TotpNotEnrolled => 403,
             AuthError::RateLimited { .. } | AuthError::Busy => 429,
             AuthError::Internal(_) => 500,
             AuthError::Unavailable(_) => 503,
@@ -118,6 +138,9 @@ impl AuthError {
             AuthError::RateLimited { .. } => RefusalCode::RateLimited,
             AuthError::Busy => RefusalCode::Busy,
             AuthError::InvalidToken(_) => RefusalCode::InvalidToken,
+            AuthError::OtpRequired => RefusalCode::OtpRequired,
+            AuthError::OtpRefused(_) => RefusalCode::InvalidCredentials,
+            AuthError::TotpNotEnrolled => RefusalCode::TotpNotEnrolled,
             AuthError::Internal(_) => RefusalCode::Internal,
             AuthError::Unavailable(_) => RefusalCode::ApiStateUnavailable,
         }
@@ -133,6 +156,8 @@ impl AuthError {
             AuthError::RateLimited { .. } => "login.max_failures",
             AuthError::Busy => "login.hash_queue",
             AuthError::InvalidToken(_) => "token",
+            AuthError::OtpRequired | AuthError::OtpRefused(_) => "paths.users",
+            AuthError::TotpNotEnrolled => "login.require_totp",
             AuthError::Internal(_) => "internal",
             AuthError::Unavailable(_) => "state.postgres",
         }
@@ -169,6 +194,9 @@ impl AuthError {
             }
             AuthError::Busy => "password hashing pool full".into(),
             AuthError::InvalidToken(why) => why.clone(),
+            AuthError::OtpRequired => "one-time code missing".into(),
+            AuthError::OtpRefused(why) => why.clone(),
+            AuthError::TotpNotEnrolled => "no TOTP enrolled and login.require_totp is on".into(),
             AuthError::Internal(detail) => format!("internal error: {detail}"),
             AuthError::Unavailable(detail) => format!("shared state unavailable: {detail}"),
         }
@@ -282,6 +310,8 @@ pub struct Authenticator {
     oidc: Vec<OidcProvider>,
     token_ttl: Duration,
     dummy_hash: String,
+    used_codes: Arc<dyn UsedCodes>,
+    require_totp: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -341,6 +371,8 @@ impl Authenticator {
             oidc,
             token_ttl: config.login.token_ttl,
             dummy_hash,
+            used_codes: Arc::new(MemoryUsedCodes::new()),
+            require_totp: config.login.require_totp,
         })
     }
 
@@ -353,6 +385,25 @@ impl Authenticator {
         &self,
         user: &str,
         password: &Secret<String>,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        self.basic_with_otp(user, password, None, client).await
+    }
+
+    /// [`basic`](Self::basic) with the `Drawbridge-OTP` header's code, if any.
+    ///
+    /// The password is checked first, whatever the code (so the time is that of a password
+    /// check). For a user with TOTP, a right password without a code is
+    /// [`AuthError::OtpRequired`], and with a code that does not match (±1 step) or whose
+    /// step this user already used, [`AuthError::OtpRefused`]; both stay counted as failed
+    /// logins. A code is claimed only after the password matched, so a stranger cannot
+    /// spend a user's codes. With `login.require_totp`, a right password of a user without
+    /// TOTP is [`AuthError::TotpNotEnrolled`].
+    pub async fn basic_with_otp(
+        &self,
+        user: &str,
+        password: &Secret<String>,
+        otp: Option<&Secret<String>>,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
         let now = SystemTime::now();
@@ -384,6 +435,25 @@ impl Authenticator {
             }
         };
         if ok && known && !password.expose().is_empty() {
+            match (self.users.totp_of(user), otp) {
+                (Some(secret), Some(code)) => {
+                    let secs = now
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let Some(step) = totp::matching_step(user, &secret, code.expose(), secs) else {
+                        return Err(AuthError::OtpRefused(
+                            "one-time code wrong or outside one step of now".into(),
+                        ));
+                    };
+                    if !self.used_codes.claim(user, step) {
+                        return Err(AuthError::OtpRefused("one-time code already used".into()));
+                    }
+                }
+                (Some(_), None) => return Err(AuthError::OtpRequired),
+                (None, _) if self.require_totp => return Err(AuthError::TotpNotEnrolled),
+                (None, _) => {}
+            }
             self.limiter.success(&attempt).await;
             Ok(Identity {
                 user: user.to_owned(),
@@ -410,6 +480,24 @@ impl Authenticator {
                 None => Err(AuthError::InvalidToken("token issuer not trusted".into())),
             },
             None => Err(AuthError::InvalidToken("token has no issuer".into())),
+        }
+    }
+
+    /// Verifies an ID token that the provider `issuer` gave drawbridge itself (the device
+    /// login), exactly as a bearer ID token of that provider is verified; a token naming
+    /// another issuer is refused.
+    pub async fn verify_provider_token(
+        &self,
+        issuer: &str,
+        token: &str,
+    ) -> Result<Identity, AuthError> {
+        let peek = peek(token)?;
+        if peek.iss.as_deref() != Some(issuer) {
+            return Err(AuthError::InvalidToken("token issuer not trusted".into()));
+        }
+        match self.oidc.iter().find(|p| p.issuer == issuer) {
+            Some(provider) => provider.verify(token, &peek).await,
+            None => Err(AuthError::InvalidToken("token issuer not trusted".into())),
         }
     }
 

@@ -173,16 +173,20 @@ impl OidcProvider {
     /// Builds the provider; a JWKS file is read now (and must hold a usable key), a URL is
     /// fetched on first use.
     pub fn new(cfg: &OidcConfig, config: &Config) -> anyhow::Result<OidcProvider> {
-        let (source, http) = if cfg.jwks.starts_with("https://") {
+        let (source, http) = if cfg.jwks.starts_with("https://")
+            || (cfg.jwks.starts_with("http://")
+                && super::provider_url::check_provider_url(&cfg.jwks).is_ok())
+        {
+            // Plain http only to a loopback address (see `provider_url`).
             let client = reqwest::Client::builder()
-                .https_only(true)
+                .https_only(cfg.jwks.starts_with("https://"))
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| anyhow::anyhow!("oidc {}: HTTP client: {e}", cfg.issuer))?;
             (Source::Url(cfg.jwks.clone()), Some(client))
         } else if cfg.jwks.contains("://") {
             anyhow::bail!(
-                "oidc {}: jwks {:?} must be a file or an https:// URL",
+                "oidc {}: jwks {:?} must be a file or an https:// URL (http:// only to 127.0.0.1 or [::1])",
                 cfg.issuer,
                 cfg.jwks
             );

@@ -91,12 +91,17 @@ pub struct UsersFile {
 pub struct UserEntry {
     /// argon2id PHC string.
     pub hash: String,
+    /// TOTP secret (base32) when the user has a second factor (`user add --totp`,
+    /// `user totp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
 }
 
 impl std::fmt::Debug for UserEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserEntry")
             .field("hash", &"[redacted]")
+            .field("totp", &self.totp.as_ref().map(|_| "[redacted]"))
             .finish()
     }
 }
@@ -195,6 +200,11 @@ impl UserStore {
     /// The stored hash of `user`, re-reading the file first if it changed.
     pub fn hash_of(&self, user: &str) -> Option<String> {
         self.current().get(user).map(|e| e.hash.clone())
+    }
+
+    /// The TOTP secret of `user`, if enrolled (same re-read rule as [`hash_of`](Self::hash_of)).
+    pub fn totp_of(&self, user: &str) -> Option<String> {
+        self.current().get(user).and_then(|e| e.totp.clone())
     }
 
     /// The current users, re-reading the file if its mtime, size or inode changed.

@@ -51,7 +51,8 @@ fn env(users: &[(&str, &str)]) -> Env {
     let mut file = UsersFile::default();
     for (name, pw) in users {
         let hash = hash_password(&Secret::new(pw.to_string())).unwrap();
-        file.users.insert(name.to_string(), UserEntry { hash });
+        file.users
+            .insert(name.to_string(), UserEntry { hash, totp: None });
     }
     file.save(&config.users_path()).unwrap();
     Env { _dir: dir, config }
@@ -138,6 +139,7 @@ async fn users_file_is_reread_when_it_changes() {
         "bob".into(),
         UserEntry {
             hash: hash_password(&pw("two")).unwrap(),
+            totp: None,
         },
     );
     file.save(&e.config.users_path()).unwrap();
@@ -556,6 +558,9 @@ fn oidc_env(keys: &[&IdpKey]) -> (Env, Authenticator) {
         jwks: "idp-jwks.json".into(),
         user_claim: "email".into(),
         groups_claim: "groups".into(),
+        client_id: None,
+        client_secret_file: None,
+        device_scope: "openid".into(),
     }];
     let auth = Authenticator::new(&e.config).unwrap();
     (e, auth)
@@ -827,6 +832,9 @@ fn oidc_config_errors() {
         jwks: "http://idp.example.org/jwks".into(),
         user_claim: "email".into(),
         groups_claim: "groups".into(),
+        client_id: None,
+        client_secret_file: None,
+        device_scope: "openid".into(),
     }];
     assert!(
         Authenticator::new(&e.config)
@@ -945,6 +953,9 @@ async fn oidc_jwks_over_https() {
         jwks: format!("https://localhost:{port}/jwks"),
         user_claim: "email".into(),
         groups_claim: "groups".into(),
+        client_id: None,
+        client_secret_file: None,
+        device_scope: "openid".into(),
     };
     let client = reqwest::Client::builder()
         .https_only(true)

@@ -21,6 +21,14 @@ pub const IDP_GROUPS_EXTENSION: &str = "idp-groups@drawbridge";
 /// The extension carrying the reason given at issuance (`?reason=`), when one was.
 pub const REASON_EXTENSION: &str = "reason@drawbridge";
 
+/// The extension naming the recorded session a bastion's per-session certificate was
+/// made for (the session id), so the target's log ties a login to its recording.
+pub const SESSION_EXTENSION: &str = "session@drawbridge";
+
+/// How long a recorded session's per-session certificate is valid after it is made
+/// (plus [`BACKDATING`] before): OpenSSH checks a certificate only when logging in.
+pub const SESSION_CERT_VALIDITY: Duration = Duration::from_secs(120);
+
 /// The critical option carrying the policy's `source` networks: the only critical option
 /// drawbridge sets or understands.
 pub const SOURCE_ADDRESS: &str = "source-address";

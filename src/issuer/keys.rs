@@ -34,6 +34,10 @@ pub const TOKEN_KEY: &str = "token_key";
 pub const TOKEN_KEY_PUB: &str = "token_key.pub";
 pub const TLS_KEY: &str = "tls.key";
 pub const TLS_CRT: &str = "tls.crt";
+/// Signs recorded sessions' per-session certificates in a `--bastion-only` process
+/// (made by `ca init`; optional, so folders made before it still load).
+pub const SESSION_CA: &str = "session_ca";
+pub const SESSION_CA_PUB: &str = "session_ca.pub";
 
 /// The files a complete key folder has. The bastion's host certificate is not listed:
 /// [`ensure`] signs it again when it is missing or stale.
@@ -153,6 +157,9 @@ pub struct IssuerKeys {
     pub trusted_user_cas: Vec<PublicKey>,
     /// Signs host certificates.
     pub host_ca: CaKey,
+    /// `session_ca.pub` when present: the `--bastion-only` bastions' per-session CA,
+    /// which targets trust beside the user CA.
+    pub session_ca: Option<PublicKey>,
 }
 
 impl IssuerKeys {
@@ -177,16 +184,29 @@ impl IssuerKeys {
             ));
         }
         let host_ca = CaKey::load(&dir.join(HOST_CA))?;
+        let session_path = dir.join(SESSION_CA_PUB);
+        let session_ca = if session_path.exists() {
+            let text = files::read_public(&session_path)?;
+            Some(PublicKey::from_openssh(text.trim()).map_err(|e| {
+                CaError::invalid(&session_path, format!("not an OpenSSH public key: {e}"))
+            })?)
+        } else {
+            None
+        };
         Ok(IssuerKeys {
             user_ca,
             trusted_user_cas,
             host_ca,
+            session_ca,
         })
     }
 
-    /// `GET /v1/ca`: every trusted user CA public key, one line each.
+    /// `GET /v1/ca`: every trusted user CA public key, one line each, then the session
+    /// CA's when there is one (targets trust them all).
     pub fn ca_public_lines(&self) -> Result<String, CaError> {
-        lines_of(&self.trusted_user_cas)
+        let mut keys = self.trusted_user_cas.clone();
+        keys.extend(self.session_ca.iter().cloned());
+        lines_of(&keys)
     }
 
     /// `GET /v1/known_hosts`: `@cert-authority * <host CA key>`.
@@ -509,7 +529,10 @@ fn sign_bastion_cert(dir: &Path, host_names: &[String], now: SystemTime) -> Resu
 /// written in that case. Returns the files created.
 pub fn init(dir: &Path, host_names: &[String], now: SystemTime) -> Result<Vec<PathBuf>, CaError> {
     check_host_names(host_names)?;
-    for f in REQUIRED_FILES.iter().chain([&BASTION_HOST_CERT]) {
+    for f in REQUIRED_FILES
+        .iter()
+        .chain([&BASTION_HOST_CERT, &SESSION_CA, &SESSION_CA_PUB])
+    {
         let p = dir.join(f);
         if p.exists() {
             return Err(CaError::Exists(p));
@@ -544,6 +567,11 @@ pub fn init(dir: &Path, host_names: &[String], now: SystemTime) -> Result<Vec<Pa
         now,
     )?;
     out.push((BASTION_HOST_CERT, z(cert.openssh_line()?), PUBLIC_MODE));
+
+    let session_ca = CaKey::generate(&format!("drawbridge session CA {stamp}"))?;
+    out.push((SESSION_CA, session_ca.to_openssh()?, PRIVATE_MODE));
+    let session_ca_pub = public_to_openssh(session_ca.public_key())? + "\n";
+    out.push((SESSION_CA_PUB, z(session_ca_pub), PUBLIC_MODE));
 
     let (token_private, token_public) = token_key_pem()?;
     out.push((TOKEN_KEY, token_private, PRIVATE_MODE));

@@ -14,10 +14,13 @@ fn init_then_load_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
     let created = init(&dir, &names(), SystemTime::now()).unwrap();
-    assert_eq!(created.len(), REQUIRED_FILES.len() + 1);
+    // Every required file, the bastion's host certificate, the session CA and its .pub.
+    assert_eq!(created.len(), REQUIRED_FILES.len() + 3);
     assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     let keys = IssuerKeys::load(&dir).unwrap();
     assert_eq!(keys.trusted_user_cas.len(), 1);
+    assert!(keys.session_ca.is_some());
+    assert_eq!(keys.ca_public_lines().unwrap().lines().count(), 2);
     let b = BastionKeys::load(&dir).unwrap();
     let cert = b.host_cert.as_ref().unwrap();
     assert_eq!(

@@ -46,6 +46,18 @@ pub fn run(config: &Config, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Principals { host, out, dir } => {
             principals(&dir_or_default(dir), &host, out.as_deref())
         }
+        PolicyCommand::Verify {
+            rev,
+            repo,
+            allowed_signers,
+            in_force,
+        } => super::git::verify_cmd::verify(
+            config,
+            &rev,
+            repo.as_deref(),
+            allowed_signers.as_deref(),
+            in_force.as_deref(),
+        ),
     }
 }
 
@@ -102,6 +114,19 @@ fn check(dir: &Path, config: &Config) -> anyhow::Result<ExitCode> {
         p.revoked.len(),
         p.version
     );
+    let recorded: Vec<&str> = p
+        .hosts
+        .keys()
+        .filter(|h| p.may_record(h))
+        .map(String::as_str)
+        .collect();
+    if !recorded.is_empty() {
+        println!(
+            "{}: sessions recorded (by the host or a principal that grants it): {}",
+            dir.display(),
+            recorded.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -188,6 +213,10 @@ fn explain(
                 ));
             }
             out.push_str(&format!("  {}\n", holding(&p, user, groups, &grant.via)));
+            out.push_str(&format!(
+                "  {}\n",
+                recording_line(&p, user, groups, host, now)
+            ));
         }
         Decision::Deny { reason } => {
             out.push_str(&format!("DENY {u} -> {h} as {l}\n"));
@@ -217,6 +246,28 @@ fn explain(
     ));
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the session is recorded, and which rule says so. The bastion decides before
+/// it knows the login, from every principal the certificate holds that grants the host;
+/// here that is every principal `user` holds now.
+fn recording_line(
+    p: &Policy,
+    user: &str,
+    groups: &[String],
+    host: &str,
+    now: SystemTime,
+) -> String {
+    let held = p.held(user, groups, now);
+    let names: Vec<&str> = held.iter().map(|g| g.principal.as_str()).collect();
+    match p.recorded_by(host, &names) {
+        Some(by) => format!(
+            "recorded: {} ({}) says record = true",
+            by.rule(),
+            by.origin()
+        ),
+        None => "not recorded".to_string(),
+    }
 }
 
 fn selector_desc(sel: &HostSelector) -> String {

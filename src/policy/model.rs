@@ -49,6 +49,8 @@ pub struct Host {
     pub address: String,
     pub port: u16,
     pub labels: BTreeMap<String, String>,
+    /// `record = true`: every session to this host is recorded.
+    pub record: bool,
     pub origin: Origin,
 }
 
@@ -74,6 +76,8 @@ pub struct Principal {
     pub extensions: Vec<String>,
     /// A certificate carrying this principal is issued only with a reason (`?reason=`).
     pub require_reason: bool,
+    /// `record = true`: every session to a host this principal grants is recorded.
+    pub record: bool,
     pub origin: Origin,
 }
 

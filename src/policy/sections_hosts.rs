@@ -30,7 +30,7 @@ pub(super) fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -
     let context = format!("[hosts.{}]", key.get_ref());
     // An unknown key is reported but does not hide the entry from the
     // cross-file checks (duplicates, references).
-    ctx.unknown_keys(body, &["address", "labels"], &context);
+    ctx.unknown_keys(body, &["address", "labels", "record"], &context);
     let mut ok = true;
     let mut address = None;
     if let Some(v) = get(body, "address") {
@@ -53,6 +53,13 @@ pub(super) fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -
             None => ok = false,
         }
     }
+    let record = match parse_bool(ctx, body, "record") {
+        Some(b) => b,
+        None => {
+            ok = false;
+            false
+        }
+    };
     let (address, port) = address?;
     if !ok {
         return None;
@@ -62,8 +69,27 @@ pub(super) fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -
         address,
         port,
         labels,
+        record,
         origin: ctx.origin(&key.span()),
     })
+}
+
+/// An optional boolean key: `Some(false)` when absent, `None` (error reported) when it
+/// is not a boolean.
+fn parse_bool(ctx: &mut Ctx<'_>, body: &DeTable<'_>, key: &str) -> Option<bool> {
+    let Some(v) = get(body, key) else {
+        return Some(false);
+    };
+    match v.get_ref() {
+        DeValue::Boolean(b) => Some(*b),
+        other => {
+            ctx.err(
+                v.span(),
+                format!("{key} must be true or false, not {}", type_name(other)),
+            );
+            None
+        }
+    }
 }
 
 fn parse_labels(ctx: &mut Ctx<'_>, v: &Val<'_>, what: &str) -> Option<BTreeMap<String, String>> {
@@ -108,7 +134,14 @@ pub(super) fn parse_principal(
     // cross-file checks (duplicates, references).
     ctx.unknown_keys(
         body,
-        &["hosts", "logins", "max_ttl", "extensions", "require_reason"],
+        &[
+            "hosts",
+            "logins",
+            "max_ttl",
+            "extensions",
+            "require_reason",
+            "record",
+        ],
         &context,
     );
     let mut ok = true;
@@ -263,6 +296,13 @@ pub(super) fn parse_principal(
             }
         }
     }
+    let record = match parse_bool(ctx, body, "record") {
+        Some(b) => b,
+        None => {
+            ok = false;
+            false
+        }
+    };
     if !ok {
         return None;
     }
@@ -274,6 +314,7 @@ pub(super) fn parse_principal(
             max_ttl,
             extensions,
             require_reason,
+            record,
             origin: ctx.origin(&key.span()),
         },
         host_origins,

@@ -21,7 +21,10 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use super::folder::{content_hash, git_index_path, policy_paths, read_folder};
+use super::git::GitSource;
 use super::{LoadErrors, Policy};
+
+mod git_reload;
 
 /// What a reload did, for the caller to log and audit.
 #[derive(Debug, Clone)]
@@ -30,6 +33,9 @@ pub enum ReloadOutcome {
     Applied {
         old_version: String,
         new_version: String,
+        /// Policy from Git with `allowed_signers`: who signed the commit now in force
+        /// (the allowed_signers principals and the key's fingerprint).
+        signed_by: Option<String>,
     },
     /// The files changed but do not load; the last good policy stays in force.
     Rejected {
@@ -41,6 +47,20 @@ pub enum ReloadOutcome {
     Refused {
         kept_version: String,
         new_version: String,
+        reason: String,
+    },
+    /// Policy from Git: the commit at the head of the ref is refused (not a descendant,
+    /// not signed by an allowed key, or its files do not load); the commit in force stays.
+    CommitRejected {
+        kept_version: String,
+        commit: String,
+        reason: crate::audit::RefusalCode,
+        errors: Vec<String>,
+    },
+    /// Policy from Git: the ref could not be fetched or read; the commit in force stays
+    /// and the next poll tries again.
+    Unavailable {
+        kept_version: String,
         reason: String,
     },
     /// Nothing changed.
@@ -57,6 +77,8 @@ pub struct PolicyStore {
     applied: tokio::sync::watch::Sender<Arc<Policy>>,
     /// What the files looked like when last read.
     state: Mutex<WatchState>,
+    /// Policy from Git: the clone and the checks (`None`: the folder `dir`).
+    git: Option<GitSource>,
 }
 
 #[derive(Default)]
@@ -65,6 +87,9 @@ struct WatchState {
     content: String,
     /// Fingerprint of the folder at the last read.
     fingerprint: Option<Fingerprint>,
+    /// Policy from Git: the head last refused, with the allowed signers it was checked
+    /// against (refused once, recorded once; checked again when either changes).
+    rejected: Option<(String, String)>,
 }
 
 /// Paths, sizes and modification times of the policy files: cheap to take, changes
@@ -118,7 +143,9 @@ impl PolicyStore {
             state: Mutex::new(WatchState {
                 content: content_hash(&folder.files),
                 fingerprint: Some(fp),
+                rejected: None,
             }),
+            git: None,
         }))
     }
 
@@ -131,6 +158,7 @@ impl PolicyStore {
             current: ArcSwap::new(policy.clone()),
             applied: tokio::sync::watch::Sender::new(policy),
             state: Mutex::new(WatchState::default()),
+            git: None,
         })
     }
 
@@ -170,6 +198,9 @@ impl PolicyStore {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(git) = &self.git {
+            return self.reload_git(git, &mut state, commit);
+        }
         state.fingerprint = Some(fingerprint_with(&self.dir, self.git_index.as_deref()));
         let kept_version = self.current.load().version.clone();
         let folder = match read_folder(&self.dir) {
@@ -196,6 +227,7 @@ impl PolicyStore {
                 let outcome = ReloadOutcome::Applied {
                     old_version: kept_version.clone(),
                     new_version: version.clone(),
+                    signed_by: None,
                 };
                 if let Err(reason) = commit(&outcome) {
                     // Not applied: look again at the next poll even if the files stay.
@@ -225,6 +257,10 @@ impl PolicyStore {
 
     /// Whether the folder's fingerprint differs from the one at the last read.
     fn changed(&self) -> bool {
+        if self.git.is_some() {
+            // Only a fetch tells: every poll fetches.
+            return true;
+        }
         let fp = fingerprint_with(&self.dir, self.git_index.as_deref());
         match self.state.lock() {
             Ok(s) => s.fingerprint.as_ref() != Some(&fp),

@@ -113,6 +113,7 @@ fn start_bastion_with(w: &Dmz, cfg: SshConfig, sink: Option<MemorySink>) -> Runn
             audit,
             metrics: m,
             shutdown: shutdown_rx,
+            recording: None,
         })
         .await;
         let _ = tx.send(r);

@@ -86,6 +86,7 @@ fn principal(name: &str, max_ttl: Option<u64>, ext: &[&str]) -> (String, Princip
             max_ttl: max_ttl.map(Duration::from_secs),
             extensions: ext.iter().map(|s| s.to_string()).collect(),
             require_reason: false,
+            record: false,
             origin: Origin::default(),
         },
     )

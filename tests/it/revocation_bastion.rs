@@ -639,6 +639,7 @@ fn a_forward_whose_record_cannot_be_written_never_reaches_the_target() {
             audit,
             metrics: drawbridge::bastion::BastionMetrics::new(),
             shutdown: stop_rx,
+            recording: None,
         },
     ));
     wait_for_port(

@@ -124,11 +124,35 @@ pub fn start() -> Option<Bastion> {
 /// and `extra_hosts` in the inventory. `None` only when sshd/root is missing and
 /// `DRAWBRIDGE_ALLOW_SKIP` is set.
 pub fn start_with(ssh_extra: &str, extra_hosts: &[(&str, String)]) -> Option<Bastion> {
+    start_configured(ssh_extra, "", extra_hosts)
+}
+
+/// [`start_with`] with `extra_config` (more drawbridge.toml sections, e.g. `[[oidc]]`).
+pub fn start_configured(
+    ssh_extra: &str,
+    extra_config: &str,
+    extra_hosts: &[(&str, String)],
+) -> Option<Bastion> {
+    start_full(ssh_extra, extra_config, extra_hosts, |_| {})
+}
+
+/// Like [`start_configured`], with `before_launch` run once the DMZ and its policy folder
+/// are written, just before `serve` starts (e.g. to commit the folder).
+pub fn start_prepared(extra_config: &str, before_launch: impl FnOnce(&Dmz)) -> Option<Bastion> {
+    start_full("", extra_config, &[], before_launch)
+}
+
+fn start_full(
+    ssh_extra: &str,
+    extra_config: &str,
+    extra_hosts: &[(&str, String)],
+    before_launch: impl FnOnce(&Dmz),
+) -> Option<Bastion> {
     if !need_sshd() {
         return None;
     }
     let t = TestDir::new();
-    let mut d = Drawbridge::prepare_with_ssh(&[], "", ssh_extra);
+    let mut d = Drawbridge::prepare_with_ssh(&[], extra_config, ssh_extra);
     let (code, out, err) = d.cli(&["ca", "init"], None);
     assert_eq!(code, 0, "ca init: {out}{err}");
     let (user_ca, host_ca) = (d.ca("user_ca"), d.ca("host_ca"));
@@ -138,6 +162,7 @@ pub fn start_with(ssh_extra: &str, extra_hosts: &[(&str, String)]) -> Option<Bas
     if !extra_hosts.is_empty() {
         dmz.write_policy(true, extra_hosts);
     }
+    before_launch(&dmz);
     d.launch(&[]);
     Some(Bastion { dmz, d, other_ca })
 }
