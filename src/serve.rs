@@ -194,9 +194,13 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             policy.clone(),
             audit.clone(),
             metrics.clone(),
-            shared_state
-                .as_ref()
-                .map(|s| (s.db.clone(), s.limiter.clone() as _)),
+            shared_state.as_ref().map(|s| {
+                (
+                    s.db.clone(),
+                    s.limiter.clone() as _,
+                    s.used_codes.clone() as _,
+                )
+            }),
         )
         .context("preparing the API")?;
         let tls = if config.api.tls {

@@ -26,6 +26,14 @@ use crate::policy::Policy;
 use crate::policy::watch::PolicyStore;
 use metrics::Metrics;
 
+/// With `[state] postgres`: the database (for `/healthz`), the shared login limiter and
+/// the shared store of used one-time codes.
+pub type SharedLogin = (
+    Arc<crate::state::db::Db>,
+    Arc<dyn crate::identity::LoginLimiter>,
+    Arc<dyn crate::identity::UsedCodes>,
+);
+
 /// Everything the handlers share.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -61,14 +69,14 @@ impl AppState {
         policy: Arc<PolicyStore>,
         audit: Audit,
         metrics: Arc<Metrics>,
-        shared: Option<(
-            Arc<crate::state::db::Db>,
-            Arc<dyn crate::identity::LoginLimiter>,
-        )>,
+        shared: Option<SharedLogin>,
     ) -> anyhow::Result<Arc<AppState>> {
         let keys = IssuerKeys::load(&config.ca_dir())?;
         let (shared_state, auth) = match shared {
-            Some((db, limiter)) => (Some(db), Authenticator::with_limiter(&config, limiter)?),
+            Some((db, limiter, used_codes)) => (
+                Some(db),
+                Authenticator::with_shared(&config, limiter, used_codes)?,
+            ),
             None => (None, Authenticator::new(&config)?),
         };
         let device = crate::identity::device::DeviceLogin::from_config(&config)?.map(Arc::new);

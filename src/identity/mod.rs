@@ -344,6 +344,16 @@ impl Authenticator {
         config: &Config,
         limiter: Arc<dyn LoginLimiter>,
     ) -> anyhow::Result<Authenticator> {
+        Self::with_shared(config, limiter, Arc::new(MemoryUsedCodes::new()))
+    }
+
+    /// Like [`with_limiter`](Self::with_limiter), with another store of used one-time codes
+    /// (shared by replicas with `[state] postgres`).
+    pub fn with_shared(
+        config: &Config,
+        limiter: Arc<dyn LoginLimiter>,
+        used_codes: Arc<dyn UsedCodes>,
+    ) -> anyhow::Result<Authenticator> {
         let tokens = TokenKeys::load(&token_key_path(config))?;
         let mut oidc = Vec::new();
         for p in &config.oidc {
@@ -371,7 +381,7 @@ impl Authenticator {
             oidc,
             token_ttl: config.login.token_ttl,
             dummy_hash,
-            used_codes: Arc::new(MemoryUsedCodes::new()),
+            used_codes,
             require_totp: config.login.require_totp,
         })
     }
@@ -446,7 +456,7 @@ impl Authenticator {
                             "one-time code wrong or outside one step of now".into(),
                         ));
                     };
-                    if !self.used_codes.claim(user, step) {
+                    if !self.used_codes.claim(user, step).await {
                         return Err(AuthError::OtpRefused("one-time code already used".into()));
                     }
                 }

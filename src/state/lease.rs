@@ -76,6 +76,12 @@ pub async fn renew(
             )
             .await?;
         }
+        // A TOTP code is valid one 30 s step either side of now: older steps never return.
+        c.execute(
+            "DELETE FROM totp_used WHERE step < (extract(epoch from now()) / 30)::bigint - 10",
+            &[],
+        )
+        .await?;
         c.execute(
             "DELETE FROM replicas WHERE lease_until < now() - interval '1 day'",
             &[],

@@ -9,6 +9,7 @@
 //! | failed-login limits | `identity::LoginLimiter` | [`limiter::PgLimiter`] |
 //! | connections per user | `bastion::counts::ConnectionCounts` | [`counts::PgCounts`] |
 //! | open forwards, with leases | `bastion::registry::ForwardRegistry` | [`forwards::PgRegistry`] |
+//! | TOTP codes already used | `identity::UsedCodes` | [`used_codes::PgUsedCodes`] |
 //!
 //! [`connect`] turns the config into a connection (never a password in the URL);
 //! [`db::Db`] is the shared, self-healing connection with a bound on every wait;
@@ -32,6 +33,7 @@ pub mod forwards;
 pub mod lease;
 pub mod limiter;
 pub mod migrate;
+pub mod used_codes;
 pub mod wiring;
 
 /// What went wrong with the shared state.

@@ -22,6 +22,7 @@ pub struct Shared {
     pub limiter: Arc<PgLimiter>,
     pub counts: Arc<PgCounts>,
     pub forwards: Arc<PgRegistry>,
+    pub used_codes: Arc<super::used_codes::PgUsedCodes>,
 }
 
 impl Shared {
@@ -40,6 +41,7 @@ impl Shared {
             )),
             counts: Arc::new(PgCounts::new(db.clone())),
             forwards: Arc::new(PgRegistry::new(db.clone())),
+            used_codes: Arc::new(super::used_codes::PgUsedCodes::new(db.clone())),
             db,
         })
     }

@@ -58,6 +58,16 @@ async fn postgres_limits_and_counts_keep_the_contracts_of_the_memory_ones() {
     let counts = drawbridge::state::counts::PgCounts::new(db.clone());
     drawbridge::bastion::counts::contract::all(&counts).await;
 
+    // One-time codes: a step claimed on one replica is refused on another.
+    use drawbridge::identity::UsedCodes;
+    let codes_a = drawbridge::state::used_codes::PgUsedCodes::new(db.clone());
+    let codes_b = drawbridge::state::used_codes::PgUsedCodes::new(Db::new(target(&pg, "r2")));
+    assert!(codes_a.claim("alice", 100).await);
+    assert!(!codes_b.claim("alice", 100).await);
+    assert!(!codes_a.claim("alice", 100).await);
+    assert!(codes_b.claim("bob", 100).await);
+    assert!(codes_b.claim("alice", 101).await);
+
     // Across replicas: a second replica's count sees the first one's places.
     let t2 = target(&pg, "r2");
     let other = drawbridge::state::counts::PgCounts::new(Db::new(t2));
