@@ -463,10 +463,10 @@ fn recording_setup(
     with_issuer: bool,
 ) -> anyhow::Result<Option<crate::bastion::recorded::Setup>> {
     use crate::bastion::recorded::{RecordingKeys, Setup, seam};
+    // The folder is made (0700) by the first recorded session, not here: a service whose
+    // policy records nothing leaves no empty folder behind, and one that cannot make it
+    // refuses that session with `recording-unavailable`.
     let dir = seam::recording_dir(config);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the recordings folder; recorded sessions will be refused");
-    }
     let keys = if with_issuer {
         let k = crate::issuer::IssuerKeys::load(ca_dir)
             .with_context(|| format!("loading the CA keys from {}", ca_dir.display()))?;
