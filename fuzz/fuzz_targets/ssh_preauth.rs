@@ -81,6 +81,7 @@ fn fixture() -> &'static Fixture {
                     audit,
                     metrics: BastionMetrics::new(),
                     shutdown: rx,
+                    recording: None,
                 })
                 .await;
                 panic!("the bastion stopped: {r:?}");
