@@ -43,6 +43,9 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let run_api = !args.bastion_only;
     let run_bastion = !args.api_only;
     let ca_dir = config.ca_dir();
+    // Installed before anything is announced: a SIGHUP sent as soon as the listeners are
+    // printed must reload, not be lost (nor, before tokio's handler, end the process).
+    let signals = StopSignals::install();
 
     if run_api {
         let outcome = crate::issuer::keys::ensure(&ca_dir, &config.ssh.host_names)
@@ -230,7 +233,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }));
     }
 
-    wait_for_stop(&shutdown, &policy, &audit).await;
+    wait_for_stop(signals, &shutdown, &policy, &audit).await;
     let grace = config.ssh.shutdown_grace + Duration::from_secs(2);
     for t in tasks {
         let _ = tokio::time::timeout(grace, t).await;
@@ -271,20 +274,37 @@ fn spawn_checkpoints(checkpoints: Checkpointer, shutdown: CancellationToken) {
     });
 }
 
-/// Blocks until SIGTERM or Ctrl-C; SIGHUP reloads the policy meanwhile.
-async fn wait_for_stop(shutdown: &CancellationToken, policy: &Arc<PolicyStore>, audit: &Audit) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(h)) => (t, h),
-        _ => {
-            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-            return;
+/// SIGTERM and SIGHUP, listened to from the start of `serve`.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Option<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hup)) => Some(StopSignals { term, hup }),
+            _ => None,
         }
+    }
+}
+
+/// Blocks until SIGTERM or Ctrl-C; SIGHUP reloads the policy meanwhile.
+async fn wait_for_stop(
+    signals: Option<StopSignals>,
+    shutdown: &CancellationToken,
+    policy: &Arc<PolicyStore>,
+    audit: &Audit,
+) {
+    let Some(StopSignals { mut term, mut hup }) = signals else {
+        tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+        return;
     };
     loop {
         tokio::select! {

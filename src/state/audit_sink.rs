@@ -75,8 +75,19 @@ impl PgSink {
                 dirty: false,
             },
         };
-        sink.blocking(|s| s.rt.block_on(s.inner.ensure()).map(|_| ()))?;
-        Ok(sink)
+        // At start the database may be slow to answer (replicas starting together, a busy
+        // machine): keep trying for as long as the migration step does before giving up.
+        let deadline = std::time::Instant::now() + super::migrate::START_WAIT;
+        loop {
+            match sink.blocking(|s| s.rt.block_on(s.inner.ensure()).map(|_| ())) {
+                Ok(()) => return Ok(sink),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "the audit chain in PostgreSQL: trying again");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs `f` off the caller's runtime when there is one (a runtime cannot block on

@@ -15,7 +15,7 @@ refinery::embed_migrations!("migrations");
 /// Lock key of the migration run (any fixed number; the other locks hash text).
 const MIGRATION_LOCK: i64 = 0x6472_6177_6272_6964;
 /// Waiting for the database at start at most this long (it may be starting too).
-const START_WAIT: Duration = Duration::from_secs(10);
+pub(super) const START_WAIT: Duration = Duration::from_secs(10);
 
 /// Connects (retrying for a few seconds), then brings the schema up to date. The service
 /// does not start without it.
