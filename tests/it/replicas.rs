@@ -598,6 +598,11 @@ fn t51_a_signed_commit_cuts_forwards_on_every_replica_and_bad_commits_are_refuse
             i + 1
         );
     }
+    // Cutting a connection whose client then leaves at once panicked no connection task.
+    for (i, d) in reps.r.iter().enumerate() {
+        let log = d.server_log();
+        assert!(!log.contains("panicked"), "r{} panicked: {log}", i + 1);
+    }
     let (code, out) = reps.verify_postgres();
     assert_eq!(code, 0, "{out}");
 }
