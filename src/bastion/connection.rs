@@ -190,11 +190,19 @@ pub(super) async fn serve_connection(
             f.signal();
         }
     }
+    // A session that has ended must not be polled again (its join handle panics when
+    // polled after completion): a client that leaves within the second given to read
+    // the reason ends it here.
+    let mut ended = false;
     if valid_before.is_some() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
+        ended = tokio::time::timeout(Duration::from_secs(1), &mut session)
+            .await
+            .is_ok();
     }
     kill.kill();
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+    if !ended {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+    }
 }
 
 /// One SSH connection's handler.

@@ -59,11 +59,17 @@ pub fn run(config: &Config, cmd: SessionCommand) -> anyhow::Result<ExitCode> {
                 host,
                 since,
                 live,
+                here: config.state.replica.clone(),
             };
-            let log_file =
-                std::fs::File::open(&log).with_context(|| format!("{}", log.display()))?;
-            let sessions =
-                sessions_in_log(log_file).with_context(|| format!("{}", log.display()))?;
+            // With shared state, every replica's chain (in PostgreSQL) unless a log file
+            // is named.
+            let sessions = if files.log.is_none() && config.state.postgres.is_some() {
+                crate::state::sessions::sessions(config)?
+            } else {
+                let log_file =
+                    std::fs::File::open(&log).with_context(|| format!("{}", log.display()))?;
+                sessions_in_log(log_file).with_context(|| format!("{}", log.display()))?
+            };
             let files = recordings_in(&dir);
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -141,6 +147,8 @@ pub struct ListFilter {
     /// RFC 3339 with milliseconds, as records write `ts`.
     pub since: Option<String>,
     pub live: bool,
+    /// This replica's name: sessions of other replicas have their recordings there.
+    pub here: Option<String>,
 }
 
 impl ListFilter {
@@ -188,6 +196,7 @@ pub fn write_list(
     filter: &ListFilter,
 ) -> std::io::Result<()> {
     let mut rows: Vec<[String; 8]> = Vec::new();
+    let mut replicas: Vec<String> = Vec::new();
     let mut kept: Vec<&Session> = sessions.values().filter(|s| filter.keeps(s)).collect();
     kept.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
     for s in kept {
@@ -197,10 +206,13 @@ pub fn write_list(
             .and_then(|e| e.duration_ms)
             .map(|ms| crate::util::format_duration(Duration::from_secs(ms / 1000)))
             .unwrap_or_else(|| "-".into());
+        let elsewhere = !s.replica.is_empty() && filter.here.as_deref() != Some(&s.replica);
         let recording = match files.get(&s.id) {
             Some(size) => format!("{size} bytes"),
+            None if elsewhere => format!("on {}", escape_controls(&s.replica)),
             None => "missing".into(),
         };
+        replicas.push(escape_controls(&s.replica));
         let started = if s.started.is_empty() {
             "?".to_string()
         } else {
@@ -219,6 +231,7 @@ pub fn write_list(
     }
     if !filter.any() {
         for (id, size) in files.iter().filter(|(id, _)| !sessions.contains_key(*id)) {
+            replicas.push("?".into());
             rows.push([
                 id.clone(),
                 "?".into(),
@@ -231,6 +244,8 @@ pub fn write_list(
             ]);
         }
     }
+    // A REPLICA column when the sessions come from the replicas' chains.
+    let by_replica = sessions.values().any(|s| !s.replica.is_empty());
     let header = [
         "SESSION",
         "STARTED",
@@ -241,6 +256,14 @@ pub fn write_list(
         "DURATION",
         "RECORDING",
     ];
+    let mut header: Vec<&str> = header.to_vec();
+    let mut rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    if by_replica {
+        header.insert(1, "REPLICA");
+        for (r, name) in rows.iter_mut().zip(replicas) {
+            r.insert(1, name);
+        }
+    }
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -259,7 +282,7 @@ pub fn write_list(
         s.push('\n');
         s
     };
-    out.write_all(line(header.to_vec()).as_bytes())?;
+    out.write_all(line(header.clone()).as_bytes())?;
     for r in &rows {
         out.write_all(line(r.iter().map(String::as_str).collect()).as_bytes())?;
     }

@@ -71,6 +71,7 @@ fn session(id: &str, started: &str, user: &str, host: &str, ended: bool) -> (Str
                 duration_ms: Some(90_000),
                 ..Default::default()
             }),
+            replica: String::new(),
         },
     )
 }

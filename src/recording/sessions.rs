@@ -34,6 +34,8 @@ pub struct Session {
     pub host: String,
     pub login: String,
     pub ended: Option<Ended>,
+    /// The replica whose chain names it (empty when read from a log file).
+    pub replica: String,
 }
 
 impl Session {

@@ -13,14 +13,14 @@ use crate::audit::VerifyFailure;
 use crate::audit::record::verify_reader;
 use crate::config::Config;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Client> {
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<Client> {
     let url = config
         .state
         .postgres

@@ -33,6 +33,7 @@ pub mod forwards;
 pub mod lease;
 pub mod limiter;
 pub mod migrate;
+pub mod sessions;
 pub mod used_codes;
 pub mod wiring;
 

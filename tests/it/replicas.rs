@@ -2,7 +2,9 @@
 //! HAProxy (TCP mode for the API and for SSH, health checked on `/healthz`): what one
 //! replica decides holds on all (login lockouts, the per-user connection cap), every
 //! replica's chain is complete, a killed replica loses no record of the others and its
-//! rows expire, and a database outage fails closed and heals by itself (T52, T53).
+//! rows expire, and a database outage fails closed and heals by itself (T52, T53); with
+//! the policy from signed Git commits, every replica applies a signed commit (cutting its
+//! own forwards) and refuses the unsigned and the forged (T51).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::audit::record_time as ts;
 use crate::support::dmz::{Dmz, write_dmz_policy};
 use crate::support::drawbridge::{Drawbridge, PW};
 use crate::support::haproxy::Haproxy;
 use crate::support::postgres::Postgres;
 use crate::support::process::{run_with_timeout, wait_until};
+use crate::support::signed_git::{Signers, commit_signed, commit_unsigned, init};
 use crate::support::ssh::{Key, SshClient, TestDir};
 
 /// The replicas, their database and load balancer, and the DMZ behind them.
@@ -29,6 +33,18 @@ struct Replicas {
 const N: usize = 3;
 
 fn start(ssh_extra: &str) -> Replicas {
+    start_full(ssh_extra, None).0
+}
+
+/// The replicas with `[policy] git` naming one repository (r1's `policies/` folder made a
+/// Git work tree, polled every 200 ms) and `signers`' allowed_signers file; the first
+/// commit (signed by alice) is in force at start.
+fn start_git(signers: &Signers) -> (Replicas, String) {
+    let (reps, first) = start_full("", Some(signers));
+    (reps, first.unwrap_or_default())
+}
+
+fn start_full(ssh_extra: &str, git: Option<&Signers>) -> (Replicas, Option<String>) {
     let pg = Postgres::start();
     let t = TestDir::new();
     let mut r = Vec::new();
@@ -44,6 +60,21 @@ fn start(ssh_extra: &str) -> Replicas {
         &trusted,
         &first.path().join("policies"),
     );
+    // One repository for all replicas, each fetching it into its own bare clone.
+    let repo = dmz.policy_dir.clone();
+    let first_commit = git.map(|signers| {
+        init(&repo);
+        commit_signed(&repo, &signers.alice, "the first policy")
+    });
+    let policy = git
+        .map(|signers| {
+            format!(
+                "[policy]\ngit = \"{}\"\nref = \"main\"\npoll = \"200ms\"\nallowed_signers = \"{}\"\n\n",
+                repo.display(),
+                signers.allowed.display()
+            )
+        })
+        .unwrap_or_default();
     let mut first = Some(first);
     for i in 1..=N {
         // r1 is the folder `ca init` ran in (its `ca/` is the one the others use).
@@ -53,10 +84,10 @@ fn start(ssh_extra: &str) -> Replicas {
         // One `ca/` (and users file) for all; a state section naming the replica.
         let state = pg.state_config(d.path(), &format!("r{i}"), "3s");
         let extra = if i == 1 {
-            state
+            format!("{policy}{state}")
         } else {
             format!(
-                "[paths]\nca = \"{}\"\nusers = \"{}\"\n\n{state}",
+                "[paths]\nca = \"{}\"\nusers = \"{}\"\n\n{policy}{state}",
                 ca.display(),
                 ca.join("users.toml").display()
             )
@@ -77,7 +108,7 @@ fn start(ssh_extra: &str) -> Replicas {
     let lb = Haproxy::start(&r.iter().map(|d| (d.api, d.ssh)).collect::<Vec<_>>());
     let reps = Replicas { lb, r, dmz, pg, ca };
     reps.wait_all_up();
-    reps
+    (reps, first_commit)
 }
 
 impl Replicas {
@@ -134,6 +165,32 @@ impl Replicas {
         out.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// Replica `i`'s records `event` whose fields equal `fields`.
+    fn find(&self, i: usize, event: &str, fields: &[(&str, &str)]) -> Vec<Value> {
+        self.chain(i)
+            .into_iter()
+            .filter(|r| r["event"] == event && fields.iter().all(|(k, v)| r[*k] == *v))
+            .collect()
+    }
+
+    /// The first such record in replica `i`'s chain, waiting up to `limit` for it.
+    #[track_caller]
+    fn expect(&self, i: usize, event: &str, fields: &[(&str, &str)], limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(r) = self.find(i, event, fields).into_iter().next() {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} {fields:?} in r{}'s chain after {limit:?}; its log: {}",
+                i + 1,
+                self.r[i].server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn count(&self, i: usize, event: &str) -> usize {
@@ -433,4 +490,119 @@ fn a_killed_replica_and_a_database_outage() {
     for i in 1..=N {
         assert!(out.contains(&format!("r{i}: ok")), "{out}");
     }
+}
+
+/// T51 on three replicas: one repository polled by all. An unsigned commit and one signed
+/// by a key not in allowed_signers are refused (and recorded) by every replica, the first
+/// commit staying in force on all with alice's forwards open; then a signed commit taking
+/// alice out of group ops is applied by every replica, each cutting the forward it holds
+/// within 1 s of its reload.
+#[test]
+fn t51_a_signed_commit_cuts_forwards_on_every_replica_and_bad_commits_are_refused_on_all() {
+    let keys = TestDir::new();
+    let signers = Signers::new(&keys);
+    let (reps, first) = start_git(&signers);
+    let repo = reps.dmz.policy_dir.clone();
+    for i in 0..N {
+        let started = reps.expect(i, "service.started", &[], Duration::from_secs(5));
+        assert_eq!(started["policy_version"], first.as_str(), "r{}", i + 1);
+    }
+
+    // One forward of alice (group ops: web-admin) held on each replica, straight to its
+    // SSH port.
+    let alice = reps
+        .dmz
+        .user("alice", "alice", &["web-admin"], "-1m:+10m", 1901, &[]);
+    let mut held = Vec::new();
+    for i in 0..N {
+        let c = reps
+            .dmz
+            .client(&format!("alice-r{}", i + 1), reps.r[i].ssh.port(), &alice);
+        let f = c.hold_forward("web-1:22");
+        let banner = f.first_bytes(Duration::from_secs(20));
+        assert!(
+            banner.starts_with("SSH-2.0-OpenSSH"),
+            "no forward through r{}: {banner:?}",
+            i + 1
+        );
+        held.push((c, f));
+    }
+
+    // Unsigned: refused by every replica, the first commit stays.
+    reps.dmz.write_policy(false, &[]);
+    let unsigned = commit_unsigned(&repo, "alice leaves ops, unsigned");
+    for i in 0..N {
+        let r = reps.expect(
+            i,
+            "policy.rejected",
+            &[("commit", &unsigned)],
+            Duration::from_secs(10),
+        );
+        assert_eq!(r["reason"], "unsigned", "r{}: {r}", i + 1);
+        assert_eq!(r["policy_version"], first.as_str(), "r{}: {r}", i + 1);
+    }
+    // Signed by mallory, who is not in allowed_signers: refused by every replica too.
+    let forged = commit_signed(&repo, &signers.mallory, "alice leaves ops, by mallory");
+    for i in 0..N {
+        let r = reps.expect(
+            i,
+            "policy.rejected",
+            &[("commit", &forged)],
+            Duration::from_secs(10),
+        );
+        assert_eq!(r["reason"], "unknown-signer", "r{}: {r}", i + 1);
+        assert_eq!(r["policy_version"], first.as_str(), "r{}: {r}", i + 1);
+    }
+    for (i, (_, f)) in held.iter_mut().enumerate() {
+        assert!(
+            reps.find(i, "policy.reloaded", &[]).is_empty(),
+            "r{} applied a refused commit",
+            i + 1
+        );
+        assert!(
+            !f.ended_within(Duration::ZERO),
+            "alice's forward on r{} was cut by a refused commit",
+            i + 1
+        );
+    }
+
+    // Signed by alice: every replica applies it and cuts the forward it holds.
+    let second = commit_signed(&repo, &signers.alice, "alice leaves ops");
+    for i in 0..N {
+        let reloaded = reps.expect(
+            i,
+            "policy.reloaded",
+            &[("policy_version", &second)],
+            Duration::from_secs(10),
+        );
+        let cut = reps.expect(
+            i,
+            "forward.cut",
+            &[("key_id", "alice")],
+            Duration::from_secs(5),
+        );
+        let after = ts(&cut).duration_since(ts(&reloaded)).unwrap_or_default();
+        println!("r{}: forward.cut {after:?} after policy.reloaded", i + 1);
+        assert!(
+            after < Duration::from_secs(1),
+            "r{} cut {after:?} after its reload",
+            i + 1
+        );
+        assert_eq!(cut["reason"], "role-lost", "r{}: {cut}", i + 1);
+        assert_eq!(cut["policy_version"], second.as_str(), "r{}: {cut}", i + 1);
+    }
+    for (i, (_, f)) in held.iter_mut().enumerate() {
+        assert!(
+            f.ended_within(Duration::from_secs(3)),
+            "alice's forward on r{} is still open",
+            i + 1
+        );
+    }
+    // Cutting a connection whose client then leaves at once panicked no connection task.
+    for (i, d) in reps.r.iter().enumerate() {
+        let log = d.server_log();
+        assert!(!log.contains("panicked"), "r{} panicked: {log}", i + 1);
+    }
+    let (code, out) = reps.verify_postgres();
+    assert_eq!(code, 0, "{out}");
 }

@@ -227,3 +227,76 @@ async fn a_database_that_stops_answering_is_refused_within_a_second() {
     assert!(back, "the shared state did not come back by itself");
     assert!(db.healthy());
 }
+
+/// `session list` with `[state] postgres` reads every replica's chain from the database:
+/// sessions running on two live replicas are listed live with their replica named (their
+/// recordings are on those replicas), and a session whose replica's lease ran out (the
+/// replica died with it) is not live.
+#[test]
+fn session_list_live_shows_the_sessions_of_every_replica() {
+    let pg = Postgres::start();
+    let t = target(&pg, "r1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        drawbridge::state::migrate::run(&t).await.unwrap();
+        let db = Db::new(t);
+        // What r2's and r3's chains hold while each runs one recorded session, and r4's
+        // (dead: its lease ran out) with one it never ended.
+        sql(
+            &db,
+            r#"
+            INSERT INTO replicas (replica, lease_until) VALUES
+                ('r2', now() + interval '1 minute'),
+                ('r3', now() + interval '1 minute'),
+                ('r4', now() - interval '1 minute');
+            INSERT INTO audit_records (replica, seq, hash, line) VALUES
+                ('r2', 1, 'h', '{"seq":1,"event":"session.started","ts":"2026-12-01T01:00:00.000Z","session":"s2a","key_id":"alice","target":"web-1","login":"root"}'),
+                ('r2', 2, 'h', '{"seq":2,"event":"session.started","ts":"2026-12-01T01:01:00.000Z","session":"s2b","key_id":"bob","target":"web-1","login":"root"}'),
+                ('r2', 3, 'h', '{"seq":3,"event":"session.ended","ts":"2026-12-01T01:02:00.000Z","session":"s2b","key_id":"bob","target":"web-1","login":"root","end":"closed","exit_status":0}'),
+                ('r3', 1, 'h', '{"seq":1,"event":"session.started","ts":"2026-12-01T01:03:00.000Z","session":"s3a","key_id":"carol","target":"web-1","login":"root"}'),
+                ('r4', 1, 'h', '{"seq":1,"event":"session.started","ts":"2026-12-01T01:04:00.000Z","session":"s4a","key_id":"dave","target":"web-1","login":"root"}');
+            "#,
+        )
+        .await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = pg.state_config(dir.path(), "r1", "3s");
+    std::fs::write(dir.path().join("drawbridge.toml"), config).unwrap();
+    let list = |args: &[&str]| {
+        let mut all = vec!["--config", "drawbridge.toml", "session", "list"];
+        all.extend_from_slice(args);
+        let (code, out, err) = crate::support::drawbridge::run(&all, dir.path(), None);
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    };
+
+    let live = list(&["--live"]);
+    let rows: Vec<Vec<&str>> = live
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..3], ["SESSION", "REPLICA", "STARTED"], "{live}");
+    let ids: Vec<(&str, &str)> = rows[1..].iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(ids, [("s2a", "r2"), ("s3a", "r3")], "{live}");
+    assert!(
+        live.lines().nth(1).unwrap().ends_with("on r2"),
+        "the recording is on r2: {live}"
+    );
+
+    let all = list(&[]);
+    let line = |id: &str| {
+        all.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id}: {all}"))
+            .to_string()
+    };
+    assert!(line("s2b").contains("closed, exit 0"), "{all}");
+    assert!(
+        line("s4a").contains("replica gone (lease expired)"),
+        "{all}"
+    );
+}
