@@ -1246,3 +1246,94 @@ fn a_target_with_a_pinned_plain_host_key_is_reached_and_another_key_is_refused()
         "a refused target was logged in to"
     );
 }
+
+#[test]
+fn an_exit_signal_reaches_the_client_and_the_recording_names_it() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 92, &[]);
+    let out = b
+        .client("alice", &key)
+        .run(&["web-1", "echo before-signal; kill -TERM $$"]);
+    // OpenSSH's client exits 255 when the remote command died of a signal.
+    assert_eq!(out.code(), 255, "{out:?}");
+    assert_eq!(out.stdout.trim(), "before-signal", "{out:?}");
+    let e = ended(&b);
+    assert_eq!(e["exit_signal"], "TERM", "{e}");
+    assert!(e.get("exit_status").is_none_or(Value::is_null), "{e}");
+    let id = e["session"].as_str().unwrap();
+    let events = cast(&b, id);
+    assert!(output_of(&events).contains("before-signal"), "{events:?}");
+    let marks = markers_of(&events);
+    assert!(marks.iter().any(|m| m == "exit-signal TERM"), "{marks:?}");
+}
+
+#[test]
+fn an_environment_variable_the_target_accepts_reaches_the_command() {
+    let Some(b) = recorded_bastion() else { return };
+    let (_sshd, port, _log) = sshd_variant(&b, "env", |c| c + "AcceptEnv FOO\n");
+    b.reload_policy(|dir| web1_at(dir, &b, port, None));
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 93, &[]);
+    let client = b.client("alice", &key);
+    let out = client.run(&[
+        "-o",
+        "SetEnv=FOO=bar-through-recorded BAR=not-accepted",
+        "web-1",
+        "echo \"FOO=$FOO BAR=$BAR\"",
+    ]);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        "FOO=bar-through-recorded BAR=",
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("this session is recorded"), "{out:?}");
+}
+
+/// An interactive session typing `typed-marker-<n>` (then exiting), through the bastion
+/// `b`; returns its recording.
+fn typed_session(b: &Bastion, serial: u64) -> Vec<Value> {
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", serial, &[]);
+    let client = b.client("alice", &key);
+    let out = run_with_input(
+        &mut client.command(&["-tt", "web-1"]),
+        Some(format!("echo typed-marker-{serial}\nexit\n").as_bytes()),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let id = banner_session(&out.stderr);
+    b.expect_record("session.ended", &[("session", &id)]);
+    cast(b, &id)
+}
+
+fn input_of(events: &[Value]) -> String {
+    events
+        .iter()
+        .skip(1)
+        .filter(|e| e[1] == "i")
+        .map(|e| e[2].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn keystrokes_are_recorded_only_with_recording_input() {
+    // The default: what the terminal showed, never what was typed.
+    {
+        let Some(b) = recorded_bastion() else { return };
+        let events = typed_session(&b, 94);
+        assert!(output_of(&events).contains("typed-marker-94"), "{events:?}");
+        assert_eq!(input_of(&events), "", "keystrokes recorded: {events:?}");
+        assert!(!events.iter().skip(1).any(|e| e[1] == "i"), "{events:?}");
+    }
+    // recording.input = true: the keystrokes too, as "i" events.
+    let Some(b) = crate::support::dmz::start_configured("", "[recording]\ninput = true\n", &[])
+    else {
+        return;
+    };
+    b.reload_policy(record_web1);
+    let events = typed_session(&b, 95);
+    let typed = input_of(&events);
+    assert!(
+        typed.contains("echo typed-marker-95"),
+        "{typed:?} {events:?}"
+    );
+}
