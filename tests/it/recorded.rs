@@ -1337,3 +1337,35 @@ fn keystrokes_are_recorded_only_with_recording_input() {
         "{typed:?} {events:?}"
     );
 }
+
+/// Bulk output only: 32 MiB of `cat` through a recorded and an unrecorded session of the
+/// same bastion and target (what the dev profile's optimised crypto and hash crates are
+/// for). `cargo test --test it recorded::measure_bulk -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_bulk_cat_recorded_beside_unrecorded() {
+    let Some(b) = start_with("", &[]) else { return };
+    b.reload_policy(|dir| record_principal(dir, "web-admin"));
+    let alice = b.user("alice", "alice", &["web-admin"], "-1m:+30m", 64, &[]);
+    let dave = b.user("dave", "dave", &["short"], "-1m:+1m", 65, &[]);
+    let recorded = b.client("alice", &alice);
+    let plain = b.client("dave", &dave);
+    let text = b.t.join("bulk.b64");
+    run_ok(Command::new("sh").args([
+        "-c",
+        &format!(
+            "head -c 25165824 /dev/urandom | base64 > {}",
+            text.display()
+        ),
+    ]));
+    let mib = std::fs::metadata(&text).unwrap().len() as f64 / 1048576.0;
+    for _ in 0..2 {
+        let tr = cat_seconds(&recorded, &text);
+        let tp = cat_seconds(&plain, &text);
+        println!(
+            "cat {mib:.0} MiB: recorded {:.1} MiB/s, unrecorded {:.1} MiB/s",
+            mib / tr,
+            mib / tp
+        );
+    }
+}
