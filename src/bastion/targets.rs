@@ -160,6 +160,7 @@ mod tests {
                 port,
                 labels: Default::default(),
                 record: false,
+                host_key: None,
                 origin: Origin::default(),
             },
         )

@@ -217,6 +217,11 @@ fn explain(
                 "  {}\n",
                 recording_line(&p, user, groups, host, now)
             ));
+            if let Some(pin) = p.hosts.get(host).and_then(|h| h.host_key.as_deref()) {
+                out.push_str(&format!(
+                    "  a recorded session accepts only the pinned host_key {pin}\n"
+                ));
+            }
         }
         Decision::Deny { reason } => {
             out.push_str(&format!("DENY {u} -> {h} as {l}\n"));

@@ -174,4 +174,6 @@ impl Policy {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_host_key;
+#[cfg(test)]
 mod tests_issuance_keys;

@@ -51,6 +51,10 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// `record = true`: every session to this host is recorded.
     pub record: bool,
+    /// `host_key`: the SHA-256 fingerprint (`SHA256:...`) of the one host key the bastion
+    /// accepts from this host when it records a session to it (the key bare, or in a host
+    /// certificate). None: only a host certificate of the host CA naming the host.
+    pub host_key: Option<String>,
     pub origin: Origin,
 }
 

@@ -7,7 +7,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::names::{check_name, name_of};
 use super::spanned::{Ctx, Key, Val, get, type_name};
-use super::values::parse_address;
+use super::values::{parse_address, revoked_key_fingerprint};
 use super::{Host, HostSelector, Origin, Principal};
 use crate::issuer::cert_fields::{
     OPENSSH_EXTENSIONS, RESERVED_EXTENSION_SUFFIX, RESERVED_EXTENSIONS, is_reserved_extension,
@@ -30,7 +30,7 @@ pub(super) fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -
     let context = format!("[hosts.{}]", key.get_ref());
     // An unknown key is reported but does not hide the entry from the
     // cross-file checks (duplicates, references).
-    ctx.unknown_keys(body, &["address", "labels", "record"], &context);
+    ctx.unknown_keys(body, &["address", "labels", "record", "host_key"], &context);
     let mut ok = true;
     let mut address = None;
     if let Some(v) = get(body, "address") {
@@ -60,6 +60,19 @@ pub(super) fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -
             false
         }
     };
+    let mut host_key = None;
+    if let Some(v) = get(body, "host_key") {
+        match ctx.string(v, "host_key") {
+            Some(s) => match pinned_host_key(&s) {
+                Ok(fp) => host_key = Some(fp),
+                Err(e) => {
+                    ctx.err(v.span(), e);
+                    ok = false;
+                }
+            },
+            None => ok = false,
+        }
+    }
     let (address, port) = address?;
     if !ok {
         return None;
@@ -70,7 +83,18 @@ pub(super) fn parse_host(ctx: &mut Ctx<'_>, key: &Key<'_>, body: &DeTable<'_>) -
         port,
         labels,
         record,
+        host_key,
         origin: ctx.origin(&key.span()),
+    })
+}
+
+/// `host_key`: an OpenSSH public key line or its SHA-256 fingerprint, stored as the
+/// fingerprint (the one form compared). Never a certificate: the pin is the key itself.
+fn pinned_host_key(s: &str) -> Result<String, String> {
+    revoked_key_fingerprint(s).map_err(|e| {
+        format!(
+            "host_key: {e}; write the target's host key as ssh-keyscan or its ssh_host_ed25519_key.pub prints it, or ssh-keygen -lf's SHA256: fingerprint"
+        )
     })
 }
 

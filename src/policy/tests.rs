@@ -204,7 +204,7 @@ fn unknown_keys_are_errors_everywhere() {
         e,
         vec![
             "policies/extra.toml:1:8: [hosts.web-9] needs address = \"host\" or \"host:port\" (port 22 by default)",
-            "policies/extra.toml:2:1: unknown key \"adress\" in [hosts.web-9] (did you mean \"address\"? allowed: address, labels, record)",
+            "policies/extra.toml:2:1: unknown key \"adress\" in [hosts.web-9] (did you mean \"address\"? allowed: address, labels, record, host_key)",
             "policies/extra.toml:4:2: unknown section \"hostz\" (did you mean \"hosts\"? allowed: hosts, principals, groups, users, temporary, revoked)",
             "policies/extra.toml:12:1: unknown key \"note\" in [[temporary]] (allowed: user, principal, until, reason)",
         ]

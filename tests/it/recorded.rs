@@ -1110,3 +1110,262 @@ fn the_target_refuses_the_per_session_certificate_after_two_minutes() {
         }
     }
 }
+
+/// A second sshd for web-1 (same keys and files) with its config passed through `edit`,
+/// on a port of its own; killed on drop. Returns it, its port and its log path.
+fn sshd_variant(
+    b: &Bastion,
+    tag: &str,
+    edit: impl Fn(String) -> String,
+) -> (Running, u16, PathBuf) {
+    let base = std::fs::read_to_string(b.sshd.dir.join("sshd_config")).unwrap();
+    let port = crate::support::ports::free_port();
+    let cfg = edit(base.replace(
+        &format!("ListenAddress 127.0.0.1:{}", b.sshd.port),
+        &format!("ListenAddress 127.0.0.1:{port}"),
+    ));
+    let name = format!("sshd_config_{tag}_{port}");
+    let path = b.sshd.dir.join(&name);
+    std::fs::write(&path, cfg).unwrap();
+    let log = b.sshd.dir.join(format!("{name}.log"));
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let running = Running(Some(child));
+    crate::support::process::wait_for_port(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
+    (running, port, log)
+}
+
+/// Points web-1 at `port`, recorded, with `host_key` pinned when given.
+fn web1_at(dir: &Path, b: &Bastion, port: u16, host_key: Option<&str>) {
+    crate::support::dmz::write_dmz_policy(dir, port, b.dead_port, true, &[]);
+    record_web1(dir);
+    if let Some(k) = host_key {
+        let p = dir.join("hosts.toml");
+        let s = std::fs::read_to_string(&p).unwrap();
+        let s = s.replace(
+            "[hosts.web-1]\n",
+            &format!("[hosts.web-1]\nhost_key = {k:?}\n"),
+        );
+        std::fs::write(&p, s).unwrap();
+    }
+}
+
+#[test]
+fn a_target_with_a_pinned_plain_host_key_is_reached_and_another_key_is_refused() {
+    let Some(b) = recorded_bastion() else { return };
+    // web-1 answering with its bare host key: no host certificate at all.
+    let (_sshd, port, log) = sshd_variant(&b, "bare", |c| {
+        c.lines()
+            .filter(|l| !l.starts_with("HostCertificate "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    let real = std::fs::read_to_string(b.sshd.dir.join("host_ed25519.pub")).unwrap();
+    let real = real.trim().to_string();
+    let other = b.t.keygen("not-web-1-host-key").public_line();
+    let other = other.trim().to_string();
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 91, &[]);
+    let client = b.client("alice", &key);
+
+    // Its pinned key (the public key line): the session goes through, recorded.
+    b.reload_policy(|dir| web1_at(dir, &b, port, Some(&real)));
+    let out = client.run(&["web-1", "echo", "reached-pinned"]);
+    assert!(
+        out.success(),
+        "{out:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(out.stdout.trim(), "reached-pinned", "{out:?}");
+    assert!(out.stderr.contains("this session is recorded"), "{out:?}");
+
+    // The same host with another key pinned (as a fingerprint): refused, audited, and
+    // nothing logs in to it.
+    let other_fp = run_ok(Command::new("sh").args([
+        "-c",
+        &format!("echo '{other}' | ssh-keygen -lf - | cut -d' ' -f2"),
+    ]))
+    .stdout
+    .trim()
+    .to_string();
+    assert!(other_fp.starts_with("SHA256:"), "{other_fp}");
+    let accepted_before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("Accepted")
+        .count();
+    for pin in [other.as_str(), other_fp.as_str()] {
+        b.reload_policy(|dir| web1_at(dir, &b, port, Some(pin)));
+        let out = client.run(&["web-1", "echo", "reached"]);
+        assert!(!out.success(), "{pin}: {out:?}");
+        assert!(!out.stdout.contains("reached"), "{out:?}");
+        assert!(out.stderr.contains("host key is not trusted"), "{out:?}");
+    }
+    let refused = b.find(
+        "session.refused",
+        &[("target", "web-1"), ("reason", "target-host-key")],
+    );
+    assert_eq!(refused.len(), 2, "{:#?}", b.records());
+    for r in &refused {
+        assert_eq!(r["rule"], "bastion.target-host-key", "{r}");
+        let detail = r["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("not the pinned host_key"), "{r}");
+        assert!(detail.contains(&other_fp), "{r}");
+    }
+    // Without a pin, a bare host key is never trusted on first use.
+    b.reload_policy(|dir| web1_at(dir, &b, port, None));
+    let out = client.run(&["web-1", "echo", "reached"]);
+    assert!(!out.success(), "{out:?}");
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            b.find("session.refused", &[("reason", "target-host-key")])
+                .iter()
+                .any(|r| {
+                    r["detail"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("a bare host key")
+                })
+        },
+        || format!("{:#?}", b.records()),
+    );
+    let accepted_after = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("Accepted")
+        .count();
+    assert_eq!(
+        accepted_before, accepted_after,
+        "a refused target was logged in to"
+    );
+}
+
+#[test]
+fn an_exit_signal_reaches_the_client_and_the_recording_names_it() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 92, &[]);
+    let out = b
+        .client("alice", &key)
+        .run(&["web-1", "echo before-signal; kill -TERM $$"]);
+    // OpenSSH's client exits 255 when the remote command died of a signal.
+    assert_eq!(out.code(), 255, "{out:?}");
+    assert_eq!(out.stdout.trim(), "before-signal", "{out:?}");
+    let e = ended(&b);
+    assert_eq!(e["exit_signal"], "TERM", "{e}");
+    assert!(e.get("exit_status").is_none_or(Value::is_null), "{e}");
+    let id = e["session"].as_str().unwrap();
+    let events = cast(&b, id);
+    assert!(output_of(&events).contains("before-signal"), "{events:?}");
+    let marks = markers_of(&events);
+    assert!(marks.iter().any(|m| m == "exit-signal TERM"), "{marks:?}");
+}
+
+#[test]
+fn an_environment_variable_the_target_accepts_reaches_the_command() {
+    let Some(b) = recorded_bastion() else { return };
+    let (_sshd, port, _log) = sshd_variant(&b, "env", |c| c + "AcceptEnv FOO\n");
+    b.reload_policy(|dir| web1_at(dir, &b, port, None));
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 93, &[]);
+    let client = b.client("alice", &key);
+    let out = client.run(&[
+        "-o",
+        "SetEnv=FOO=bar-through-recorded BAR=not-accepted",
+        "web-1",
+        "echo \"FOO=$FOO BAR=$BAR\"",
+    ]);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        "FOO=bar-through-recorded BAR=",
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("this session is recorded"), "{out:?}");
+}
+
+/// An interactive session typing `typed-marker-<n>` (then exiting), through the bastion
+/// `b`; returns its recording.
+fn typed_session(b: &Bastion, serial: u64) -> Vec<Value> {
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", serial, &[]);
+    let client = b.client("alice", &key);
+    let out = run_with_input(
+        &mut client.command(&["-tt", "web-1"]),
+        Some(format!("echo typed-marker-{serial}\nexit\n").as_bytes()),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let id = banner_session(&out.stderr);
+    b.expect_record("session.ended", &[("session", &id)]);
+    cast(b, &id)
+}
+
+fn input_of(events: &[Value]) -> String {
+    events
+        .iter()
+        .skip(1)
+        .filter(|e| e[1] == "i")
+        .map(|e| e[2].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn keystrokes_are_recorded_only_with_recording_input() {
+    // The default: what the terminal showed, never what was typed.
+    {
+        let Some(b) = recorded_bastion() else { return };
+        let events = typed_session(&b, 94);
+        assert!(output_of(&events).contains("typed-marker-94"), "{events:?}");
+        assert_eq!(input_of(&events), "", "keystrokes recorded: {events:?}");
+        assert!(!events.iter().skip(1).any(|e| e[1] == "i"), "{events:?}");
+    }
+    // recording.input = true: the keystrokes too, as "i" events.
+    let Some(b) = crate::support::dmz::start_configured("", "[recording]\ninput = true\n", &[])
+    else {
+        return;
+    };
+    b.reload_policy(record_web1);
+    let events = typed_session(&b, 95);
+    let typed = input_of(&events);
+    assert!(
+        typed.contains("echo typed-marker-95"),
+        "{typed:?} {events:?}"
+    );
+}
+
+/// Bulk output only: 32 MiB of `cat` through a recorded and an unrecorded session of the
+/// same bastion and target (what the dev profile's optimised crypto and hash crates are
+/// for). `cargo test --test it recorded::measure_bulk -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_bulk_cat_recorded_beside_unrecorded() {
+    let Some(b) = start_with("", &[]) else { return };
+    b.reload_policy(|dir| record_principal(dir, "web-admin"));
+    let alice = b.user("alice", "alice", &["web-admin"], "-1m:+30m", 64, &[]);
+    let dave = b.user("dave", "dave", &["short"], "-1m:+1m", 65, &[]);
+    let recorded = b.client("alice", &alice);
+    let plain = b.client("dave", &dave);
+    let text = b.t.join("bulk.b64");
+    run_ok(Command::new("sh").args([
+        "-c",
+        &format!(
+            "head -c 25165824 /dev/urandom | base64 > {}",
+            text.display()
+        ),
+    ]));
+    let mib = std::fs::metadata(&text).unwrap().len() as f64 / 1048576.0;
+    for _ in 0..2 {
+        let tr = cat_seconds(&recorded, &text);
+        let tp = cat_seconds(&plain, &text);
+        println!(
+            "cat {mib:.0} MiB: recorded {:.1} MiB/s, unrecorded {:.1} MiB/s",
+            mib / tr,
+            mib / tp
+        );
+    }
+}

@@ -125,13 +125,14 @@ impl Inner {
         let principals: Vec<String> = grants.iter().map(|g| g.principal.clone()).collect();
         let host = &self.ctx.host;
         let keys = &self.ctx.setup.keys;
-        let (mut handle, egress) = target::dial(
-            &host.name,
-            &host.address,
-            host.port,
-            &keys.host_ca,
-            self.ctx.shared.cfg.connect_timeout,
-        )
+        let (mut handle, egress) = target::dial(target::Dial {
+            name: &host.name,
+            address: &host.address,
+            port: host.port,
+            host_ca: &keys.host_ca,
+            pinned: host.host_key.as_deref(),
+            connect_timeout: self.ctx.shared.cfg.connect_timeout,
+        })
         .await
         .map_err(|e| {
             let (code, rule) = match e {

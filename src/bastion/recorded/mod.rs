@@ -22,7 +22,8 @@
 //!   `session.started` and the recording's first line are on disk, and before the login
 //!   is decided under the policy in force.
 //! - The target is reached only with a host certificate of the host CA naming its
-//!   inventory name (no bare key, no trust on first use).
+//!   inventory name or, for a host with a pinned `host_key`, with exactly that key (bare
+//!   or certified); never by trust on first use.
 //! - What cannot be recorded is not relayed: a recording error cuts the session (that
 //!   session only).
 //! - Flow control both ways: client data waits for the target's window, target data for

@@ -1,6 +1,7 @@
 //! The bastion's own SSH connection to a recorded target: dial the inventory address,
-//! accept only a host certificate from the host CA naming the inventory host (never a
-//! bare key, never trust on first use), log in with a per-session certificate.
+//! accept only a host certificate from the host CA naming the inventory host, or, for a
+//! host with a `host_key` pinned in the inventory, exactly that key (bare or certified);
+//! never trust on first use. Log in with a per-session certificate.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,7 +19,8 @@ pub enum TargetError {
     Connect { host: String, message: String },
     #[error("{host}: no answer within {limit}")]
     Timeout { host: String, limit: String },
-    /// The target's host key is not a host certificate of the host CA for its name.
+    /// The target's host key is not its pinned key, or not a host certificate of the
+    /// host CA for its name.
     #[error("{host}: the target's host key is not trusted ({why})")]
     HostKey { host: String, why: String },
     #[error("{host}: the target refused the session certificate for login {login}")]
@@ -27,14 +29,20 @@ pub enum TargetError {
     Ssh { host: String, message: String },
 }
 
-/// Checks the target's host key: a host certificate signed by `host_ca`, valid now,
-/// naming `name`. Pure.
+/// Checks the target's host key. With `pinned` (the inventory's `host_key`, a SHA-256
+/// fingerprint): exactly that key, bare or inside a host certificate, and nothing else,
+/// whatever the host CA signed. Without: a host certificate signed by `host_ca`, valid
+/// now, naming `name`. Pure.
 pub fn check_host_key(
     offered: &PublicKeyOrCertificate,
     host_ca: &PublicKey,
     name: &str,
+    pinned: Option<&str>,
     now: SystemTime,
 ) -> Result<(), String> {
+    if let Some(pin) = pinned {
+        return check_pinned(offered, pin);
+    }
     let cert: &Certificate = match offered {
         PublicKeyOrCertificate::Certificate(c) => c,
         PublicKeyOrCertificate::PublicKey { key, .. } => {
@@ -65,9 +73,35 @@ pub fn check_host_key(
     Ok(())
 }
 
+/// The offered key (or the key inside the offered certificate) is the pinned one.
+fn check_pinned(offered: &PublicKeyOrCertificate, pin: &str) -> Result<(), String> {
+    let (fingerprint, what) = match offered {
+        PublicKeyOrCertificate::PublicKey { key, .. } => {
+            (key.fingerprint(HashAlg::Sha256), "host key")
+        }
+        PublicKeyOrCertificate::Certificate(c) => {
+            if c.cert_type() != CertType::Host {
+                return Err("a user certificate as host key".into());
+            }
+            (
+                c.public_key().fingerprint(HashAlg::Sha256),
+                "key in the host certificate",
+            )
+        }
+    };
+    if fingerprint.to_string() == pin {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {what} is {fingerprint}, not the pinned host_key {pin}"
+        ))
+    }
+}
+
 struct Checker {
     host_ca: PublicKey,
     name: String,
+    pinned: Option<String>,
     refused: Arc<Mutex<Option<String>>>,
 }
 
@@ -78,7 +112,8 @@ impl client::Handler for Checker {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        match check_host_key(key, &self.host_ca, &self.name, SystemTime::now()) {
+        let pinned = self.pinned.as_deref();
+        match check_host_key(key, &self.host_ca, &self.name, pinned, SystemTime::now()) {
             Ok(()) => Ok(true),
             Err(why) => {
                 *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
@@ -122,16 +157,30 @@ fn client_config() -> client::Config {
     }
 }
 
-/// Dials the target (`connect_timeout`), checks its host certificate; the TCP stream's
+/// Where and how to reach a recorded target.
+pub struct Dial<'a> {
+    /// The inventory name (what a host certificate must name).
+    pub name: &'a str,
+    pub address: &'a str,
+    pub port: u16,
+    pub host_ca: &'a PublicKey,
+    /// The inventory's `host_key` fingerprint, when pinned.
+    pub pinned: Option<&'a str>,
+    pub connect_timeout: Duration,
+}
+
+/// Dials the target (`connect_timeout`), checks its host key; the TCP stream's
 /// local address is the bastion's egress address on it (the session certificate's
 /// `source-address`).
-pub async fn dial(
-    name: &str,
-    address: &str,
-    port: u16,
-    host_ca: &PublicKey,
-    connect_timeout: Duration,
-) -> Result<(TargetHandle, std::net::IpAddr), TargetError> {
+pub async fn dial(d: Dial<'_>) -> Result<(TargetHandle, std::net::IpAddr), TargetError> {
+    let Dial {
+        name,
+        address,
+        port,
+        host_ca,
+        pinned,
+        connect_timeout,
+    } = d;
     let limit = crate::util::format_duration(connect_timeout);
     let stream =
         match tokio::time::timeout(connect_timeout, TcpStream::connect((address, port))).await {
@@ -161,6 +210,7 @@ pub async fn dial(
     let handler = TargetClient(Checker {
         host_ca: host_ca.clone(),
         name: name.to_string(),
+        pinned: pinned.map(str::to_string),
         refused: refused.clone(),
     });
     let connect = client::connect_stream(Arc::new(client_config()), stream, handler);
@@ -212,3 +262,7 @@ pub async fn login(
         })
     }
 }
+
+#[cfg(test)]
+#[path = "target_tests.rs"]
+mod tests;
