@@ -30,6 +30,7 @@
 //!   the client's; russh's queues are bounded by `channel_buffer_size`.
 
 pub mod decide;
+mod drained;
 mod inner;
 pub mod keys;
 mod relay;
@@ -170,7 +171,7 @@ pub(super) async fn run(s: Start) {
     ));
     let kill = Arc::new(Kill::default());
     let stream = Killable {
-        inner: channel.into_stream(),
+        inner: drained::Drained::new(channel.into_stream()),
         kill: kill.clone(),
     };
     let mut failed = ctx.failed();
