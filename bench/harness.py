@@ -566,6 +566,13 @@ class VsOpenssh:
 
     def run(self):
         r = {}
+        if self.p.get("jump_only"):
+            try:
+                log("throughput through ssh -J (only)")
+                r["jump_throughput"] = self.jump_throughput()
+            finally:
+                self.servers.close()
+            return r
         try:
             log("held connections")
             r["held"] = self.held()
