@@ -112,6 +112,7 @@ pub mod preauth;
 pub use crate::audit::budget as refusal_budget;
 pub mod registry;
 mod russh_config;
+mod shards;
 mod shared;
 pub mod targets;
 #[cfg(test)]
