@@ -33,7 +33,7 @@ use log::trace;
 #[cfg(all(not(feature = "aws-lc-rs"), feature = "ring"))]
 use ring::aead::{AES_128_GCM as ALGORITHM_AES_128_GCM, AES_256_GCM as ALGORITHM_AES_256_GCM};
 use ssh_encoding::Encode;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use self::cbc::CbcWrapper;
@@ -297,8 +297,14 @@ pub(crate) trait SealingKey {
 /// idle connection keeps no more than this allocated while it waits).
 const IDLE_READ_LEN: usize = 2048;
 /// How much `read` asks for beyond the packet it is reading, once it knows that packet's
-/// length: a busy connection gets several packets from one `read`.
+/// length, when that packet is a large one (bulk data): a busy connection gets several
+/// packets from one `read`.
 const READ_AHEAD_LEN: usize = 64 * 1024;
+/// From this size on a packet counts as bulk data, worth reading ahead for. Smaller ones
+/// (the handshake, window adjustments) get a buffer of their own size: short-lived large
+/// buffers for them would only fragment the heap of a bastion holding many idle
+/// connections.
+const BULK_PACKET_LEN: usize = 8 * 1024;
 
 /// Reads from `stream` into `buf` until it holds at least `need` bytes, growing it (when
 /// it must) to room for `want` bytes, so that one `read` may bring more than `need`. Reads
@@ -330,6 +336,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer: &mut SSHBuffer,
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
+    // The previous packet was handled: let its memory go (with the last slice of it that
+    // anyone holds) rather than keep it while waiting for the next one.
+    buffer.packet = Bytes::new();
     let l = cipher.packet_length_to_read_for_block_length();
     fill(stream, &mut buffer.read_ahead, l, IDLE_READ_LEN).await?;
     let seqn = buffer.seqn.0;
@@ -353,13 +362,12 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     }
     let total = PACKET_LENGTH_LEN + len + cipher.tag_len();
     trace!("reading, packet of {total:?} bytes with its tag");
-    fill(
-        stream,
-        &mut buffer.read_ahead,
-        total,
-        total + READ_AHEAD_LEN,
-    )
-    .await?;
+    let want = if total >= BULK_PACKET_LEN {
+        total + READ_AHEAD_LEN
+    } else {
+        total
+    };
+    fill(stream, &mut buffer.read_ahead, total, want).await?;
 
     let mut packet = buffer.read_ahead.split_to(total);
     if buffer.read_ahead.is_empty() {
