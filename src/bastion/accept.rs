@@ -1,10 +1,11 @@
-//! The accept loop: the pre-auth caps at accept, one task per connection, the periodic
+//! The accept loop: the pre-auth caps at accept, one task per connection (on a shard), the periodic
 //! flush of counted refusals, and shutdown (stop accepting, grace, cut).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -13,6 +14,7 @@ use super::connection::serve_connection;
 use super::preauth;
 use super::refusal_budget::{self, Budget};
 use super::russh_config::russh_config;
+use super::shards::Shards;
 use super::shared::Shared;
 use super::verify::TrustedCas;
 use super::{BastionMetrics, BastionParts};
@@ -75,6 +77,8 @@ pub(super) async fn run(parts: BastionParts, state: super::BastionState) -> anyh
     };
 
     let flusher = tokio::spawn(flush_refusals_every_second(shared.clone()));
+    // Each connection runs on one single-threaded shard (see `shards`).
+    let mut shards = Shards::per_core()?;
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -95,14 +99,26 @@ pub(super) async fn run(parts: BastionParts, state: super::BastionState) -> anyh
                             continue;
                         }
                     };
-                    conns.spawn(serve_connection(
-                        shared.clone(),
-                        config.clone(),
-                        socket,
-                        peer,
-                        slot,
-                        drain_rx.clone(),
-                    ));
+                    // The socket moves to the shard's own reactor.
+                    let socket = match socket.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            debug!(%peer, error = %e, "cannot hand the connection to a shard");
+                            continue;
+                        }
+                    };
+                    let (shared, config, drain) = (shared.clone(), config.clone(), drain_rx.clone());
+                    conns.spawn_on(
+                        async move {
+                            match TcpStream::from_std(socket) {
+                                Ok(socket) => {
+                                    serve_connection(shared, config, socket, peer, slot, drain).await
+                                }
+                                Err(e) => debug!(%peer, error = %e, "cannot register the connection on its shard"),
+                            }
+                        },
+                        &shards.next(),
+                    );
                 }
                 Err(e) => {
                     // EMFILE and friends: shed load, keep serving (russh's own loop would
@@ -134,6 +150,8 @@ pub(super) async fn run(parts: BastionParts, state: super::BastionState) -> anyh
     })
     .await;
     conns.abort_all();
+    // Joins the shards' threads: blocking, so off the async workers.
+    let _ = tokio::task::spawn_blocking(move || shards.stop()).await;
     stop_rechecks();
     flusher.abort();
     flush_refusals(&shared).await;

@@ -8,14 +8,16 @@
 //! `connect-timeout` (every `forward.opened` is followed by one `forward.closed`), and the
 //! client gets the channel-open failure.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, info};
@@ -35,6 +37,13 @@ use crate::util::escape;
 /// Largest read from the target at once (64 KiB: bench/RESULTS.md measured smaller buffers cost throughput); russh cuts it into
 /// packets of the client's maximum size.
 const COPY_BUFFER: usize = 64 * 1024;
+
+/// Most client data written to the target at once: data russh has already queued for the
+/// forward goes out in one (vectored) write, up to this much, instead of one write per SSH
+/// packet.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Most buffers in one vectored write (well under the system's IOV_MAX).
+const MAX_IOVECS: usize = 64;
 
 pub(super) struct Request {
     pub shared: Arc<Shared>,
@@ -485,11 +494,34 @@ async fn pipe(
     // keeps reading (and drops data, which a client must not send then) to notice that.
     let upward = async {
         let mut writing = true;
-        while let Some(msg) = rx.wait().await {
+        // A message taken while gathering a batch that is not data, handled next.
+        let mut next: Option<Option<ChannelMsg>> = None;
+        loop {
+            let msg = match next.take() {
+                Some(msg) => msg,
+                None => rx.wait().await,
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 ChannelMsg::Data { data } if writing => {
-                    tw.write_all(&data).await?;
-                    let n = data.len() as u64;
+                    // What russh has already queued goes out in the same write.
+                    let mut batch = vec![data];
+                    let mut n = batch.iter().map(|b| b.len()).sum::<usize>();
+                    while n < WRITE_BATCH {
+                        match rx.wait().now_or_never() {
+                            Some(Some(ChannelMsg::Data { data })) => {
+                                n += data.len();
+                                batch.push(data);
+                            }
+                            Some(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    write_all_batch(&mut tw, &mut batch).await?;
+                    let n = n as u64;
                     metrics
                         .bytes_client_to_target
                         .fetch_add(n, Ordering::Relaxed);
@@ -551,6 +583,41 @@ async fn pipe(
             () = client_eof_seen.notified(), if target_done => return Ok(()),
         }
     }
+}
+
+/// Writes every buffer of `batch` to `w`, in order, with as few writes as the socket
+/// takes (vectored).
+async fn write_all_batch<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < batch.len() {
+        let slices: Vec<IoSlice<'_>> = batch
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let mut written = w.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let Some(b) = batch.get_mut(first) else { break };
+            let k = written.min(b.len());
+            b.advance(k);
+            written -= k;
+            if b.is_empty() {
+                first += 1;
+            }
+        }
+        while batch.get(first).is_some_and(|b| b.is_empty()) {
+            first += 1;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -204,3 +204,54 @@ fn refusals_name_the_rule_for_the_audit_log() {
         "{r:?}"
     );
 }
+
+/// A writer that takes at most `max` bytes per write, and only from the first buffer (the
+/// default `poll_write_vectored`): short writes in the middle of a buffer.
+struct Trickle {
+    out: Vec<u8>,
+    max: usize,
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(self.max);
+        self.out.extend_from_slice(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_batch_reaches_the_target_whole_and_in_order_through_short_writes() {
+    let parts: Vec<Bytes> = vec![
+        Bytes::from_static(b"hello"),
+        Bytes::new(),
+        Bytes::from_static(b", world, "),
+        Bytes::from(vec![7u8; 100]),
+    ];
+    let want: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+    for max in [1, 3, 5, 64, 1000] {
+        let mut w = Trickle {
+            out: Vec::new(),
+            max,
+        };
+        let mut batch = parts.clone();
+        write_all_batch(&mut w, &mut batch).await.unwrap();
+        assert_eq!(w.out, want, "writes of at most {max} bytes");
+    }
+}

@@ -115,6 +115,7 @@ pub use crate::audit::budget as refusal_budget;
 pub mod recorded;
 pub mod registry;
 mod russh_config;
+mod shards;
 mod shared;
 pub mod targets;
 #[cfg(test)]

@@ -324,6 +324,14 @@ fn packet_bytes_compressed_matches_packet_output() {
 #[derive(Debug, Default)]
 pub struct SSHBuffer {
     pub buffer: Vec<u8>,
+    /// The packet `cipher::read` decrypted last: packet length, padding length and
+    /// payload, padding removed. A `Bytes`, so the payload of a `CHANNEL_DATA` can be
+    /// handed on as a slice of it instead of being copied out.
+    pub packet: Bytes,
+    /// What `cipher::read` has read from the stream beyond the packets it returned (the
+    /// next packets, still encrypted): it reads in large chunks, so that one `read` can
+    /// bring several packets, and decrypts each packet in place in this buffer.
+    pub(crate) read_ahead: BytesMut,
     pub len: usize,   // next packet length.
     pub bytes: usize, // total payload bytes read/written since the last rekey
     // Sequence numbers are on 32 bits and wrap.
@@ -335,6 +343,8 @@ impl SSHBuffer {
     pub fn new() -> Self {
         SSHBuffer {
             buffer: Vec::new(),
+            packet: Bytes::new(),
+            read_ahead: BytesMut::new(),
             len: 0,
             bytes: 0,
             seqn: Wrapping(0),
@@ -387,7 +397,7 @@ impl PacketBytesWriter {
 /// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    pub buffer: Bytes,
     pub seqn: Wrapping<u32>,
 }
 

@@ -33,6 +33,7 @@ use log::trace;
 #[cfg(all(not(feature = "aws-lc-rs"), feature = "ring"))]
 use ring::aead::{AES_128_GCM as ALGORITHM_AES_128_GCM, AES_256_GCM as ALGORITHM_AES_256_GCM};
 use ssh_encoding::Encode;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use self::cbc::CbcWrapper;
@@ -292,56 +293,89 @@ pub(crate) trait SealingKey {
     }
 }
 
+/// How much `read` asks the stream for when it holds no byte of the next packet yet (an
+/// idle connection keeps no more than this allocated while it waits).
+const IDLE_READ_LEN: usize = 2048;
+/// How much `read` asks for beyond the packet it is reading, once it knows that packet's
+/// length, when that packet is a large one (bulk data): a busy connection gets several
+/// packets from one `read`.
+const READ_AHEAD_LEN: usize = 64 * 1024;
+/// From this size on a packet counts as bulk data, worth reading ahead for. Smaller ones
+/// (the handshake, window adjustments) get a buffer of their own size: short-lived large
+/// buffers for them would only fragment the heap of a bastion holding many idle
+/// connections.
+const BULK_PACKET_LEN: usize = 8 * 1024;
+
+/// Reads from `stream` into `buf` until it holds at least `need` bytes, growing it (when
+/// it must) to room for `want` bytes, so that one `read` may bring more than `need`. Reads
+/// into the spare capacity: nothing is zero-filled first. Cancel-safe: what was read stays
+/// in `buf`.
+async fn fill<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    need: usize,
+    want: usize,
+) -> Result<(), Error> {
+    while buf.len() < need {
+        if buf.capacity() < need {
+            buf.reserve(want.max(need) - buf.len());
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(Error::IO(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and decrypts one packet into `buffer.packet` (packet length, padding length,
+/// payload; the padding and the MAC tag removed) and returns its length. Packets are
+/// decrypted in place in `buffer.read_ahead`, and `buffer.packet` shares that memory: no
+/// copy of the packet is made here.
 pub(crate) async fn read<R: AsyncRead + Unpin>(
     stream: &mut R,
     buffer: &mut SSHBuffer,
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
-    if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
+    // The previous packet was handled: let its memory go (with the last slice of it that
+    // anyone holds) rather than keep it while waiting for the next one.
+    buffer.packet = Bytes::new();
+    let l = cipher.packet_length_to_read_for_block_length();
+    fill(stream, &mut buffer.read_ahead, l, IDLE_READ_LEN).await?;
+    let seqn = buffer.seqn.0;
+    trace!("reading, seqn = {seqn:?}");
+    #[allow(clippy::indexing_slicing)] // length checked
+    let len = cipher.decrypt_packet_length(seqn, &buffer.read_ahead[..l]);
+    let len = BigEndian::read_u32(&len) as usize;
 
-        stream.read_exact(&mut len).await?;
-        trace!("reading, len = {len:?}");
-        {
-            let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
-            trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
-            let len = BigEndian::read_u32(&len) as usize;
-
-            if len > MAXIMUM_PACKET_LEN {
-                return Err(Error::PacketSize(len));
-            }
-
-            // A valid packet (with its MAC tag) can never be shorter than the
-            // block we already read to probe it; a smaller value would shrink
-            // the buffer below `l` below and panic on the `buffer.buffer[l..]`
-            // slice. Reject it as a protocol error instead. The tag counts:
-            // with an EtM MAC and 8-byte blocks (3des-cbc), packet_length can
-            // be 8, and the probe also reads the start of the tag.
-            if len + PACKET_LENGTH_LEN + cipher.tag_len()
-                < cipher.packet_length_to_read_for_block_length()
-            {
-                return Err(Error::PacketSize(len));
-            }
-
-            buffer.len = len + cipher.tag_len();
-            trace!("reading, clear len = {:?}", buffer.len);
-        }
+    if len > MAXIMUM_PACKET_LEN {
+        return Err(Error::PacketSize(len));
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
+    // A valid packet (with its MAC tag) can never be shorter than the
+    // block we already read to probe it; a smaller value would make the
+    // cipher's view of the packet shorter than the probe it decrypted.
+    // Reject it as a protocol error instead. The tag counts:
+    // with an EtM MAC and 8-byte blocks (3des-cbc), packet_length can
+    // be 8, and the probe also reads the start of the tag.
+    if len + PACKET_LENGTH_LEN + cipher.tag_len() < l {
+        return Err(Error::PacketSize(len));
+    }
+    let total = PACKET_LENGTH_LEN + len + cipher.tag_len();
+    trace!("reading, packet of {total:?} bytes with its tag");
+    let want = if total >= BULK_PACKET_LEN {
+        total + READ_AHEAD_LEN
+    } else {
+        total
+    };
+    fill(stream, &mut buffer.read_ahead, total, want).await?;
 
-    let l = cipher.packet_length_to_read_for_block_length();
-
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
-
-    trace!("read_exact done");
-    let seqn = buffer.seqn.0;
-    let plaintext = cipher.open(seqn, &mut buffer.buffer)?;
+    let mut packet = buffer.read_ahead.split_to(total);
+    if buffer.read_ahead.is_empty() {
+        // Nothing of the next packet yet: let the memory go with this packet's last user
+        // rather than keep it while the connection is idle.
+        buffer.read_ahead = BytesMut::new();
+    }
+    let plaintext = cipher.open(seqn, &mut packet)?;
 
     let padding_length = *plaintext.first().to_owned().unwrap_or(&0) as usize;
     trace!("reading, padding_length {padding_length:?}");
@@ -357,8 +391,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer.bytes = buffer.bytes.saturating_add(payload_len);
     buffer.len = 0;
 
-    // Remove the padding
-    buffer.buffer.resize(plaintext_end + 4, 0);
+    // Remove the padding and the tag
+    packet.truncate(plaintext_end + 4);
+    buffer.packet = packet.freeze();
 
     Ok(plaintext_end + 4)
 }
@@ -411,7 +446,7 @@ mod tests {
             .unwrap();
 
         #[allow(clippy::indexing_slicing)]
-        let payload = &buffer.buffer[5..n];
+        let payload = &buffer.packet[5..n];
         assert_eq!(payload, [52]);
     }
 }

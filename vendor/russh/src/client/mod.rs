@@ -1285,27 +1285,30 @@ async fn start_reading<R: AsyncRead + Unpin>(
     mut buffer: SSHBuffer,
     mut cipher: Box<dyn OpeningKey + Send>,
 ) -> Result<(usize, R, SSHBuffer, Box<dyn OpeningKey + Send>), crate::Error> {
-    buffer.buffer.clear();
     let n = cipher::read(&mut stream_read, &mut buffer, &mut *cipher).await?;
     Ok((n, stream_read, buffer, cipher))
 }
 
 impl Session {
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
+        #[allow(clippy::indexing_slicing)] // length checked
+        let input = &buffer.packet[5..];
         if let Some(ref mut enc) = self.common.encrypted {
             let mut decomp = Vec::new();
+            let output = enc.decompress.decompress(input, &mut decomp)?;
+            // Without compression the payload is the packet's own: share it, don't copy it.
+            let payload = if std::ptr::eq(output, input) {
+                buffer.packet.slice(5..)
+            } else {
+                bytes::Bytes::copy_from_slice(output)
+            };
             Ok(IncomingSshPacket {
-                #[allow(clippy::indexing_slicing)] // length checked
-                buffer: enc.decompress.decompress(
-                    &buffer.buffer[5..],
-                    &mut decomp,
-                )?.into(),
+                buffer: payload,
                 seqn: buffer.seqn,
             })
         } else {
             Ok(IncomingSshPacket {
-                #[allow(clippy::indexing_slicing)] // length checked
-                buffer: buffer.buffer[5..].into(),
+                buffer: buffer.packet.slice(5..),
                 seqn: buffer.seqn,
             })
         }
@@ -1439,7 +1442,7 @@ impl Session {
 
                     std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
 
-                    if buffer.buffer.len() < 5 {
+                    if buffer.packet.len() < 5 {
                         break
                     }
 
@@ -2414,7 +2417,7 @@ mod tests {
             r = &mut event_loop => panic!("event loop ended before rekeying: {:?}", r.map(drop)),
             r = tokio::time::timeout(Duration::from_secs(5), packet) => {
                 r.ok()?.unwrap();
-                buffer.buffer.get(5).copied()
+                buffer.packet.get(5).copied()
             }
         }
     }
@@ -2547,8 +2550,9 @@ mod tests {
     #[cfg(feature = "flate2")]
     fn incoming_packet(compressed: Vec<u8>) -> SSHBuffer {
         let mut buffer = SSHBuffer::new();
-        buffer.buffer.extend_from_slice(&[0; 5]);
-        buffer.buffer.extend_from_slice(&compressed);
+        let mut packet = vec![0; 5];
+        packet.extend_from_slice(&compressed);
+        buffer.packet = packet.into();
         buffer
     }
 

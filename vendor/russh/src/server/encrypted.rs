@@ -39,13 +39,25 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        self.process_packet_of(handler, &pkt.buffer, Some(&pkt.buffer))
+            .await
     }
 
     pub(crate) async fn process_packet<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         buf: &[u8],
+    ) -> Result<(), H::Error> {
+        self.process_packet_of(handler, buf, None).await
+    }
+
+    /// `owner`, when given, is the `Bytes` that `buf` is a view of: channel data is then
+    /// handed on as slices of it instead of copies.
+    async fn process_packet_of<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        buf: &[u8],
+        owner: Option<&Bytes>,
     ) -> Result<(), H::Error> {
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
@@ -153,14 +165,37 @@ impl Session {
                         .init_compress(self.common.packet_writer.compress());
                 }
                 enc.state = EncryptedState::Authenticated;
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, owner)
+                    .await
             }
             (EncryptedState::Authenticated, Some((msg, mut r))) => {
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, owner)
+                    .await
             }
             _ => Ok(()),
         }
     }
+}
+
+/// Reads an SSH string from `r` like `Bytes::decode`, but when `owner` is the `Bytes`
+/// that `r` views, returns a slice of it (a reference count, no copy).
+fn shared_string(r: &mut &[u8], owner: Option<&Bytes>) -> Result<Bytes, ssh_encoding::Error> {
+    let len = u32::decode(r)? as usize;
+    if r.len() < len {
+        return Err(ssh_encoding::Error::Length);
+    }
+    let (data, rest) = r.split_at(len);
+    *r = rest;
+    match owner {
+        Some(owner) if contains(owner, data) => Ok(owner.slice_ref(data)),
+        _ => Ok(Bytes::copy_from_slice(data)),
+    }
+}
+
+/// Whether `part` lies within `whole`'s memory (what `Bytes::slice_ref` requires).
+fn contains(whole: &[u8], part: &[u8]) -> bool {
+    let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    p >= w && p.saturating_add(part.len()) <= w.saturating_add(whole.len())
 }
 
 #[cfg(test)]
@@ -1442,11 +1477,12 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    async fn server_read_authenticated<H: Handler + Send, R: Reader>(
+    async fn server_read_authenticated<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         msg: u8,
-        r: &mut R,
+        r: &mut &[u8],
+        owner: Option<&Bytes>,
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1494,7 +1530,7 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
+                let data = map_err!(shared_string(r, owner))?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 

@@ -473,20 +473,24 @@ impl Handle {
 
 impl Session {
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
+        #[allow(clippy::indexing_slicing)] // length checked
+        let input = &buffer.packet[5..];
         if let Some(ref mut enc) = self.common.encrypted {
             let mut decomp = Vec::new();
+            let output = enc.decompress.decompress(input, &mut decomp)?;
+            // Without compression the payload is the packet's own: share it, don't copy it.
+            let payload = if std::ptr::eq(output, input) {
+                buffer.packet.slice(5..)
+            } else {
+                Bytes::copy_from_slice(output)
+            };
             Ok(IncomingSshPacket {
-                #[allow(clippy::indexing_slicing)] // length checked
-                buffer: enc.decompress.decompress(
-                    &buffer.buffer[5..],
-                    &mut decomp,
-                )?.into(),
+                buffer: payload,
                 seqn: buffer.seqn,
             })
         } else {
             Ok(IncomingSshPacket {
-                #[allow(clippy::indexing_slicing)] // length checked
-                buffer: buffer.buffer[5..].into(),
+                buffer: buffer.packet.slice(5..),
                 seqn: buffer.seqn,
             })
         }
@@ -720,7 +724,7 @@ impl Session {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
                         Err(e) => return Err(e.into())
                     };
-                    if buffer.buffer.len() < 5 {
+                    if buffer.packet.len() < 5 {
                         is_reading = Some((stream_read, buffer, opening_cipher));
                         break
                     }
@@ -1688,8 +1692,9 @@ mod tests {
 
     fn incoming_packet(compressed: Vec<u8>) -> SSHBuffer {
         let mut buffer = SSHBuffer::new();
-        buffer.buffer.extend_from_slice(&[0; 5]);
-        buffer.buffer.extend_from_slice(&compressed);
+        let mut packet = vec![0; 5];
+        packet.extend_from_slice(&compressed);
+        buffer.packet = packet.into();
         buffer
     }
 
@@ -1829,7 +1834,7 @@ mod tests {
         let result = tokio::time::timeout(Duration::from_secs(5), packet).await;
         event_loop.abort();
         result.ok()?.unwrap();
-        buffer.buffer.get(5).copied()
+        buffer.packet.get(5).copied()
     }
 
     #[tokio::test]
