@@ -669,6 +669,62 @@ fn bulk_output_and_input_through_a_recorded_session_arrive_whole() {
     assert_eq!(got, want);
 }
 
+/// Input and its echo at once, read slowly on the client's side: the SSH server inside the
+/// channel is held writing (the outer window is spent) while the client keeps sending. The
+/// outer channel must still be read, or the outer session stops for good (it stalled a
+/// 256 MiB download in the release benchmark).
+#[test]
+fn an_echo_read_slowly_while_the_client_keeps_sending_does_not_stall() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 34, &[]);
+    let client = b.client("alice", &key);
+    let local = b.t.join("echo.bin");
+    let data: Vec<u8> = (0..(8u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&local, &data).unwrap();
+    let want = run_ok(Command::new("sha256sum").arg(&local)).stdout;
+    let want = want.split_whitespace().next().unwrap_or("").to_string();
+    // The client's stdin is the file, its stdout is read here slowly (64 KiB every 10 ms),
+    // its stderr goes to a file so no pipe outlives it.
+    let stderr_path = b.t.join("echo.stderr");
+    let mut ssh = Command::new("ssh")
+        .args(["-F", &client.config.display().to_string(), "web-1", "cat"])
+        .stdin(std::fs::File::open(&local).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = ssh.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut h = sha2::Sha256::new();
+        let (mut buf, mut total) = (vec![0u8; 65536], 0usize);
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    total += n;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = tx.send((hex::encode(h.finalize()), total));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let (hash, total) = got.unwrap_or_else(|_| {
+        panic!("the echo stalled: no end of output within 60 s; ssh said: {stderr}")
+    });
+    assert_eq!(total, data.len(), "{stderr}");
+    assert_eq!(hash, want, "{stderr}");
+}
+
 #[test]
 fn a_recording_disk_that_fills_during_a_session_cuts_that_session_only() {
     let Some(b) = start_with("", &[]) else { return };
