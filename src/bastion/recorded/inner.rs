@@ -23,7 +23,7 @@ use super::session::{Refused, SessionCtx};
 use super::target;
 use crate::audit::RefusalCode;
 use crate::bastion::connection::reject;
-use crate::bastion::verify::verify_certificate;
+use crate::bastion::verify::{check_security_key_flags, security_key_flags, verify_certificate};
 use crate::policy::Held;
 
 /// How long a relayed request waits for the target's answer.
@@ -294,11 +294,13 @@ impl Handler for Inner {
         &mut self,
         user: &str,
         cert: &Certificate,
-        _signature: VerifiedPublicKey<'_>,
+        signature: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let policy = self.ctx.shared.policy.current();
         let now = SystemTime::now();
-        // The same checks as the outer connection's, under the policy in force now.
+        let sk_flags = security_key_flags(cert, signature.sk.map(|sk| sk.flags));
+        // The same checks as the outer connection's, under the policy in force now, the
+        // security key's touch included (this signature is a new one).
         let id = match verify_certificate(
             cert,
             &self.ctx.shared.trusted,
@@ -306,7 +308,11 @@ impl Handler for Inner {
             self.ctx.peer_ip,
             now,
             self.ctx.shared.max_validity,
-        ) {
+        )
+        .and_then(|id| match sk_flags {
+            Some(flags) => check_security_key_flags(cert, flags).map(|()| id),
+            None => Ok(id),
+        }) {
             Ok(id) => id,
             Err(refusal) => {
                 return Ok(self
