@@ -108,6 +108,27 @@ impl Inner {
         let _ = session.channel_failure(channel);
     }
 
+    /// The channel's reply back when the target connection is up (made now if it is the
+    /// first channel); otherwise the channel is refused with the reason, which is audited.
+    async fn target_or_reject(&mut self, reply: ChannelOpenHandle) -> Option<ChannelOpenHandle> {
+        if let Err(r) = self.ensure_target().await {
+            let login = self.login.as_ref().map(|(l, _)| l.clone());
+            self.ctx.refuse(login.as_deref(), &r).await;
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 2,
+                    reason: r.message,
+                })
+                .await;
+            return None;
+        }
+        if self.target.is_none() {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return None;
+        }
+        Some(reply)
+    }
+
     /// The target connection, made on the first channel: `session.started` on disk, the
     /// recording created, then (only then) the target dialled and logged in to.
     async fn ensure_target(&mut self) -> Result<(), Refused> {
@@ -353,19 +374,10 @@ impl Handler for Inner {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Err(r) = self.ensure_target().await {
-            let login = self.login.as_ref().map(|(l, _)| l.clone());
-            self.ctx.refuse(login.as_deref(), &r).await;
-            reply
-                .reject(ChannelOpenFailure::Other {
-                    code: 2,
-                    reason: r.message,
-                })
-                .await;
+        let Some(reply) = self.target_or_reject(reply).await else {
             return Ok(());
-        }
+        };
         let Some(handle) = self.target.as_ref() else {
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
         let opened = handle.channel_open_session().await;
@@ -416,19 +428,10 @@ impl Handler for Inner {
                 .await;
             return Ok(());
         }
-        if let Err(r) = self.ensure_target().await {
-            let login = self.login.as_ref().map(|(l, _)| l.clone());
-            self.ctx.refuse(login.as_deref(), &r).await;
-            reply
-                .reject(ChannelOpenFailure::Other {
-                    code: 2,
-                    reason: r.message,
-                })
-                .await;
+        let Some(reply) = self.target_or_reject(reply).await else {
             return Ok(());
-        }
+        };
         let Some(handle) = self.target.as_ref() else {
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
         let shown: String = crate::util::escape(host_to_connect)
