@@ -512,6 +512,9 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// Bytes the handler has taken from this channel and not released yet (only for a
+    /// channel whose window the handler holds): they count against the window granted.
+    held_window: u32,
 }
 
 impl ChannelParams {

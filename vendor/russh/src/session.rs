@@ -335,6 +335,63 @@ impl Encrypted {
         Ok(false)
     }
 
+    /// [`Self::adjust_window_size`] for a channel whose window the handler holds: the
+    /// bytes of `data` stay counted against the window until [`Self::release_window`]
+    /// gives them back, so the peer can never have more than `target` bytes in flight
+    /// and waiting in the handler together.
+    pub fn adjust_held_window_size(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        target: u32,
+    ) -> Result<bool, crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            let len = data.len() as u32;
+            if len <= channel.sender_window_size {
+                channel.sender_window_size -= len;
+            }
+            channel.held_window = channel.held_window.saturating_add(len);
+            return Self::grant_held_window(&mut self.write, channel, target);
+        }
+        Ok(false)
+    }
+
+    /// Gives back `bytes` the handler took from a held channel, and opens the window
+    /// again once at most half of `target` is open.
+    pub fn release_window(
+        &mut self,
+        channel: ChannelId,
+        bytes: u32,
+        target: u32,
+    ) -> Result<bool, crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            channel.held_window = channel.held_window.saturating_sub(bytes);
+            return Self::grant_held_window(&mut self.write, channel, target);
+        }
+        Ok(false)
+    }
+
+    fn grant_held_window(
+        write: &mut Vec<u8>,
+        channel: &mut ChannelParams,
+        target: u32,
+    ) -> Result<bool, crate::Error> {
+        let open = channel
+            .sender_window_size
+            .saturating_add(channel.held_window);
+        if open >= target / 2 {
+            return Ok(false);
+        }
+        let grant = target - open;
+        push_packet!(write, {
+            write.push(msg::CHANNEL_WINDOW_ADJUST);
+            channel.recipient_channel.encode(write)?;
+            grant.encode(write)?;
+        });
+        channel.sender_window_size += grant;
+        Ok(true)
+    }
+
     fn flush_channel(
         write: &mut Vec<u8>,
         channel: &mut ChannelParams,
@@ -783,6 +840,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    held_window: 0,
                 });
                 return ChannelId(self.last_channel_id.0);
             }

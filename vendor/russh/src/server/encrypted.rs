@@ -1535,8 +1535,14 @@ impl Session {
                 let target = self.target_window_size;
 
                 #[allow(clippy::collapsible_if)]
+                let held = handler.window_held(channel_num);
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    let adjusted = if held {
+                        enc.adjust_held_window_size(channel_num, &data, target)?
+                    } else {
+                        enc.adjust_window_size(channel_num, &data, target)?
+                    };
+                    if adjusted {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window
@@ -2096,6 +2102,7 @@ impl Session {
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,
+            held_window: 0,
         };
 
         let (channel, channel_ref) = Channel::new(

@@ -614,6 +614,17 @@ pub trait Handler: Sized {
         current
     }
 
+    /// Whether this handler holds the window of `channel`: when it does, the bytes of
+    /// each data message stay counted against the window the client is granted until
+    /// the handler gives them back with [`Handle::release_window`]. A handler that
+    /// queues a channel's data instead of handling it before it returns uses this to
+    /// bound its queue by the window, without blocking the session (which would also
+    /// stop it from reading the client's own window adjustments).
+    #[allow(unused_variables)]
+    fn window_held(&mut self, channel: ChannelId) -> bool {
+        false
+    }
+
     /// The client requests a pseudo-terminal with the given
     /// specifications.
     ///

@@ -84,6 +84,12 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
+    /// Bytes of a held channel the handler has dealt with (see
+    /// [`Handler::window_held`](super::Handler::window_held)).
+    ReleaseWindow {
+        id: ChannelId,
+        bytes: u32,
+    },
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -116,6 +122,15 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Gives back `bytes` of a channel whose window the handler holds (see
+    /// [`Handler::window_held`](super::Handler::window_held)): once they are dealt
+    /// with, the client may send as many again. Never blocks.
+    pub fn release_window(&self, id: ChannelId, bytes: u32) -> Result<(), ()> {
+        self.priority_sender
+            .send(Msg::ReleaseWindow { id, bytes })
+            .map_err(|_| ())
+    }
+
     /// Send data to the session referenced by this handler.
     pub async fn data(
         &self,
@@ -538,6 +553,12 @@ impl Session {
             }
             Msg::Channel(id, ChannelMsg::WindowAdjusted { new_size }) => {
                 debug!("window adjusted to {new_size:?} for channel {id:?}");
+            }
+            Msg::ReleaseWindow { id, bytes } => {
+                let target = self.target_window_size;
+                if let Some(ref mut enc) = self.common.encrypted {
+                    enc.release_window(id, bytes, target)?;
+                }
             }
             Msg::ChannelOpenAgent { channel_ref } => {
                 let id = self.channel_open_agent()?;
