@@ -20,6 +20,10 @@ const CHANNEL_BUFFER_PACKETS: usize = 32;
 /// or one forward could hold 32 × 256 KiB = 8 MiB in russh's queue (docs/threats.md T20).
 pub(super) const MAX_CHANNEL_PACKET: u32 = 32 * 1024;
 
+/// The window each channel grants the client (russh's default, named because a recorded
+/// channel's queue to its target is bounded by it).
+pub(super) const CHANNEL_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Builds russh's configuration from ours.
 pub(super) fn russh_config(
     cfg: &SshConfig,
@@ -96,6 +100,7 @@ pub(super) fn russh_config(
         nodelay: true,
         channel_buffer_size: CHANNEL_BUFFER_PACKETS,
         maximum_packet_size: MAX_CHANNEL_PACKET,
+        window_size: CHANNEL_WINDOW,
         preferred: Preferred {
             kex,
             key: Cow::Owned(key),

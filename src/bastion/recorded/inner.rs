@@ -7,17 +7,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use russh::client;
 use russh::keys::ssh_key::Certificate;
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Pty, Sig};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Pty, Sig};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tokio::task::AbortHandle;
+use tracing::{info, warn};
 
-use super::relay::{self, ChanState, Kind};
+use super::outbox::{self, Outbox};
+use super::relay::{self, ChanState, Kind, Req, ToTarget};
 use super::seam::SftpObserver;
 use super::session::{Refused, SessionCtx};
 use super::target;
@@ -30,41 +31,18 @@ use crate::policy::Held;
 const REPLY_WAIT: Duration = Duration::from_secs(10);
 /// Longest exec command kept in the recording and the logs.
 const MAX_COMMAND: usize = 4096;
+/// What a channel may have queued for its target: the window it is granted (held until
+/// the target has the bytes) and one packet of slack.
+const QUEUE_LIMIT: usize = (crate::bastion::russh_config::CHANNEL_WINDOW
+    + crate::bastion::russh_config::MAX_CHANNEL_PACKET) as usize;
 
-/// A channel request relayed to the target (with a reply wanted, so the client gets the
-/// target's own answer).
-enum Req {
-    Pty {
-        term: String,
-        size: (u32, u32, u32, u32),
-        modes: Vec<(Pty, u32)>,
-    },
-    Shell,
-    Exec(Vec<u8>),
-    Subsystem(&'static str),
-    Env(String, String),
-}
-
-impl Req {
-    async fn send(self, t: &ChannelWriteHalf<client::Msg>) -> Result<(), russh::Error> {
-        match self {
-            Req::Pty { term, size, modes } => {
-                t.request_pty(true, &term, size.0, size.1, size.2, size.3, &modes)
-                    .await
-            }
-            Req::Shell => t.request_shell(true).await,
-            Req::Exec(command) => t.exec(true, command).await,
-            Req::Subsystem(name) => t.request_subsystem(true, name).await,
-            Req::Env(name, value) => t.set_env(true, name, value).await,
-        }
-    }
-}
-
-/// One relayed channel: the target's side to write to, and its answers to requests.
+/// One relayed channel: what goes to the target's side (sent by a writer task of its
+/// own), the target's answers to requests, and what the channel carries.
 struct Relayed {
-    target: ChannelWriteHalf<client::Msg>,
+    outbox: Outbox<ToTarget>,
     replies: mpsc::Receiver<bool>,
     state: Arc<std::sync::Mutex<ChanState>>,
+    writer: AbortHandle,
 }
 
 /// The handler of the SSH server inside the channel.
@@ -76,6 +54,20 @@ pub(super) struct Inner {
     extensions: Vec<String>,
     target: Option<target::TargetHandle>,
     channels: HashMap<ChannelId, Relayed>,
+    /// Writers of closed channels still delivering what was queued before the close.
+    closing: Vec<AbortHandle>,
+}
+
+impl Drop for Inner {
+    /// The session is over: writers still waiting for a target's window stop with it.
+    fn drop(&mut self) {
+        for r in self.channels.values() {
+            r.writer.abort();
+        }
+        for w in &self.closing {
+            w.abort();
+        }
+    }
 }
 
 impl Inner {
@@ -86,6 +78,7 @@ impl Inner {
             extensions: Vec::new(),
             target: None,
             channels: HashMap::new(),
+            closing: Vec::new(),
         }
     }
 
@@ -226,6 +219,15 @@ impl Inner {
         let (reply_tx, reply_rx) = mpsc::channel(8);
         let state = Arc::new(std::sync::Mutex::new(ChanState { kind, sftp: None }));
         let id = client_tx.id();
+        let (outbox, inbox) = outbox::outbox(QUEUE_LIMIT);
+        let writer = tokio::spawn(relay::client_to_target(
+            inbox,
+            target_tx,
+            handle.clone(),
+            id,
+            reply_tx.clone(),
+        ))
+        .abort_handle();
         tokio::spawn(relay::target_to_client(
             self.ctx.clone(),
             target_rx,
@@ -237,12 +239,38 @@ impl Inner {
         self.channels.insert(
             id,
             Relayed {
-                target: target_tx,
+                outbox,
                 replies: reply_rx,
                 state,
+                writer,
             },
         );
         Ok(())
+    }
+
+    /// Queues a message for a channel's target side; a client that overruns the queue
+    /// has its session ended.
+    fn queue(
+        &self,
+        channel: ChannelId,
+        item: ToTarget,
+        session: &mut Session,
+    ) -> Result<bool, russh::Error> {
+        let Some(r) = self.channels.get(&channel) else {
+            return Ok(false);
+        };
+        match r.outbox.control(item) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.overrun(&e, session)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn overrun(&self, e: &outbox::Overrun, session: &mut Session) -> Result<(), russh::Error> {
+        warn!(session = %self.ctx.id, error = %e, "recorded session: the client overran its channel's queue");
+        session.disconnect(russh::Disconnect::ProtocolError, &e.to_string(), "en")
     }
 
     /// Sends a request to the target and answers the client with the target's answer.
@@ -252,14 +280,14 @@ impl Inner {
         session: &mut Session,
         req: Req,
     ) -> Result<(), russh::Error> {
+        if !self.queue(channel, ToTarget::Request(req), session)? {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
         let Some(r) = self.channels.get_mut(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        if req.send(&r.target).await.is_err() {
-            session.channel_failure(channel)?;
-            return Ok(());
-        }
         match tokio::time::timeout(REPLY_WAIT, r.replies.recv()).await {
             Ok(Some(true)) => session.channel_success(channel)?,
             _ => session.channel_failure(channel)?,
@@ -280,6 +308,10 @@ impl Inner {
 
 impl Handler for Inner {
     type Error = russh::Error;
+
+    fn window_held(&mut self, channel: ChannelId) -> bool {
+        self.channels.contains_key(&channel)
+    }
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
         Ok(Some(format!(
@@ -484,18 +516,32 @@ impl Handler for Inner {
         let Some(r) = self.channels.get(&channel) else {
             return Ok(());
         };
+        // The channel's window is held (`window_held`): these bytes count against it
+        // until the writer has given them to the target, or until given back here.
         if self.ctx.client_data(&r.state, data).is_err() {
             // Fail closed: what cannot be recorded does not reach the target.
             self.ctx.recording_failed();
+            let _ = session.handle().release_window(channel, data.len() as u32);
             return Ok(());
         }
-        // Waits for the target's window: a slow target slows this client down.
-        if r.target
-            .data_bytes(Bytes::copy_from_slice(data))
-            .await
-            .is_err()
-        {
-            debug!(session = %self.ctx.id, "target channel gone");
+        // Queued, never awaited: the target's window is the writer's to wait for.
+        if let Err(e) = r.outbox.data(data) {
+            self.overrun(&e, session)?;
+        }
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // A client has no standard error to send; what it sends anyway is dropped, and
+        // given back to its window.
+        if self.channels.contains_key(&channel) {
+            let _ = session.handle().release_window(channel, data.len() as u32);
         }
         Ok(())
     }
@@ -503,21 +549,21 @@ impl Handler for Inner {
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(r) = self.channels.get(&channel) {
-            let _ = r.target.eof().await;
-        }
+        self.queue(channel, ToTarget::Eof, session)?;
         Ok(())
     }
 
     async fn channel_close(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.queue(channel, ToTarget::Close, session)?;
         if let Some(r) = self.channels.remove(&channel) {
-            let _ = r.target.close().await;
+            self.closing.retain(|w| !w.is_finished());
+            self.closing.push(r.writer);
         }
         Ok(())
     }
@@ -617,18 +663,17 @@ impl Handler for Inner {
         row_height: u32,
         pix_width: u32,
         pix_height: u32,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.ctx.resize(col_width, row_height).is_err() {
             self.ctx.recording_failed();
             return Ok(());
         }
-        if let Some(r) = self.channels.get(&channel) {
-            let _ = r
-                .target
-                .window_change(col_width, row_height, pix_width, pix_height)
-                .await;
-        }
+        self.queue(
+            channel,
+            ToTarget::WindowChange(col_width, row_height, pix_width, pix_height),
+            session,
+        )?;
         Ok(())
     }
 
@@ -636,11 +681,9 @@ impl Handler for Inner {
         &mut self,
         channel: ChannelId,
         signal: Sig,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(r) = self.channels.get(&channel) {
-            let _ = r.target.signal(signal).await;
-        }
+        self.queue(channel, ToTarget::Signal(signal), session)?;
         Ok(())
     }
 

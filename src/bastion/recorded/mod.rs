@@ -33,6 +33,7 @@ pub mod decide;
 mod drained;
 mod inner;
 pub mod keys;
+mod outbox;
 mod relay;
 pub mod seam;
 mod session;
