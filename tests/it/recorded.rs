@@ -293,6 +293,59 @@ fn scp_and_sftp_through_a_recorded_host_move_identical_bytes() {
     );
 }
 
+/// rsync through a recorded host: the remote rsync is an exec, relayed with its binary
+/// protocol in both directions; the bytes arrive whole and the command is in the recording.
+#[test]
+fn rsync_through_a_recorded_host_moves_identical_bytes_and_records_the_command() {
+    let Some(b) = recorded_bastion() else { return };
+    let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 14, &[]);
+    let client = b.client("alice", &key);
+    let data: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 21) as u8)
+        .collect();
+    let local = b.t.write("rsync-src/payload.bin", &data);
+    let remote = b.t.join("rsync-remote");
+    let back = b.t.join("rsync-back");
+    let ssh = format!("ssh -F {}", client.config.display());
+    let up = run_ok(
+        Command::new("rsync")
+            .args(["-a", "-e", &ssh])
+            .arg(local.parent().unwrap().join(""))
+            .arg(format!("web-1:{}/", remote.display())),
+    );
+    assert!(up.success(), "{up:?}");
+    assert_eq!(
+        std::fs::read(remote.join("payload.bin")).unwrap(),
+        data,
+        "rsync upload"
+    );
+    let down = run_ok(
+        Command::new("rsync")
+            .args(["-a", "-e", &ssh])
+            .arg(format!("web-1:{}/", remote.display()))
+            .arg(&back),
+    );
+    assert!(down.success(), "{down:?}");
+    assert_eq!(
+        std::fs::read(back.join("payload.bin")).unwrap(),
+        data,
+        "rsync download"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || b.find("session.ended", &[]).len() == 2,
+        || format!("two session.ended: {:#?}", b.find("session.ended", &[])),
+    );
+    for e in b.find("session.ended", &[]) {
+        assert_eq!(e["exit_status"], 0, "{e}");
+        let marks = markers_of(&cast(&b, e["session"].as_str().unwrap()));
+        assert!(
+            marks.iter().any(|m| m.starts_with("exec: rsync --server")),
+            "{marks:?}"
+        );
+    }
+}
+
 #[test]
 fn the_per_session_certificate_is_the_bastions_for_two_minutes_and_this_session_only() {
     let Some(mut b) = recorded_bastion() else {
@@ -799,6 +852,64 @@ fn inside_the_channel_only_the_connections_certificate_and_a_granted_login_get_i
         "{:#?}",
         b.records()
     );
+}
+
+/// The signature inside the channel is a new one, so a security key's touch is checked
+/// there again, as at the connection to the bastion (docs/threats.md T46): a certificate
+/// that needs the touch gets in with it and is refused without it, before the target.
+#[test]
+fn inside_the_channel_a_security_key_signature_needs_the_touch() {
+    use crate::support::softsk::SoftSk;
+    use crate::support::wire::{AnyServer, bounded, connect, threaded_runtime};
+    let Some(b) = recorded_bastion() else { return };
+    let sk = SoftSk::new();
+    let public = b.t.write("soft-sk.pub", sk.public_line());
+    let cert = b
+        .user_ca
+        .sign_user(&public, "alice", &["web-admin"], "-1m:+5m", 46, &[]);
+    let cert = ssh_key::Certificate::read_file(&cert).unwrap();
+    let rt = threaded_runtime();
+    // (outer login, inner login) with the touch outside and `inner_flags` inside.
+    let attempt = |inner_flags: u8| -> (bool, bool) {
+        rt.block_on(bounded(async {
+            let mut outer = connect(b.d.ssh.port()).await;
+            let signer = &mut sk.signer(SoftSk::USER_PRESENT);
+            let ok = outer
+                .authenticate_certificate_with("alice", cert.clone(), None, signer)
+                .await
+                .is_ok_and(|r| r.success());
+            if !ok {
+                return (false, false);
+            }
+            let channel = outer
+                .channel_open_direct_tcpip("web-1", 22, "127.0.0.1", 1)
+                .await
+                .expect("the recorded host's channel");
+            let config = std::sync::Arc::new(russh::client::Config::default());
+            let mut inner = russh::client::connect_stream(config, channel.into_stream(), AnyServer)
+                .await
+                .expect("the SSH server inside the channel");
+            let signer = &mut sk.signer(inner_flags);
+            let ok = inner
+                .authenticate_certificate_with("root", cert.clone(), None, signer)
+                .await
+                .is_ok_and(|r| r.success());
+            (true, ok)
+        }))
+    };
+    assert_eq!(
+        attempt(SoftSk::USER_PRESENT),
+        (true, true),
+        "{}",
+        b.d.server_log()
+    );
+    assert_eq!(
+        attempt(0),
+        (true, false),
+        "the server inside the channel took a signature made without a touch"
+    );
+    let r = b.expect_record("session.refused", &[("reason", "sk-no-user-presence")]);
+    assert_eq!(r["serial"], 46, "{r}");
 }
 
 #[test]

@@ -144,4 +144,39 @@ mod tests {
         d.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, data);
     }
+
+    /// A peer that sends past the cap while nothing reads ends the stream with an error
+    /// (the inner session ends); what came before the cap is still read in order.
+    #[tokio::test]
+    async fn a_peer_past_the_cap_ends_the_stream_with_an_error() {
+        use std::time::Duration;
+        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut d = Drained::new(ours);
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0usize;
+        while sent <= MAX_QUEUED + chunk.len() {
+            match tokio::time::timeout(Duration::from_secs(2), peer.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => break,
+            }
+        }
+        assert!(sent >= MAX_QUEUED, "only {sent} bytes could be sent");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        let err = loop {
+            match tokio::time::timeout(Duration::from_secs(5), d.read(&mut buf))
+                .await
+                .expect("the read ended")
+            {
+                Ok(0) => panic!("the stream ended without an error after {got} bytes"),
+                Ok(n) => {
+                    assert!(buf[..n].iter().all(|b| *b == 7));
+                    got += n;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(got <= MAX_QUEUED, "{got} bytes were queued");
+        assert!(err.to_string().contains("more than"), "{err}");
+    }
 }

@@ -74,3 +74,33 @@ impl SoftSk {
         s.authenticate_signed(user, cert, |data| self.sign(data, flags, 7))
     }
 }
+
+impl SoftSk {
+    /// A russh signer signing with this key and `flags` (for a russh client's
+    /// `authenticate_certificate_with`).
+    pub fn signer(&self, flags: u8) -> SkSigner<'_> {
+        SkSigner { sk: self, flags }
+    }
+}
+
+/// [`SoftSk`] as a russh signer: what it returns is the data with the signature blob
+/// appended, as an agent's answer is.
+pub struct SkSigner<'a> {
+    sk: &'a SoftSk,
+    flags: u8,
+}
+
+impl russh::Signer for SkSigner<'_> {
+    type Error = russh::AgentAuthError;
+    async fn auth_sign(
+        &mut self,
+        _offered: &russh::keys::agent::AgentIdentity,
+        _hash_alg: Option<ssh_key::HashAlg>,
+        mut to_sign: Vec<u8>,
+    ) -> Result<Vec<u8>, Self::Error> {
+        let blob = self.sk.sign(&to_sign, self.flags, 9);
+        to_sign.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+        to_sign.extend_from_slice(&blob);
+        Ok(to_sign)
+    }
+}
