@@ -4,40 +4,30 @@
 //! replica ([`super::lease`]), deleted when the connection ends. The rows of a replica
 //! that died stop counting when their lease runs out.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::db::Db;
+use super::lease::LiveIds;
 use crate::bastion::counts::{ConnectionCounts, CountFuture, NoPlace};
 
 /// The shared count of this replica.
 pub struct PgCounts {
     db: Arc<Db>,
     /// This replica's connections holding (or taking) a place: the rows its lease renews.
-    live: Mutex<HashSet<i64>>,
+    live: LiveIds,
 }
 
 impl PgCounts {
     pub fn new(db: Arc<Db>) -> PgCounts {
         PgCounts {
             db,
-            live: Mutex::new(HashSet::new()),
+            live: LiveIds::default(),
         }
     }
 
     /// The connections whose rows this replica renews; any other row of its is stale.
     pub fn live(&self) -> Vec<i64> {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.iter().copied().collect()
-    }
-
-    fn set_live(&self, id: i64, on: bool) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if on {
-            live.insert(id);
-        } else {
-            live.remove(&id);
-        }
+        self.live.ids()
     }
 }
 
@@ -58,7 +48,7 @@ impl ConnectionCounts for PgCounts {
             let max = i32::try_from(max).unwrap_or(i32::MAX);
             let id = conn_id(conn);
             // Live before the row exists, so the lease never deletes a row being taken.
-            self.set_live(id, true);
+            self.live.set(id, true);
             let taken = self
                 .db
                 .run(|c| async move {
@@ -73,11 +63,11 @@ impl ConnectionCounts for PgCounts {
             match taken {
                 Ok(true) => Ok(()),
                 Ok(false) => {
-                    self.set_live(id, false);
+                    self.live.set(id, false);
                     Err(NoPlace::Full)
                 }
                 Err(e) => {
-                    self.set_live(id, false);
+                    self.live.set(id, false);
                     Err(NoPlace::Unavailable(e.to_string()))
                 }
             }
@@ -85,7 +75,7 @@ impl ConnectionCounts for PgCounts {
     }
 
     fn give_back(&self, _key_id: &str, conn: u64) {
-        self.set_live(conn_id(conn), false);
+        self.live.set(conn_id(conn), false);
         let db = self.db.clone();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;

@@ -7,17 +7,17 @@
 //! this replica's forwards, and the rows are what operators (and `session list --live`)
 //! see of all of them.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::db::Db;
+use super::lease::LiveIds;
 use crate::bastion::registry::{ForwardRegistry, MemoryRegistry, OpenForward};
 
 /// This replica's registry, mirrored in PostgreSQL.
 pub struct PgRegistry {
     db: Arc<Db>,
     local: MemoryRegistry,
-    live: Mutex<HashSet<i64>>,
+    live: LiveIds,
 }
 
 impl PgRegistry {
@@ -25,23 +25,13 @@ impl PgRegistry {
         PgRegistry {
             db,
             local: MemoryRegistry::default(),
-            live: Mutex::new(HashSet::new()),
+            live: LiveIds::default(),
         }
     }
 
     /// The forwards whose rows this replica renews.
     pub fn live(&self) -> Vec<i64> {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.iter().copied().collect()
-    }
-
-    fn set_live(&self, id: i64, on: bool) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if on {
-            live.insert(id);
-        } else {
-            live.remove(&id);
-        }
+        self.live.ids()
     }
 
     fn spawn(&self, what: &'static str, op: Op) {
@@ -116,7 +106,7 @@ fn id64(v: u64) -> i64 {
 impl ForwardRegistry for PgRegistry {
     fn insert(&self, forward: Arc<OpenForward>) {
         let id = id64(forward.id);
-        self.set_live(id, true);
+        self.live.set(id, true);
         let op = Op::Insert {
             id,
             conn: id64(forward.conn),
@@ -130,7 +120,7 @@ impl ForwardRegistry for PgRegistry {
 
     fn remove(&self, id: u64) {
         self.local.remove(id);
-        self.set_live(id64(id), false);
+        self.live.set(id64(id), false);
         self.spawn("delete", Op::Delete { id: id64(id) });
     }
 

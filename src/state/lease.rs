@@ -4,7 +4,8 @@
 //! the per-user cap and leave the list of open forwards within one lease, without anyone
 //! cleaning up by hand. Failed-login rows older than the login window go too.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -96,4 +97,25 @@ pub async fn renew(
         Ok(())
     })
     .await
+}
+
+/// The ids of a replica's rows that its lease renews (its connections or its forwards):
+/// any other row of the replica's is stale.
+#[derive(Debug, Default)]
+pub struct LiveIds(Mutex<HashSet<i64>>);
+
+impl LiveIds {
+    pub fn ids(&self) -> Vec<i64> {
+        let live = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter().copied().collect()
+    }
+
+    pub fn set(&self, id: i64, on: bool) {
+        let mut live = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            live.insert(id);
+        } else {
+            live.remove(&id);
+        }
+    }
 }
