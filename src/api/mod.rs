@@ -79,7 +79,17 @@ impl AppState {
             ),
             None => (None, Authenticator::new(&config)?),
         };
-        let device = crate::identity::device::DeviceLogin::from_config(&config)?.map(Arc::new);
+        let device = crate::identity::device::DeviceLogin::from_config(&config)?.map(|d| {
+            // With `[state] postgres` a login started here is polled on any replica.
+            let d = match &shared_state {
+                Some(db) => d.with_store(Arc::new(crate::state::device_logins::PgDevices::new(
+                    db.clone(),
+                    crate::identity::device::limits(&config),
+                ))),
+                None => d,
+            };
+            Arc::new(d)
+        });
         Ok(Arc::new(AppState {
             shared_state,
             config,

@@ -83,6 +83,18 @@ pub async fn renew(
             &[],
         )
         .await?;
+        // Device logins 10 minutes past their expiry (pending::TOMBSTONE), and starts
+        // older than the minute they count in.
+        c.execute(
+            "DELETE FROM device_logins WHERE expires_at < now() - interval '600 seconds'",
+            &[],
+        )
+        .await?;
+        c.execute(
+            "DELETE FROM device_starts WHERE at < now() - interval '1 minute'",
+            &[],
+        )
+        .await?;
         c.execute(
             "DELETE FROM replicas WHERE lease_until < now() - interval '1 day'",
             &[],

@@ -29,6 +29,7 @@ pub mod cmd;
 pub mod connect;
 pub mod counts;
 pub mod db;
+pub mod device_logins;
 pub mod forwards;
 pub mod lease;
 pub mod limiter;

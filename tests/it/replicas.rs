@@ -33,18 +33,20 @@ struct Replicas {
 const N: usize = 3;
 
 fn start(ssh_extra: &str) -> Replicas {
-    start_full(ssh_extra, None).0
+    start_full(ssh_extra, None, "").0
 }
 
 /// The replicas with `[policy] git` naming one repository (r1's `policies/` folder made a
 /// Git work tree, polled every 200 ms) and `signers`' allowed_signers file; the first
 /// commit (signed by alice) is in force at start.
 fn start_git(signers: &Signers) -> (Replicas, String) {
-    let (reps, first) = start_full("", Some(signers));
+    let (reps, first) = start_full("", Some(signers), "");
     (reps, first.unwrap_or_default())
 }
 
-fn start_full(ssh_extra: &str, git: Option<&Signers>) -> (Replicas, Option<String>) {
+/// The replicas; `extra` is appended to every replica's drawbridge.toml (e.g. an
+/// `[[oidc]]` block).
+fn start_full(ssh_extra: &str, git: Option<&Signers>, extra: &str) -> (Replicas, Option<String>) {
     let pg = Postgres::start();
     let t = TestDir::new();
     let mut r = Vec::new();
@@ -83,7 +85,7 @@ fn start_full(ssh_extra: &str, git: Option<&Signers>) -> (Replicas, Option<Strin
             .unwrap_or_else(|| Drawbridge::prepare_with_ssh(&[], "", ssh_extra));
         // One `ca/` (and users file) for all; a state section naming the replica.
         let state = pg.state_config(d.path(), &format!("r{i}"), "3s");
-        let extra = if i == 1 {
+        let shared = if i == 1 {
             format!("{policy}{state}")
         } else {
             format!(
@@ -94,7 +96,7 @@ fn start_full(ssh_extra: &str, git: Option<&Signers>) -> (Replicas, Option<Strin
         };
         let cfg = d.path().join("drawbridge.toml");
         let text = std::fs::read_to_string(&cfg).unwrap();
-        std::fs::write(&cfg, format!("{text}\n{extra}")).unwrap();
+        std::fs::write(&cfg, format!("{text}\n{shared}\n{extra}")).unwrap();
         write_dmz_policy(
             &d.path().join("policies"),
             dmz.sshd.port,
@@ -605,4 +607,85 @@ fn t51_a_signed_commit_cuts_forwards_on_every_replica_and_bad_commits_are_refuse
     }
     let (code, out) = reps.verify_postgres();
     assert_eq!(code, 0, "{out}");
+}
+
+/// A device login started on one replica is polled on the others (the logins in progress
+/// are in PostgreSQL, behind a round-robin balancer any poll may land anywhere): pending
+/// there, finished there once the person logged in at the provider, then used up on every
+/// replica; the token it gave gets a certificate through the balancer.
+#[test]
+fn a_device_login_started_on_one_replica_is_finished_on_another() {
+    let idp = crate::support::oidc_provider::OidcProvider::start(600, 1);
+    let (reps, _) = start_full("", None, &idp.config());
+    let (status, body) = reps.curl_at(reps.r[0].api.port(), "/v1/device", &["-X", "POST"]);
+    assert_eq!(status, 200, "{body}");
+    let started: Value = serde_json::from_str(&body).unwrap();
+    let code = started["device_code"].as_str().unwrap().to_string();
+    let poll = |i: usize| -> (u16, Value) {
+        let body = serde_json::json!({ "device_code": code }).to_string();
+        let (s, b) = reps.curl_at(
+            reps.r[i].api.port(),
+            "/v1/device/token",
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ],
+        );
+        (s, serde_json::from_str(&b).unwrap_or(Value::Null))
+    };
+    // Before the person logs in: pending on another replica, not an unknown code.
+    let (s, v) = poll(1);
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "r2: {v}\n{}",
+        reps.r[1].server_log()
+    );
+    let uri = started["verification_uri_complete"].as_str().unwrap();
+    idp.approve(uri, "erin", &["ops"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut interval = 1;
+    let token = loop {
+        std::thread::sleep(Duration::from_secs(interval));
+        let (s, v) = poll(2);
+        if s == 200 {
+            break v["token"].as_str().unwrap().to_string();
+        }
+        match v["error"].as_str() {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += 5,
+            _ => panic!("r3: {s} {v}\n{}", reps.r[2].server_log()),
+        }
+        assert!(Instant::now() < deadline, "the device login never ended");
+    };
+    for i in 0..N {
+        let (s, v) = poll(i);
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "r{}: {v}",
+            i + 1
+        );
+    }
+    let key = crate::support::ssh::keygen(&reps.r[0].path().join("erin_key"), "ed25519");
+    let (s, body) = reps.curl_at(
+        reps.lb.api,
+        "/v1/certs",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data-binary",
+            &format!("@{}", key.public().display()),
+        ],
+    );
+    assert_eq!(s, 200, "{body}");
+    // The provider's code never reached the database in clear, nor ours.
+    assert_eq!(
+        reps.rows(&format!(
+            "SELECT count(*) FROM device_logins WHERE position(convert_to('{code}', 'UTF8') in sealed) > 0"
+        )),
+        0
+    );
 }

@@ -74,6 +74,60 @@ async fn postgres_limits_and_counts_keep_the_contracts_of_the_memory_ones() {
     use drawbridge::bastion::counts::{ConnectionCounts, NoPlace};
     assert_eq!(other.take("alice", 99, 3).await, Err(NoPlace::Full));
     assert!(other.take("carol", 99, 3).await.is_ok());
+
+    // Device logins: the memory store's contract; a login started on one replica is
+    // polled on another (once), and the provider's code is not in the database in clear.
+    use drawbridge::identity::Secret;
+    use drawbridge::identity::device::pending::{Limits, PollGate};
+    use drawbridge::identity::device::store::{DeviceStore, contract};
+    use drawbridge::state::device_logins::PgDevices;
+    let limits = Limits {
+        pending: 64,
+        pending_per_source: 3,
+        starts_per_minute: 10,
+    };
+    let r1 = PgDevices::new(db.clone(), limits);
+    contract::check(&r1, limits).await;
+    let r2 = PgDevices::new(Db::new(target(&pg, "r2")), limits);
+    let ip = "192.0.2.200".parse().unwrap();
+    assert_eq!(r1.admit(ip).await, Ok(Ok(())));
+    let secret = "provider-device-code-in-clear";
+    assert_eq!(
+        r1.insert(
+            "our-code",
+            Secret::new(secret.into()),
+            ip,
+            Duration::from_secs(600),
+            Duration::from_secs(1),
+        )
+        .await,
+        Ok(true)
+    );
+    match r2.gate("our-code").await {
+        Ok(PollGate::Ask(c)) => assert_eq!(c.expose(), secret),
+        other => panic!("the other replica's poll: {other:?}"),
+    }
+    assert!(matches!(
+        r1.gate("our-code").await,
+        Ok(PollGate::SlowDown(_))
+    ));
+    let in_clear = db
+        .run(|c| async move {
+            c.query_one(
+                "SELECT count(*) FROM device_logins \
+                 WHERE position(convert_to('provider-device-code', 'UTF8') in sealed) > 0",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(in_clear, 0);
+    // The database away: refused, not waved through.
+    pg.stop();
+    assert!(r2.gate("our-code").await.is_err());
+    assert!(r2.admit(ip).await.is_err());
 }
 
 /// T52 at the chain's level: while the database is stopped a record fails within 1 s

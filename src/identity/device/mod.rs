@@ -13,10 +13,12 @@
 
 pub mod pending;
 pub mod provider;
+pub mod seal;
+pub mod store;
 
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,8 +26,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::{AuthError, Authenticator, Identity, Secret};
 use crate::audit::RefusalCode;
 use crate::config::Config;
-use pending::{Ended, Limits, Pending, PollGate, PollOutcome, StartRefused};
+use pending::{Ended, Limits, PollGate, PollOutcome, StartRefused};
 use provider::{DeviceClient, ProviderError, TokenAnswer};
+use store::{DeviceStore, MemoryDevices, StoreDown};
 
 /// Longest `device_code` looked up (ours are 43 characters).
 pub const MAX_CODE_LEN: usize = 128;
@@ -58,6 +61,8 @@ pub enum DeviceError {
     Limit(StartRefused),
     /// The provider could not be reached; the text is for the operator.
     Unavailable(String),
+    /// The shared state (PostgreSQL) could not be asked; the text is for the operator.
+    StateUnavailable(String),
     /// The provider answered nonsense; the text is for the operator.
     Provider(String),
     /// The ID token was refused.
@@ -70,6 +75,7 @@ impl DeviceError {
             DeviceError::NotConfigured | DeviceError::Unavailable(_) => {
                 RefusalCode::DeviceUnavailable
             }
+            DeviceError::StateUnavailable(_) => RefusalCode::ApiStateUnavailable,
             DeviceError::Pending => RefusalCode::AuthorizationPending,
             DeviceError::SlowDown(_) => RefusalCode::SlowDown,
             DeviceError::Expired => RefusalCode::ExpiredToken,
@@ -83,7 +89,9 @@ impl DeviceError {
     /// HTTP status: RFC 8628's errors are 400; limits 429; the provider's faults 502/503.
     pub fn status(&self) -> u16 {
         match self {
-            DeviceError::NotConfigured | DeviceError::Unavailable(_) => 503,
+            DeviceError::NotConfigured
+            | DeviceError::Unavailable(_)
+            | DeviceError::StateUnavailable(_) => 503,
             DeviceError::Limit(_) => 429,
             DeviceError::Provider(_) => 502,
             _ => 400,
@@ -119,6 +127,9 @@ impl DeviceError {
             DeviceError::Unavailable(_) => {
                 "the identity provider cannot be reached; try again shortly".into()
             }
+            DeviceError::StateUnavailable(_) => {
+                "drawbridge's shared state is unavailable, so no device login can start or finish; try again shortly".into()
+            }
             DeviceError::Provider(_) => {
                 "the identity provider gave an answer drawbridge cannot use; the operator has the details".into()
             }
@@ -131,6 +142,7 @@ impl DeviceError {
         match self {
             DeviceError::InvalidGrant(why)
             | DeviceError::Unavailable(why)
+            | DeviceError::StateUnavailable(why)
             | DeviceError::Provider(why) => why.clone(),
             DeviceError::Token(e) => e.audit_reason(),
             DeviceError::Limit(StartRefused::Full) => "login.device_pending reached".into(),
@@ -164,9 +176,9 @@ impl DeviceError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             DeviceError::Limit(_) => Some(Duration::from_secs(60)),
-            DeviceError::Unavailable(_) | DeviceError::NotConfigured => {
-                Some(Duration::from_secs(5))
-            }
+            DeviceError::Unavailable(_)
+            | DeviceError::StateUnavailable(_)
+            | DeviceError::NotConfigured => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -175,7 +187,16 @@ impl DeviceError {
 /// The device login of this process (the first `[[oidc]]` with a `client_id`).
 pub struct DeviceLogin {
     client: DeviceClient,
-    pending: Mutex<Pending>,
+    store: Arc<dyn DeviceStore>,
+}
+
+/// The device-login limits of `[login]`.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        pending: config.login.device_pending,
+        pending_per_source: config.login.device_pending_per_source,
+        starts_per_minute: config.login.device_starts_per_minute,
+    }
 }
 
 impl DeviceLogin {
@@ -215,12 +236,14 @@ impl DeviceLogin {
             .map_err(|e| anyhow::anyhow!("oidc {}: {e}", p.issuer))?;
         Ok(Some(DeviceLogin {
             client,
-            pending: Mutex::new(Pending::new(Limits {
-                pending: config.login.device_pending,
-                pending_per_source: config.login.device_pending_per_source,
-                starts_per_minute: config.login.device_starts_per_minute,
-            })),
+            store: Arc::new(MemoryDevices::new(limits(config))),
         }))
+    }
+
+    /// The same login with its logins in progress kept in `store` (shared by the
+    /// replicas with `[state] postgres`).
+    pub fn with_store(self, store: Arc<dyn DeviceStore>) -> DeviceLogin {
+        DeviceLogin { store, ..self }
     }
 
     /// The provider's issuer.
@@ -228,33 +251,28 @@ impl DeviceLogin {
         self.client.issuer()
     }
 
-    fn with_pending<T>(&self, f: impl FnOnce(&mut Pending) -> T) -> Result<T, DeviceError> {
-        let mut p = self
-            .pending
-            .lock()
-            .map_err(|_| DeviceError::Provider("device login state poisoned".into()))?;
-        Ok(f(&mut p))
-    }
-
     /// Starts a device login for `source`.
     pub async fn start(&self, source: IpAddr) -> Result<Started, DeviceError> {
-        self.with_pending(|p| p.admit(source, Instant::now()))?
+        self.store
+            .admit(source)
+            .await
+            .map_err(DeviceError::from)?
             .map_err(DeviceError::Limit)?;
         let auth = self.client.start().await.map_err(from_provider)?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes)
             .map_err(|e| DeviceError::Provider(format!("random device code: {e}")))?;
         let code = URL_SAFE_NO_PAD.encode(bytes);
-        let kept = self.with_pending(|p| {
-            p.insert(
+        let kept = self
+            .store
+            .insert(
                 &code,
                 auth.device_code,
                 source,
                 Duration::from_secs(auth.expires_in),
                 Duration::from_secs(auth.interval),
-                Instant::now(),
             )
-        })?;
+            .await?;
         if !kept {
             return Err(DeviceError::Limit(StartRefused::Full));
         }
@@ -278,7 +296,7 @@ impl DeviceLogin {
                 "device_code empty or too long".into(),
             ));
         }
-        let gate = self.with_pending(|p| p.gate(code, Instant::now()))?;
+        let gate = self.store.gate(code).await?;
         let provider_code = match gate {
             PollGate::Ask(c) => c,
             PollGate::Unknown => {
@@ -318,11 +336,17 @@ impl DeviceLogin {
                 (PollOutcome::End(Ended::Used), verified)
             }
         };
-        let interval = self.with_pending(|p| p.finish(code, outcome))?;
+        let interval = self.store.finish(code, outcome).await?;
         match (outcome, result) {
             (PollOutcome::SlowDown, Err(_)) => Err(DeviceError::SlowDown(interval)),
             (_, r) => r,
         }
+    }
+}
+
+impl From<StoreDown> for DeviceError {
+    fn from(e: StoreDown) -> DeviceError {
+        DeviceError::StateUnavailable(e.0)
     }
 }
 

@@ -156,8 +156,10 @@ impl Postgres {
     /// The server and every backend process, paused (`SIGSTOP`: connections stay open and
     /// nothing answers, as a database behind a dead network) or resumed (`SIGCONT`).
     pub fn freeze(&self, frozen: bool) {
-        let pid_file =
-            std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
+        // No pid file: the cluster is stopped, nothing to pause or resume.
+        let Ok(pid_file) = std::fs::read_to_string(self.data.join("postmaster.pid")) else {
+            return;
+        };
         let postmaster: u32 = pid_file
             .lines()
             .next()
