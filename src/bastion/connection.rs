@@ -194,7 +194,10 @@ pub(super) async fn serve_connection(
     // polled after completion): a client that leaves within the second given to read
     // the reason ends it here.
     let mut ended = false;
-    if valid_before.is_some() {
+    // The session must run on to write the disconnect message queued above: cut at once,
+    // a refusal before authentication (the shared state away) reached the client as a
+    // bare "Connection closed".
+    if valid_before.is_some() || tell {
         ended = tokio::time::timeout(Duration::from_secs(1), &mut session)
             .await
             .is_ok();
