@@ -188,8 +188,8 @@ fn device_login_pending_slow_down_access_denied_and_a_guessed_code() {
     );
 }
 
-/// A code past the provider's `expires_in` is `expired_token`, also after the person
-/// approved too late.
+/// A code past the provider's `expires_in` is `expired_token`, and stays so when polled
+/// again.
 #[test]
 fn device_login_expires_with_the_providers_expires_in() {
     let idp = OidcProvider::start(3, 1);
@@ -230,8 +230,9 @@ fn device_logins_per_source_are_bounded() {
     );
 }
 
-/// The provider's ID token is judged as a bearer ID token: one addressed to another
-/// audience ends the login with `invalid_grant`, and no token.
+/// The provider's ID token is judged as a bearer ID token: one signed by a key drawbridge
+/// does not trust (its `jwks` names another key) ends the login with `invalid_grant`, and
+/// no token.
 #[test]
 fn device_login_refuses_an_id_token_the_bearer_check_would_refuse() {
     let idp = OidcProvider::start(600, 1);

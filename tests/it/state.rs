@@ -128,6 +128,8 @@ async fn postgres_limits_and_counts_keep_the_contracts_of_the_memory_ones() {
     pg.stop();
     assert!(r2.gate("our-code").await.is_err());
     assert!(r2.admit(ip).await.is_err());
+    // A one-time code is refused while the database cannot say it is unused.
+    assert!(!codes_a.claim("zed", 200).await);
 }
 
 /// T52 at the chain's level: while the database is stopped a record fails within 1 s
