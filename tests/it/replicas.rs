@@ -281,6 +281,47 @@ fn three_replicas_share_lockouts_and_the_connection_cap() {
         );
     }
 
+    // A replica's chain exported from PostgreSQL is a file `audit verify` and `audit
+    // search` read as they read the file log.
+    let export = reps.r[0].path().join("r2-export.log");
+    let (code, _, err) = reps.r[0].cli(
+        &[
+            "audit",
+            "export",
+            "--replica",
+            "r2",
+            "-o",
+            export.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "audit export: {err}");
+    let (code, out, err) = reps.r[0].cli(&["audit", "verify", export.to_str().unwrap()], None);
+    assert_eq!(code, 0, "audit verify of the export: {out}{err}");
+    let (code, out, err) = reps.r[0].cli(
+        &[
+            "audit",
+            "search",
+            "--json",
+            "--event",
+            "ssh.auth.ok",
+            "--user",
+            "carol",
+            export.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "audit search of the export: {err}");
+    let found: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), reps.find(1, "ssh.auth.ok", &[]).len(), "{out}");
+    assert!(
+        !found.is_empty() && found.iter().all(|r| r["key_id"] == "carol"),
+        "{out}"
+    );
+
     // Five wrong passwords over the balancer (round robin: every replica sees some) lock
     // dave on every replica, even with the right password.
     for _ in 0..5 {
