@@ -685,18 +685,10 @@ fn a_device_login_started_on_one_replica_is_finished_on_another() {
     assert_eq!(status, 200, "{body}");
     let started: Value = serde_json::from_str(&body).unwrap();
     let code = started["device_code"].as_str().unwrap().to_string();
+    // Polled as the README does it: `curl -d '{"device_code":"…"}'` (curl's form type).
     let poll = |i: usize| -> (u16, Value) {
         let body = serde_json::json!({ "device_code": code }).to_string();
-        let (s, b) = reps.curl_at(
-            reps.r[i].api.port(),
-            "/v1/device/token",
-            &[
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &body,
-            ],
-        );
+        let (s, b) = reps.curl_at(reps.r[i].api.port(), "/v1/device/token", &["-d", &body]);
         (s, serde_json::from_str(&b).unwrap_or(Value::Null))
     };
     // Before the person logs in: pending on another replica, not an unknown code.
