@@ -566,6 +566,13 @@ class VsOpenssh:
 
     def run(self):
         r = {}
+        if self.p.get("held_only"):
+            try:
+                log("held connections (only)")
+                r["held"] = self.held()
+            finally:
+                self.servers.close()
+            return r
         if self.p.get("jump_only"):
             try:
                 log("throughput through ssh -J (only)")
