@@ -566,20 +566,19 @@ class VsOpenssh:
 
     def run(self):
         r = {}
-        if self.p.get("held_only"):
-            try:
-                log("held connections (only)")
-                r["held"] = self.held()
-            finally:
-                self.servers.close()
-            return r
-        if self.p.get("jump_only"):
-            try:
-                log("throughput through ssh -J (only)")
-                r["jump_throughput"] = self.jump_throughput()
-            finally:
-                self.servers.close()
-            return r
+        # --held-only / --jump-only: one measurement and nothing else.
+        only = {
+            "held_only": ("held", self.held),
+            "jump_only": ("jump_throughput", self.jump_throughput),
+        }
+        for flag, (key, measure) in only.items():
+            if self.p.get(flag):
+                try:
+                    log(f"{key} (only)")
+                    r[key] = measure()
+                finally:
+                    self.servers.close()
+                return r
         try:
             log("held connections")
             r["held"] = self.held()

@@ -116,6 +116,25 @@ pub mod contract {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
+    /// Admits `source` and keeps a login `code` for it; both must succeed.
+    async fn started(
+        store: &dyn DeviceStore,
+        code: &str,
+        source: IpAddr,
+        expires_in: Duration,
+        interval: Duration,
+    ) {
+        assert_eq!(store.admit(source).await, Ok(Ok(())), "start {code}");
+        let provider = Secret::new(format!("provider-{code}"));
+        assert_eq!(
+            store
+                .insert(code, provider, source, expires_in, interval)
+                .await,
+            Ok(true),
+            "keep {code}"
+        );
+    }
+
     pub async fn check(store: &dyn DeviceStore, limits: Limits) {
         use crate::identity::device::pending::Ended;
         let a: IpAddr = "192.0.2.10".parse().unwrap();
@@ -155,19 +174,8 @@ pub mod contract {
             Ok(PollGate::Unknown)
         ));
         // A login that ended with a token is used up.
-        assert_eq!(store.admit(a).await, Ok(Ok(())));
-        assert_eq!(
-            store
-                .insert(
-                    &code(2),
-                    Secret::new("p2".into()),
-                    a,
-                    Duration::from_secs(600),
-                    Duration::from_millis(100)
-                )
-                .await,
-            Ok(true)
-        );
+        let ms = Duration::from_millis;
+        started(store, &code(2), a, Duration::from_secs(600), ms(100)).await;
         assert!(matches!(store.gate(&code(2)).await, Ok(PollGate::Ask(_))));
         store
             .finish(&code(2), PollOutcome::End(Ended::Used))
@@ -179,19 +187,7 @@ pub mod contract {
             Ok(PollGate::Ended(Ended::Used))
         ));
         // One that expires: `expired` once, then remembered as failed.
-        assert_eq!(store.admit(b).await, Ok(Ok(())));
-        assert_eq!(
-            store
-                .insert(
-                    &code(3),
-                    Secret::new("p3".into()),
-                    b,
-                    Duration::from_millis(300),
-                    Duration::from_millis(100)
-                )
-                .await,
-            Ok(true)
-        );
+        started(store, &code(3), b, ms(300), ms(100)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(matches!(store.gate(&code(3)).await, Ok(PollGate::Expired)));
         assert!(matches!(
@@ -202,19 +198,7 @@ pub mod contract {
         // source is not.
         let src: IpAddr = "203.0.113.9".parse().unwrap();
         for i in 0..limits.pending_per_source {
-            assert_eq!(store.admit(src).await, Ok(Ok(())), "start {i}");
-            assert_eq!(
-                store
-                    .insert(
-                        &code(100 + i),
-                        Secret::new("p".into()),
-                        src,
-                        Duration::from_secs(600),
-                        one_s
-                    )
-                    .await,
-                Ok(true)
-            );
+            started(store, &code(100 + i), src, Duration::from_secs(600), one_s).await;
         }
         assert_eq!(store.admit(src).await, Ok(Err(StartRefused::SourceFull)));
         assert_eq!(store.admit(b).await, Ok(Ok(())));

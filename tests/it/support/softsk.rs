@@ -96,11 +96,9 @@ impl russh::Signer for SkSigner<'_> {
         &mut self,
         _offered: &russh::keys::agent::AgentIdentity,
         _hash_alg: Option<ssh_key::HashAlg>,
-        mut to_sign: Vec<u8>,
+        to_sign: Vec<u8>,
     ) -> Result<Vec<u8>, Self::Error> {
         let blob = self.sk.sign(&to_sign, self.flags, 9);
-        to_sign.extend_from_slice(&(blob.len() as u32).to_be_bytes());
-        to_sign.extend_from_slice(&blob);
-        Ok(to_sign)
+        Ok(super::wire::signed(to_sign, &blob))
     }
 }

@@ -132,17 +132,23 @@ impl russh::Signer for SignWith {
         &mut self,
         _offered: &russh::keys::agent::AgentIdentity,
         _hash_alg: Option<ssh_key::HashAlg>,
-        mut to_sign: Vec<u8>,
+        to_sign: Vec<u8>,
     ) -> Result<Vec<u8>, Self::Error> {
         use russh::keys::signature::Signer;
         use ssh_key::encoding::Encode;
         let sig: ssh_key::Signature = self.0.try_sign(&to_sign).unwrap();
         let mut blob = Vec::new();
         sig.encode(&mut blob).unwrap();
-        to_sign.extend_from_slice(&(blob.len() as u32).to_be_bytes());
-        to_sign.extend_from_slice(&blob);
-        Ok(to_sign)
+        Ok(signed(to_sign, &blob))
     }
+}
+
+/// What a russh signer returns: the data it was given with the signature blob appended
+/// (as an SSH string), as an agent's answer is.
+pub fn signed(mut to_sign: Vec<u8>, blob: &[u8]) -> Vec<u8> {
+    to_sign.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+    to_sign.extend_from_slice(blob);
+    to_sign
 }
 
 /// `cert` re-signed so that its signing key is `signer_blob` (e.g. a certificate), the
