@@ -337,6 +337,34 @@ fn device_login_without_a_provider_is_unavailable() {
     );
 }
 
+/// A provider that went away: a start is 503 `device_unavailable` with a message that
+/// says so, recorded as `login.failed` with what failed (for the operator), and the
+/// service keeps answering.
+#[test]
+fn device_login_with_the_provider_gone_is_unavailable_and_recorded() {
+    let idp = OidcProvider::start(600, 1);
+    let d = Drawbridge::start(&idp.config());
+    drop(idp);
+    let r = d.curl("/v1/device", &["-X", "POST"]);
+    assert_error(&r, 503, "device_unavailable");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot be reached"),
+        "{}",
+        r.text()
+    );
+    let failed = d.events("login.failed");
+    assert!(
+        failed
+            .iter()
+            .any(|f| f["reason"] == "device_unavailable" && f["method"] == "oidc"),
+        "{failed:?}"
+    );
+    assert_eq!(d.curl("/healthz", &[]).status, 200);
+}
+
 // TOTP ----------------------------------------------------------------------------------
 
 /// `user add NAME --totp`: the URI and a QR code on stdout once; the secret in the users
