@@ -43,6 +43,20 @@ fn record_principal(dir: &Path, name: &str) {
     std::fs::write(&p, s.replace(&head, &format!("{head}record = true\n"))).unwrap();
 }
 
+/// `n` bytes that do not compress and repeat nowhere (xorshift64).
+fn payload(n: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(n + 8);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(n);
+    data
+}
+
 fn sessions_dir(b: &Bastion) -> PathBuf {
     b.d.path().join("var/sessions")
 }
@@ -204,14 +218,7 @@ fn scp_and_sftp_through_a_recorded_host_move_identical_bytes() {
     let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 13, &[]);
     let client = b.client("alice", &key);
     let local = b.t.join("payload.bin");
-    let mut data = Vec::with_capacity(1 << 20);
-    let mut x: u32 = 0x1234_5678;
-    while data.len() < 1 << 20 {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
+    let data = payload(1 << 20);
     std::fs::write(&local, &data).unwrap();
     let remote = b.t.join("remote.bin");
     let back = b.t.join("back.bin");
@@ -300,9 +307,7 @@ fn rsync_through_a_recorded_host_moves_identical_bytes_and_records_the_command()
     let Some(b) = recorded_bastion() else { return };
     let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 14, &[]);
     let client = b.client("alice", &key);
-    let data: Vec<u8> = (0..(3u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 21) as u8)
-        .collect();
+    let data = payload(3 << 20);
     let local = b.t.write("rsync-src/payload.bin", &data);
     let remote = b.t.join("rsync-remote");
     let back = b.t.join("rsync-back");
@@ -689,14 +694,7 @@ fn bulk_output_and_input_through_a_recorded_session_arrive_whole() {
     let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 33, &[]);
     let client = b.client("alice", &key);
     let local = b.t.join("bulk.bin");
-    let mut data = Vec::with_capacity(8 << 20);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while data.len() < 8 << 20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
+    let data = payload(8 << 20);
     std::fs::write(&local, &data).unwrap();
     let cfg = client.config.display().to_string();
     let remote = b.t.join("bulk-remote.bin");
@@ -732,9 +730,7 @@ fn an_echo_read_slowly_while_the_client_keeps_sending_does_not_stall() {
     let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 34, &[]);
     let client = b.client("alice", &key);
     let local = b.t.join("echo.bin");
-    let data: Vec<u8> = (0..(8u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let data = payload(8 << 20);
     std::fs::write(&local, &data).unwrap();
     let want = run_ok(Command::new("sha256sum").arg(&local)).stdout;
     let want = want.split_whitespace().next().unwrap_or("").to_string();

@@ -203,16 +203,27 @@ impl Inner {
         Ok(())
     }
 
-    /// Opens the target's side of a channel (after the target connection exists) and
-    /// starts relaying what the target sends back.
-    fn open_relayed(
+    /// With the target's side of a channel opened (after the target connection exists),
+    /// starts relaying both ways and accepts the client's channel; otherwise refuses it
+    /// with the target's reason.
+    async fn open_relayed(
         &mut self,
         channel: Channel<Msg>,
         opened: Result<Channel<client::Msg>, russh::Error>,
         kind: Kind,
         handle: russh::server::Handle,
-    ) -> Result<(), String> {
-        let target_channel = opened.map_err(|e| format!("{}: {e}", self.ctx.host.name))?;
+        reply: ChannelOpenHandle,
+    ) {
+        let target_channel = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("{}: {e}", self.ctx.host.name);
+                reply
+                    .reject(ChannelOpenFailure::Other { code: 2, reason })
+                    .await;
+                return;
+            }
+        };
         let (target_rx, target_tx) = target_channel.split();
         // Client data reaches us through `Handler::data`; the read half is not needed.
         let (_client_rx, client_tx) = channel.split();
@@ -245,7 +256,7 @@ impl Inner {
                 writer,
             },
         );
-        Ok(())
+        reply.accept().await;
     }
 
     /// Queues a message for a channel's target side; a client that overruns the queue
@@ -413,17 +424,8 @@ impl Handler for Inner {
             return Ok(());
         };
         let opened = handle.channel_open_session().await;
-        match self.open_relayed(channel, opened, Kind::Pending, session.handle()) {
-            Ok(()) => reply.accept().await,
-            Err(message) => {
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: message,
-                    })
-                    .await
-            }
-        }
+        self.open_relayed(channel, opened, Kind::Pending, session.handle(), reply)
+            .await;
         Ok(())
     }
 
@@ -486,17 +488,8 @@ impl Handler for Inner {
                 originator_port,
             )
             .await;
-        match self.open_relayed(channel, opened, Kind::Forward, session.handle()) {
-            Ok(()) => reply.accept().await,
-            Err(message) => {
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: message,
-                    })
-                    .await
-            }
-        }
+        self.open_relayed(channel, opened, Kind::Forward, session.handle(), reply)
+            .await;
         Ok(())
     }
 
