@@ -1211,30 +1211,7 @@ fn sshd_with_clock_ahead(b: &Bastion, offset: &str) -> (Running, u16, PathBuf) {
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(have, "faketime is missing: apt-get install faketime");
-    let base = std::fs::read_to_string(b.sshd.dir.join("sshd_config")).unwrap();
-    let port = crate::support::ports::free_port();
-    let cfg = base.replace(
-        &format!("ListenAddress 127.0.0.1:{}", b.sshd.port),
-        &format!("ListenAddress 127.0.0.1:{port}"),
-    );
-    let name = format!("sshd_config_ahead_{port}");
-    let path = b.sshd.dir.join(&name);
-    std::fs::write(&path, cfg).unwrap();
-    let log = b.sshd.dir.join(format!("{name}.log"));
-    let child = Command::new("faketime")
-        .args(["-f", offset, "/usr/sbin/sshd", "-D", "-e", "-f"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let running = Running(Some(child));
-    crate::support::process::wait_for_port(
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    (running, port, log)
+    sshd_started(b, "ahead", &["faketime", "-f", offset], |c| c)
 }
 
 #[test]
@@ -1281,6 +1258,17 @@ fn sshd_variant(
     tag: &str,
     edit: impl Fn(String) -> String,
 ) -> (Running, u16, PathBuf) {
+    sshd_started(b, tag, &[], edit)
+}
+
+/// A second sshd of the DMZ's on a free port, its config edited by `edit`, run through
+/// `wrapper` (e.g. `faketime -f +3m`) when given; waits until it listens.
+fn sshd_started(
+    b: &Bastion,
+    tag: &str,
+    wrapper: &[&str],
+    edit: impl Fn(String) -> String,
+) -> (Running, u16, PathBuf) {
     let base = std::fs::read_to_string(b.sshd.dir.join("sshd_config")).unwrap();
     let port = crate::support::ports::free_port();
     let cfg = edit(base.replace(
@@ -1291,7 +1279,12 @@ fn sshd_variant(
     let path = b.sshd.dir.join(&name);
     std::fs::write(&path, cfg).unwrap();
     let log = b.sshd.dir.join(format!("{name}.log"));
-    let child = Command::new("/usr/sbin/sshd")
+    let (program, before) = match wrapper.split_first() {
+        Some((w, rest)) => (*w, [rest, &["/usr/sbin/sshd"]].concat()),
+        None => ("/usr/sbin/sshd", Vec::new()),
+    };
+    let child = Command::new(program)
+        .args(&before)
         .args(["-D", "-e", "-f"])
         .arg(&path)
         .stdin(Stdio::null())

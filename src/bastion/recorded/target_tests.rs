@@ -14,6 +14,19 @@ fn key() -> PrivateKey {
     PrivateKey::random(&mut crate::issuer::rng(), Algorithm::Ed25519).unwrap()
 }
 
+/// `k` offered with a host certificate for web-1 signed by `ca`, valid a minute.
+fn web1_cert(ca: &CaKey, k: &PrivateKey, now: SystemTime) -> PublicKeyOrCertificate {
+    let c = sign_host_cert(
+        ca,
+        k.public_key(),
+        &["web-1".into()],
+        Duration::from_secs(60),
+        now,
+    )
+    .unwrap();
+    PublicKeyOrCertificate::Certificate(c.certificate)
+}
+
 fn bare(k: &PrivateKey) -> PublicKeyOrCertificate {
     PublicKeyOrCertificate::PublicKey {
         key: k.public_key().clone(),
@@ -39,17 +52,7 @@ fn a_pinned_host_accepts_exactly_its_key_bare_or_certified() {
     let err = check(&bare(&other)).unwrap_err();
     assert!(err.contains(&fp(&other)) && err.contains(&pin), "{err}");
     // A host CA certificate naming the host does not replace the pin.
-    let cert = |k: &PrivateKey| {
-        let c = sign_host_cert(
-            &ca,
-            k.public_key(),
-            &["web-1".into()],
-            Duration::from_secs(60),
-            now,
-        )
-        .unwrap();
-        PublicKeyOrCertificate::Certificate(c.certificate)
-    };
+    let cert = |k: &PrivateKey| web1_cert(&ca, k, now);
     assert_eq!(check(&cert(&pinned)), Ok(()));
     let err = check(&cert(&other)).unwrap_err();
     assert!(err.contains("key in the host certificate"), "{err}");
@@ -62,15 +65,7 @@ fn without_a_pin_only_the_host_cas_certificate_for_the_name() {
     let k = key();
     let err = check_host_key(&bare(&k), ca.public_key(), "web-1", None, now).unwrap_err();
     assert!(err.contains("a bare host key"), "{err}");
-    let c = sign_host_cert(
-        &ca,
-        k.public_key(),
-        &["web-1".into()],
-        Duration::from_secs(60),
-        now,
-    )
-    .unwrap();
-    let offered = PublicKeyOrCertificate::Certificate(c.certificate);
+    let offered = web1_cert(&ca, &k, now);
     assert_eq!(
         check_host_key(&offered, ca.public_key(), "web-1", None, now),
         Ok(())
