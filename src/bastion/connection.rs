@@ -20,6 +20,7 @@ use super::codes;
 use super::killable::{Kill, Killable};
 use super::lib_refusals::{self, LibRefusal};
 use super::preauth;
+use super::quickack::QuickAck;
 use super::russh_config::MAX_CHANNEL_PACKET;
 use super::shared::{ChannelSlot, Gauge, Shared, UnauthSlot, UserSlot};
 use super::verify::CertIdentity;
@@ -44,7 +45,7 @@ pub(super) async fn serve_connection(
     let grace_deadline = tokio::time::Instant::now() + shared.cfg.login_grace_time;
     let kill = Arc::new(Kill::default());
     let stream = Killable {
-        inner: socket,
+        inner: QuickAck(socket),
         kill: kill.clone(),
     };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);

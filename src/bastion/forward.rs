@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::BastionMetrics;
+use super::quickack;
 use super::registry;
 use super::registry::ForwardFields;
 use super::shared::{ChannelSlot, Shared};
@@ -557,6 +558,7 @@ async fn pipe(
                 let _ = tx.eof().await;
                 return Ok(());
             }
+            quickack::after_read(tr.as_ref(), n);
             tx.data_bytes(buf.split().freeze())
                 .await
                 .map_err(std::io::Error::other)?;

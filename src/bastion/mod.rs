@@ -110,6 +110,7 @@ mod handler;
 mod killable;
 pub mod lib_refusals;
 pub mod preauth;
+mod quickack;
 /// The per-source record budget now lives with the audit log, which the API shares.
 pub use crate::audit::budget as refusal_budget;
 pub mod recorded;

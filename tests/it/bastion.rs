@@ -410,3 +410,71 @@ fn audit_failure_fails_closed_and_recovers() {
     assert!(out.success(), "{out:?}");
     assert!(sink.lines().iter().any(|l| l.contains("forward.opened")));
 }
+
+/// A target that keeps Nagle's algorithm on (as sshd does) and sends two small messages
+/// in a row is not held up by a delayed ACK from the bastion: the second leaves the
+/// target's kernel only when the first is ACKed, and the bastion ACKs small reads at once
+/// (`bastion::quickack`). Without that, the bastion's socket is in Linux's "ping-pong"
+/// mode after a few quick exchanges and the ACK, so the second message, waits 40 ms:
+/// the stall that was most of what `ssh -J` added over a direct `ssh`.
+#[test]
+fn a_nagled_targets_second_small_message_is_not_held_by_a_delayed_ack() {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(w) = world() else { return };
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tport = target.local_addr().unwrap().port();
+    w.write_policy(true, &[("nagle-1", format!("127.0.0.1:{tport}"))]);
+    const TRIES: usize = 5;
+    std::thread::spawn(move || {
+        for s in target.incoming().take(TRIES) {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 4];
+            for _ in 0..3 {
+                let _ = s.write_all(b"ping");
+                let _ = s.read_exact(&mut b);
+            }
+            let _ = s.write_all(b"A");
+            let _ = s.write_all(b"B");
+            let _ = s.read(&mut b);
+        }
+    });
+    let b = start_bastion(&w, test_config());
+    let ca = ssh_key::PrivateKey::read_openssh_file(&w.user_ca.key.path).unwrap();
+    let user = ssh_key::PrivateKey::read_openssh_file(&w.t.keygen("wire").path).unwrap();
+    let now = wire::now();
+    let cert = wire::cert(&ca, &user, now - 60, now + 300, |bld| {
+        bld.valid_principal("web-admin").unwrap();
+    });
+    let rt = wire::runtime();
+    let waits: Vec<Duration> = rt.block_on(bounded(async {
+        let (h, ok) = wire::login(b.port, &user, cert).await;
+        assert!(ok);
+        let mut waits = Vec::new();
+        for _ in 0..TRIES {
+            let ch = h
+                .channel_open_direct_tcpip("nagle-1", tport.into(), "127.0.0.1", 1)
+                .await
+                .expect("the forward opens");
+            let mut s = ch.into_stream();
+            let mut buf = [0u8; 4];
+            for _ in 0..3 {
+                s.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"ping");
+                s.write_all(b"pong").await.unwrap();
+            }
+            let mut one = [0u8; 1];
+            s.read_exact(&mut one).await.unwrap();
+            let start = Instant::now();
+            s.read_exact(&mut one).await.unwrap();
+            waits.push(start.elapsed());
+            assert_eq!(&one, b"B");
+        }
+        waits
+    }));
+    assert!(
+        waits.iter().any(|d| *d < Duration::from_millis(15)),
+        "the target's second small message waited for the bastion's delayed ACK: {waits:?}"
+    );
+}

@@ -12,6 +12,8 @@ use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKey};
 use tokio::net::TcpStream;
 
+use crate::bastion::quickack::QuickAck;
+
 /// Why the target could not be reached or logged in to.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -213,6 +215,9 @@ pub async fn dial(d: Dial<'_>) -> Result<(TargetHandle, std::net::IpAddr), Targe
         pinned: pinned.map(str::to_string),
         refused: refused.clone(),
     });
+    // Small reads ACKed at once: sshd keeps Nagle on until the session is interactive,
+    // so its key exchange would otherwise wait on our delayed ACKs.
+    let stream = QuickAck(stream);
     let connect = client::connect_stream(Arc::new(client_config()), stream, handler);
     let handle = match tokio::time::timeout(connect_timeout, connect).await {
         Ok(Ok(h)) => h,
