@@ -7,7 +7,8 @@
 //! first, and Linux delays that ACK by 40 ms once the connection has turned "ping-pong"
 //! (we answered quickly before). Three such stalls were 120 ms of a direct `ssh target
 //! true` here, and one to two of them were most of what `ssh -J` added over it
-//! (bench/RESULTS.md, "The hop"). `TCP_QUICKACK` after a small read sends the pending ACK
+//! (bench/RESULTS.md, "The hop, fixed: delayed ACKs"). `TCP_QUICKACK` after a small read
+//! sends the pending ACK
 //! at once and leaves ping-pong mode until we answer again, so it is set after every read
 //! shorter than [`SMALL_READ`]; bulk reads skip it (the kernel ACKs full segments at once).
 

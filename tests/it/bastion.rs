@@ -415,8 +415,8 @@ fn audit_failure_fails_closed_and_recovers() {
 /// in a row is not held up by a delayed ACK from the bastion: the second leaves the
 /// target's kernel only when the first is ACKed, and the bastion ACKs small reads at once
 /// (`bastion::quickack`). Without that, the bastion's socket is in Linux's "ping-pong"
-/// mode after a few quick exchanges and the ACK, so the second message, waits 40 ms:
-/// the stall that was most of what `ssh -J` added over a direct `ssh`.
+/// mode after a few quick exchanges, and its ACK, with the second message behind it,
+/// waits 40 ms: the stall that was most of what `ssh -J` added over a direct `ssh`.
 #[test]
 fn a_nagled_targets_second_small_message_is_not_held_by_a_delayed_ack() {
     use std::io::{Read, Write};
