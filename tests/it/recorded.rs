@@ -4,6 +4,7 @@
 //! `@cert-authority` line, `StrictHostKeyChecking yes`) and a real sshd as the target.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,6 +162,13 @@ struct Running(Option<Child>);
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
+            // A child started in a group of its own (an sshd under `faketime`, which forks
+            // it and waits) goes with everything it started; for any other child there is
+            // no such group and this does nothing.
+            let _ = rustix::process::kill_process_group(
+                rustix::process::Pid::from_child(&c),
+                rustix::process::Signal::KILL,
+            );
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -1220,7 +1228,7 @@ fn the_target_refuses_the_per_session_certificate_after_two_minutes() {
     let key = b.user("alice", "alice", &["web-admin"], "-1m:+5m", 81, &[]);
     let client = b.client("alice", &key);
     for (offset, accepted) in [("+100s", true), ("+3m", false)] {
-        let (_sshd, port, log) = sshd_with_clock_ahead(&b, offset);
+        let (sshd, port, log) = sshd_with_clock_ahead(&b, offset);
         b.reload_policy(|dir| {
             crate::support::dmz::write_dmz_policy(dir, port, b.dead_port, true, &[]);
             record_web1(dir);
@@ -1248,6 +1256,13 @@ fn the_target_refuses_the_per_session_certificate_after_two_minutes() {
                 },
             );
         }
+        // Dropped, the sshd under `faketime` is gone too (not only the wrapper).
+        drop(sshd);
+        wait_until(
+            Duration::from_secs(5),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            || format!("the clock-ahead sshd on port {port} outlived its test"),
+        );
     }
 }
 
@@ -1283,7 +1298,10 @@ fn sshd_started(
         Some((w, rest)) => (*w, [rest, &["/usr/sbin/sshd"]].concat()),
         None => ("/usr/sbin/sshd", Vec::new()),
     };
+    // In a group of its own, so that dropping `Running` also ends the sshd a wrapper
+    // forked (killing `faketime` alone left its sshd listening after the tests).
     let child = Command::new(program)
+        .process_group(0)
         .args(&before)
         .args(["-D", "-e", "-f"])
         .arg(&path)
