@@ -478,3 +478,84 @@ fn a_nagled_targets_second_small_message_is_not_held_by_a_delayed_ack() {
         "the target's second small message waited for the bastion's delayed ACK: {waits:?}"
     );
 }
+
+/// The client's side of the same stall, at the key exchange, as the OpenSSH client's
+/// `ssh -W` process (Nagle on) does it: KEXINIT, then at once ECDH_INIT. The second waits
+/// in the client's kernel until the bastion ACKs the first; the bastion must not leave
+/// that ACK to the 40 ms delayed-ACK timer (`bastion::quickack` on the client's socket).
+/// Timed from writing ECDH_INIT to the first byte of the bastion's reply.
+#[test]
+fn a_nagled_clients_ecdh_init_is_not_held_by_a_delayed_ack() {
+    use std::io::{Read, Write};
+    fn packet(payload: &[u8]) -> Vec<u8> {
+        let mut pad = 8 - (5 + payload.len()) % 8;
+        if pad < 4 {
+            pad += 8;
+        }
+        let mut p = ((1 + payload.len() + pad) as u32).to_be_bytes().to_vec();
+        p.push(pad as u8);
+        p.extend_from_slice(payload);
+        p.extend(std::iter::repeat_n(0u8, pad));
+        p
+    }
+    fn string(v: &mut Vec<u8>, s: &[u8]) {
+        v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        v.extend_from_slice(s);
+    }
+    fn read_packet(s: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let n = u32::from_be_bytes(len) as usize;
+        assert!(n < 64 * 1024, "packet length {n}");
+        let mut p = vec![0u8; n];
+        s.read_exact(&mut p).unwrap();
+        p
+    }
+    let Some(w) = world() else { return };
+    let b = start_bastion(&w, test_config());
+    let mut kexinit = vec![20u8];
+    kexinit.extend_from_slice(&[7u8; 16]);
+    for list in [
+        "curve25519-sha256",
+        "ssh-ed25519-cert-v01@openssh.com,ssh-ed25519",
+        "aes128-gcm@openssh.com",
+        "aes128-gcm@openssh.com",
+        "hmac-sha2-256",
+        "hmac-sha2-256",
+        "none",
+        "none",
+        "",
+        "",
+    ] {
+        string(&mut kexinit, list.as_bytes());
+    }
+    kexinit.extend_from_slice(&[0, 0, 0, 0, 0]);
+    let mut ecdh_init = vec![30u8];
+    string(&mut ecdh_init, &[9u8; 32]);
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"SSH-2.0-nagled_test\r\n").unwrap();
+        // The bastion's version line, then its KEXINIT.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            line.push(byte[0]);
+            assert!(line.len() < 256, "{line:?}");
+        }
+        assert!(line.starts_with(b"SSH-2.0-"), "{line:?}");
+        assert_eq!(read_packet(&mut s).get(1), Some(&20), "KEXINIT");
+        s.write_all(&packet(&kexinit)).unwrap();
+        s.write_all(&packet(&ecdh_init)).unwrap();
+        let start = Instant::now();
+        let reply = read_packet(&mut s);
+        waits.push(start.elapsed());
+        assert_eq!(reply.get(1), Some(&31), "ECDH_REPLY: {reply:?}");
+    }
+    assert!(
+        waits.iter().any(|d| *d < Duration::from_millis(15)),
+        "the client's ECDH_INIT waited for the bastion's delayed ACK: {waits:?}"
+    );
+}
