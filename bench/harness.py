@@ -14,6 +14,7 @@ import math
 import os
 import re
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -98,6 +99,39 @@ def tree_cpu_seconds(root):
         fields = stat[stat.rindex(")") + 2 :].split()
         total += sum(int(x) for x in fields[11:15])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured_cpu_seconds(pid, cgroup=""):
+    """CPU seconds used so far by a measured process tree: from its cpuacct cgroup when
+    the script could make one (nanoseconds; exited and orphaned processes included),
+    else from /proc (`tree_cpu_seconds`)."""
+    if cgroup:
+        with open(os.path.join(cgroup, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+    return tree_cpu_seconds(pid)
+
+
+def measured_user_sys(side):
+    """(user, system) CPU seconds of a side measured in a cgroup, or None: how much of its
+    time was its own code and how much the kernel's (socket copies, loopback delivery,
+    wake-ups). Counted by clock ticks: use them as shares of `measured_cpu_seconds`."""
+    cg = side.get("cgroup")
+    if not cg:
+        return None
+    with open(os.path.join(cg, "cpuacct.usage_user")) as f:
+        user = int(f.read())
+    with open(os.path.join(cg, "cpuacct.usage_sys")) as f:
+        sys_ = int(f.read())
+    return user / 1e9, sys_ / 1e9
+
+
+def machine_busy_ticks():
+    """(busy, total) clock ticks of all CPUs so far, from the first line of /proc/stat:
+    idle and iowait are the idle part."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    total = sum(ticks[:8])  # guest time is already inside user and nice
+    return total - ticks[3] - ticks[4], total
 
 
 def reap(procs, grace=5.0):
@@ -382,14 +416,38 @@ class VsOpenssh:
         names = {"chacha": "chacha20-poly1305@openssh.com", "gcm": "aes128-gcm@openssh.com"}
         # -o applies to the target hop only; the jump hop's cipher comes from the config
         # (drawbridge / drawbridge-gcm): both hops use the same cipher.
-        ssh = " ".join(self.ssh(self.p["ssh_config"]["default"], "-o", f"Ciphers={names[cipher]}",
-                                "-J", side["jump" if cipher == "chacha" else "jump_gcm"], "target"))
+        if "proxy" in side:
+            # the floor: no SSH on the hop, a plain TCP relay reached by ProxyCommand
+            hop = ("-o", f"ProxyCommand={side['proxy']}")
+        else:
+            hop = ("-J", side["jump" if cipher == "chacha" else "jump_gcm"])
+        ssh = " ".join(shlex.quote(a) for a in self.ssh(self.p["ssh_config"]["default"], "-o",
+                                                         f"Ciphers={names[cipher]}", *hop, "target"))
         if direction == "down":
             cmd = f"{ssh} 'head -c {n} /dev/zero' | {{ {self.RECEIVE}; }}"
         else:
             cmd = f"head -c {n} /dev/zero | {ssh} '{self.RECEIVE}'"
-        jump0, target0 = tree_cpu_seconds(side["pid"]), tree_cpu_seconds(self.p["target_pid"])
+        target = (self.p["target_pid"], self.p.get("target_cgroup", ""))
+        client_cg = self.p.get("client_cgroup", "")
+        jump0, target0 = measured_cpu_seconds(side["pid"], side.get("cgroup", "")), measured_cpu_seconds(*target)
+        client0 = measured_cpu_seconds(0, client_cg) if client_cg else None
+        split0 = measured_user_sys(side)
+        # /proc/stat sampled every 20 ms, so that how busy the machine was can be read
+        # over the transfer itself (first byte to last), without the two handshakes
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((time.time_ns(), machine_busy_ticks()))
+                stop.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         ru0 = os.times()
+        # the client side (its `ssh` processes, `head`/`wc`) in the client cgroup: bash
+        # puts itself there before it starts them
+        if client_cg:
+            cmd = f"echo $$ > {shlex.quote(client_cg)}/cgroup.procs || exit 1; {cmd}"
         proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=self.err,
                                 start_new_session=True)
         try:
@@ -399,9 +457,13 @@ class VsOpenssh:
             proc.communicate()
             return None
         ru1 = os.times()
+        stop.set()
+        sampler.join()
         # the jump host's and the target's per-connection processes end just after the client
         time.sleep(0.3)
-        jump1, target1 = tree_cpu_seconds(side["pid"]), tree_cpu_seconds(self.p["target_pid"])
+        jump1, target1 = measured_cpu_seconds(side["pid"], side.get("cgroup", "")), measured_cpu_seconds(*target)
+        client1 = measured_cpu_seconds(0, client_cg) if client_cg else None
+        split1 = measured_user_sys(side)
         try:
             t0, t1, got = (int(x) for x in out.split()[-3:])
         except ValueError:
@@ -409,22 +471,40 @@ class VsOpenssh:
         if got + 1 != n or t1 <= t0:
             return None
         gib = n / (1024 * MiB)
+        share = None
+        if split0 and split1:
+            ticks = [split1[i] - split0[i] for i in (0, 1)]
+            if sum(ticks) > 0:
+                share = lambda i: ticks[i] / sum(ticks)
+        inside = [b for t, b in samples if t0 <= t <= t1]
+        busy = ((inside[-1][0] - inside[0][0]) / max(1, inside[-1][1] - inside[0][1])
+                if len(inside) >= 2 else None)
         return {
             "mb_s": n / ((t1 - t0) / 1e9) / 1e6,
             "jump_cpu_s_gib": (jump1 - jump0) / gib,
             "target_cpu_s_gib": (target1 - target0) / gib,
-            "client_cpu_s_gib": ((ru1.children_user - ru0.children_user)
-                                 + (ru1.children_system - ru0.children_system)) / gib,
+            "client_cpu_s_gib": (((ru1.children_user - ru0.children_user)
+                                  + (ru1.children_system - ru0.children_system)) / gib
+                                 if not client_cg else (client1 - client0) / gib),
+            # the jump host's CPU split into its own code (user) and the kernel's (system)
+            # (the kernel splits by clock ticks: the shares, applied to the precise total)
+            "jump_user_s_gib": share(0) * (jump1 - jump0) / gib if share else None,
+            "jump_sys_s_gib": share(1) * (jump1 - jump0) / gib if share else None,
+            # how busy the whole machine was while the transfer ran (1.0: no core idle)
+            "machine_busy": busy,
         }
 
     def jump_throughput(self):
         out = {}
         reps = self.p["jump_reps"]
+        # the relay (when the script could start one) is measured beside the jump hosts:
+        # what moving the bytes costs with no SSH on the hop at all
+        sides = self.sides + ([self.p["relay"]] if self.p.get("relay") else [])
         for direction in ("down", "up"):
             for cipher in ("chacha", "gcm"):
-                res = {s["name"]: [] for s in self.sides}
+                res = {s["name"]: [] for s in sides}
                 for i in range(reps):
-                    order = self.sides if i % 2 == 0 else self.sides[::-1]
+                    order = sides if i % 2 == 0 else sides[::-1]
                     for s in order:
                         v = self.jump_transfer(direction, cipher, s)
                         if v:
@@ -434,14 +514,21 @@ class VsOpenssh:
                     if not v:
                         cell[name] = None
                         continue
-                    med = lambda k: sorted(x[k] for x in v)[len(v) // 2]
+                    def med(k):
+                        xs = sorted(x[k] for x in v if x[k] is not None)
+                        return xs[len(xs) // 2] if xs else None
+
                     cell[name] = {k: med(k) for k in v[0]}
                     cell[name]["runs"] = len(v)
                     cell[name]["all_mb_s"] = [round(x["mb_s"]) for x in v]
                     cell[name]["all_jump_cpu"] = [round(x["jump_cpu_s_gib"], 2) for x in v]
+                    cell[name]["all_busy"] = [x["machine_busy"] and round(x["machine_busy"], 2) for x in v]
                 out[f"{direction}_{cipher}"] = cell
                 log(f"ssh -J {direction} {cipher}: " + ", ".join(
                     f"{k} {v and round(v['mb_s'])} MB/s, {v and round(v['jump_cpu_s_gib'], 2)} CPU-s/GiB"
+                    + (f" = user {v['jump_user_s_gib']:.2f} + sys {v['jump_sys_s_gib']:.2f}"
+                       if v and v.get("jump_user_s_gib") is not None else "")
+                    + f" (machine {v and v['machine_busy'] and round(100 * v['machine_busy'])} % busy)"
                     for k, v in cell.items()))
         return out
 
@@ -662,13 +749,30 @@ def vs_openssh_rows(r, p):
                              fmt(get(a, "mb_s"), " MB/s") + runs(a), fmt(get(b, "mb_s"), " MB/s") + runs(b),
                              fmt(q, "×", 2), "≥ 1.1", met(q is not None and q >= 1.1)])
                 q = ratio(get(a, "jump_cpu_s_gib"), get(b, "jump_cpu_s_gib"))
-                cpu = lambda v: (f"{v['jump_cpu_s_gib']:.2f} s" if v else "—")
+                cpu = lambda v: ((f"{v['jump_cpu_s_gib']:.2f} s"
+                                  + (f" = {v['jump_user_s_gib']:.2f} user + {v['jump_sys_s_gib']:.2f} kernel"
+                                     if v.get("jump_user_s_gib") is not None else ""))
+                                 if v else "—")
                 side = lambda v: (f" (target sshd {v['target_cpu_s_gib']:.2f}, client {v['client_cpu_s_gib']:.2f})"
                                   if v else "")
                 rows.append([f"jump host CPU-seconds per GiB, `ssh -J` {direction}, {cname} "
                              f"(in brackets: the same transfer's target sshd and client side)",
                              cpu(a) + side(a), cpu(b) + side(b),
                              fmt(q, "×", 2), "≤ 0.70", met(q is not None and q <= 0.70)])
+                busy = lambda v: f"{100 * v['machine_busy']:.0f} %" if v and v["machine_busy"] is not None else "—"
+                rows.append([f"both cores busy during that `ssh -J` {direction}, {cname} (/proc/stat)",
+                             busy(a), busy(b), "", "", ""])
+                f = x.get("relay")
+                if f:
+                    rows.append([f"the floor: a plain TCP relay (`socat`, no SSH on the hop) carrying the "
+                                 f"same {direction}load, {cname} end to end: its CPU-seconds per GiB, "
+                                 f"and the jump host's CPU that is above it",
+                                 f"{f['jump_cpu_s_gib']:.2f} s; above it: "
+                                 + (f"{a['jump_cpu_s_gib'] - f['jump_cpu_s_gib']:.2f} s" if a else "—"),
+                                 f"{f['jump_cpu_s_gib']:.2f} s; above it: "
+                                 + (f"{b['jump_cpu_s_gib'] - f['jump_cpu_s_gib']:.2f} s" if b else "—"),
+                                 fmt(ratio(f["jump_cpu_s_gib"], get(b, "jump_cpu_s_gib")), "×", 2)
+                                 + " of OpenSSH's", "", ""])
     t = r["throughput"]
     size = f"{p['bytes'] // MiB} MiB"
     for direction, dname in (("up", "upload (client→target)"), ("down", "download (target→client)")):
