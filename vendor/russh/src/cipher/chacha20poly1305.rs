@@ -37,6 +37,16 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::OpeningKey + Send> {
+        #[cfg(feature = "openssl-chacha")]
+        if let Some(fast) = super::chacha20poly1305_openssl::OpeningKey::new(k) {
+            return Box::new(OsslOpeningKey {
+                length: chacha20_poly1305_openssh::OpeningKey::new(
+                    #[allow(clippy::unwrap_used)]
+                    k.try_into().unwrap(),
+                ),
+                fast,
+            });
+        }
         Box::new(OpeningKey(chacha20_poly1305_openssh::OpeningKey::new(
             #[allow(clippy::unwrap_used)]
             k.try_into().unwrap(),
@@ -50,6 +60,10 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::SealingKey + Send> {
+        #[cfg(feature = "openssl-chacha")]
+        if let Some(fast) = super::chacha20poly1305_openssl::SealingKey::new(k) {
+            return Box::new(OsslSealingKey(fast));
+        }
         Box::new(SealingKey(chacha20_poly1305_openssh::SealingKey::new(
             #[allow(clippy::unwrap_used)]
             k.try_into().unwrap(),
@@ -99,18 +113,7 @@ impl super::OpeningKey for OpeningKey {
 
 impl super::SealingKey for SealingKey {
     fn padding_length(&self, payload: &[u8]) -> usize {
-        let block_size = 8;
-        let extra_len = super::PACKET_LENGTH_LEN + super::PADDING_LENGTH_LEN;
-        let padding_len = if payload.len() + extra_len <= super::MINIMUM_PACKET_LEN {
-            super::MINIMUM_PACKET_LEN - payload.len() - super::PADDING_LENGTH_LEN
-        } else {
-            block_size - ((super::PADDING_LENGTH_LEN + payload.len()) % block_size)
-        };
-        if padding_len < super::PACKET_LENGTH_LEN {
-            padding_len + block_size
-        } else {
-            padding_len
-        }
+        Self::padding(payload)
     }
 
     // As explained in "SSH via CTR mode with stateful decryption" in
@@ -139,5 +142,104 @@ impl super::SealingKey for SealingKey {
             #[allow(clippy::unwrap_used)]
             tag.try_into().unwrap(),
         );
+    }
+}
+
+impl SealingKey {
+    fn padding(payload: &[u8]) -> usize {
+        let block_size = 8;
+        let extra_len = super::PACKET_LENGTH_LEN + super::PADDING_LENGTH_LEN;
+        let padding_len = if payload.len() + extra_len <= super::MINIMUM_PACKET_LEN {
+            super::MINIMUM_PACKET_LEN - payload.len() - super::PADDING_LENGTH_LEN
+        } else {
+            block_size - ((super::PADDING_LENGTH_LEN + payload.len()) % block_size)
+        };
+        if padding_len < super::PACKET_LENGTH_LEN {
+            padding_len + block_size
+        } else {
+            padding_len
+        }
+    }
+}
+
+/// Opens with libcrypto (`chacha20poly1305_openssl`); the 4-byte length, which russh
+/// decrypts through `&self`, with the aws-lc key for the same K_1.
+#[cfg(feature = "openssl-chacha")]
+pub struct OsslOpeningKey {
+    length: chacha20_poly1305_openssh::OpeningKey,
+    fast: super::chacha20poly1305_openssl::OpeningKey,
+}
+
+#[cfg(feature = "openssl-chacha")]
+impl super::OpeningKey for OsslOpeningKey {
+    fn decrypt_packet_length(
+        &self,
+        sequence_number: u32,
+        encrypted_packet_length: &[u8],
+    ) -> [u8; 4] {
+        self.length.decrypt_packet_length(
+            sequence_number,
+            #[allow(clippy::unwrap_used)]
+            encrypted_packet_length.try_into().unwrap(),
+        )
+    }
+
+    fn tag_len(&self) -> usize {
+        chacha20_poly1305_openssh::TAG_LEN
+    }
+
+    fn open<'a>(
+        &mut self,
+        sequence_number: u32,
+        ciphertext_and_tag: &'a mut [u8],
+    ) -> Result<&'a [u8], Error> {
+        let ciphertext_len = ciphertext_and_tag
+            .len()
+            .checked_sub(self.tag_len())
+            .ok_or(Error::DecryptionError)?;
+        let (ciphertext_in_plaintext_out, tag) = ciphertext_and_tag.split_at_mut(ciphertext_len);
+        self.fast
+            .open(sequence_number, ciphertext_in_plaintext_out, tag)
+    }
+}
+
+/// Seals with libcrypto (`chacha20poly1305_openssl`).
+#[cfg(feature = "openssl-chacha")]
+pub struct OsslSealingKey(super::chacha20poly1305_openssl::SealingKey);
+
+#[cfg(feature = "openssl-chacha")]
+impl super::SealingKey for OsslSealingKey {
+    fn padding_length(&self, payload: &[u8]) -> usize {
+        SealingKey::padding(payload)
+    }
+
+    fn fill_padding(&self, padding_out: &mut [u8]) {
+        padding_out.fill(0);
+    }
+
+    fn tag_len(&self) -> usize {
+        chacha20_poly1305_openssh::TAG_LEN
+    }
+
+    fn seal(
+        &mut self,
+        sequence_number: u32,
+        plaintext_in_ciphertext_out: &mut [u8],
+        tag: &mut [u8],
+    ) {
+        let mut t = [0u8; chacha20_poly1305_openssh::TAG_LEN];
+        let sealed = self
+            .0
+            .seal(sequence_number, plaintext_in_ciphertext_out, &mut t)
+            .is_some();
+        if sealed {
+            tag.copy_from_slice(&t);
+        } else {
+            // libcrypto failed part-way: the buffer may hold plaintext. Send nothing of it:
+            // zeros and a zero tag, which the peer refuses, closing the connection.
+            log::error!("chacha20-poly1305: libcrypto failed to seal a packet; dropping it");
+            plaintext_in_ciphertext_out.fill(0);
+            tag.fill(0);
+        }
     }
 }

@@ -44,6 +44,8 @@ use crate::sshbuffer::SSHBuffer;
 pub(crate) mod block;
 pub(crate) mod cbc;
 pub(crate) mod chacha20poly1305;
+#[cfg(feature = "openssl-chacha")]
+pub(crate) mod chacha20poly1305_openssl;
 pub(crate) mod clear;
 pub(crate) mod gcm;
 
@@ -448,5 +450,83 @@ mod tests {
         #[allow(clippy::indexing_slicing)]
         let payload = &buffer.packet[5..n];
         assert_eq!(payload, [52]);
+    }
+}
+
+/// Which implementation `chacha20-poly1305@openssh.com` runs on in this build and on this
+/// machine: `"libcrypto"` (feature `openssl-chacha`, when OpenSSL provides ChaCha20 and
+/// Poly1305) or `"aws-lc"` / `"ring"`.
+pub fn chacha20_poly1305_implementation() -> &'static str {
+    #[cfg(feature = "openssl-chacha")]
+    if chacha20poly1305_openssl::SealingKey::new(&[0u8; chacha20poly1305_openssl::KEY_LEN])
+        .is_some()
+    {
+        return "libcrypto";
+    }
+    if cfg!(feature = "aws-lc-rs") {
+        "aws-lc"
+    } else {
+        "ring"
+    }
+}
+
+/// The packet ciphers exactly as a session uses them, for benchmarks outside this crate
+/// (drawbridge's `benches/cipher.rs`). Not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use super::{Cipher, Name, CIPHERS};
+    use crate::Error;
+
+    /// One direction's sealing key for `cipher`, or `None` if the name is unknown.
+    pub fn sealing_key(cipher: &Name, key: &[u8]) -> Option<Sealer> {
+        let c: &(dyn Cipher + Send + Sync) = *CIPHERS.get(cipher)?;
+        Some(Sealer(c.make_sealing_key(
+            key,
+            &[0u8; 12],
+            &[],
+            &crate::mac::_NONE,
+        )))
+    }
+
+    /// One direction's opening key for `cipher`, or `None` if the name is unknown.
+    pub fn opening_key(cipher: &Name, key: &[u8]) -> Option<Opener> {
+        let c: &(dyn Cipher + Send + Sync) = *CIPHERS.get(cipher)?;
+        Some(Opener(c.make_opening_key(
+            key,
+            &[0u8; 12],
+            &[],
+            &crate::mac::_NONE,
+        )))
+    }
+
+    pub struct Sealer(Box<dyn super::SealingKey + Send>);
+
+    impl Sealer {
+        pub fn tag_len(&self) -> usize {
+            self.0.tag_len()
+        }
+        /// Seals `packet` (length, padding length, payload, padding) in place.
+        pub fn seal(&mut self, sequence_number: u32, packet: &mut [u8], tag: &mut [u8]) {
+            self.0.seal(sequence_number, packet, tag)
+        }
+    }
+
+    pub struct Opener(Box<dyn super::OpeningKey + Send>);
+
+    impl Opener {
+        /// Decrypts the length, then opens `packet_and_tag` in place; returns the
+        /// plaintext's length.
+        pub fn open(
+            &mut self,
+            sequence_number: u32,
+            packet_and_tag: &mut [u8],
+        ) -> Result<usize, Error> {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(packet_and_tag.get(..4).ok_or(Error::DecryptionError)?);
+            let _ = self.0.decrypt_packet_length(sequence_number, &len);
+            self.0
+                .open(sequence_number, packet_and_tag)
+                .map(|p| p.len())
+        }
     }
 }
