@@ -486,22 +486,9 @@ fn a_nagled_targets_second_small_message_is_not_held_by_a_delayed_ack() {
 /// Timed from writing ECDH_INIT to the first byte of the bastion's reply.
 #[test]
 fn a_nagled_clients_ecdh_init_is_not_held_by_a_delayed_ack() {
+    use crate::support::rawssh::{self, MSG_KEX_ECDH_INIT, MSG_KEX_ECDH_REPLY, MSG_KEXINIT};
     use std::io::{Read, Write};
-    fn packet(payload: &[u8]) -> Vec<u8> {
-        let mut pad = 8 - (5 + payload.len()) % 8;
-        if pad < 4 {
-            pad += 8;
-        }
-        let mut p = ((1 + payload.len() + pad) as u32).to_be_bytes().to_vec();
-        p.push(pad as u8);
-        p.extend_from_slice(payload);
-        p.extend(std::iter::repeat_n(0u8, pad));
-        p
-    }
-    fn string(v: &mut Vec<u8>, s: &[u8]) {
-        v.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        v.extend_from_slice(s);
-    }
+    // Not `rawssh::Raw`: this test needs the client socket's Nagle left on.
     fn read_packet(s: &mut std::net::TcpStream) -> Vec<u8> {
         let mut len = [0u8; 4];
         s.read_exact(&mut len).unwrap();
@@ -513,25 +500,9 @@ fn a_nagled_clients_ecdh_init_is_not_held_by_a_delayed_ack() {
     }
     let Some(w) = world() else { return };
     let b = start_bastion(&w, test_config());
-    let mut kexinit = vec![20u8];
-    kexinit.extend_from_slice(&[7u8; 16]);
-    for list in [
-        "curve25519-sha256",
-        "ssh-ed25519-cert-v01@openssh.com,ssh-ed25519",
-        "aes128-gcm@openssh.com",
-        "aes128-gcm@openssh.com",
-        "hmac-sha2-256",
-        "hmac-sha2-256",
-        "none",
-        "none",
-        "",
-        "",
-    ] {
-        string(&mut kexinit, list.as_bytes());
-    }
-    kexinit.extend_from_slice(&[0, 0, 0, 0, 0]);
-    let mut ecdh_init = vec![30u8];
-    string(&mut ecdh_init, &[9u8; 32]);
+    let kexinit = rawssh::kexinit("curve25519-sha256");
+    let mut ecdh_init = vec![MSG_KEX_ECDH_INIT];
+    rawssh::put_string(&mut ecdh_init, &[9u8; 32]);
     let mut waits = Vec::new();
     for _ in 0..5 {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", b.port)).unwrap();
@@ -546,13 +517,17 @@ fn a_nagled_clients_ecdh_init_is_not_held_by_a_delayed_ack() {
             assert!(line.len() < 256, "{line:?}");
         }
         assert!(line.starts_with(b"SSH-2.0-"), "{line:?}");
-        assert_eq!(read_packet(&mut s).get(1), Some(&20), "KEXINIT");
-        s.write_all(&packet(&kexinit)).unwrap();
-        s.write_all(&packet(&ecdh_init)).unwrap();
+        assert_eq!(read_packet(&mut s).get(1), Some(&MSG_KEXINIT), "KEXINIT");
+        s.write_all(&rawssh::packet(&kexinit)).unwrap();
+        s.write_all(&rawssh::packet(&ecdh_init)).unwrap();
         let start = Instant::now();
         let reply = read_packet(&mut s);
         waits.push(start.elapsed());
-        assert_eq!(reply.get(1), Some(&31), "ECDH_REPLY: {reply:?}");
+        assert_eq!(
+            reply.get(1),
+            Some(&MSG_KEX_ECDH_REPLY),
+            "ECDH_REPLY: {reply:?}"
+        );
     }
     assert!(
         waits.iter().any(|d| *d < Duration::from_millis(15)),
