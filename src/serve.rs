@@ -159,7 +159,11 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {} (ssh.listen)", config.ssh.listen))?;
         let bastion_metrics = crate::bastion::BastionMetrics::new();
         metrics.register_bastion(bastion_metrics.clone());
-        tracing::info!(listen = %config.ssh.listen, "bastion listening");
+        tracing::info!(
+            listen = %config.ssh.listen,
+            chacha20_poly1305 = russh::cipher::chacha20_poly1305_implementation(),
+            "bastion listening"
+        );
         let bound = listener.local_addr()?;
         println!("drawbridge: SSH bastion on {bound}");
         // What the API advertises (the ssh_config's Port) is the port bound, also when
