@@ -23,6 +23,7 @@ use std::ptr::NonNull;
 
 use openssl::cipher::Cipher as OsslCipher;
 use openssl::cipher_ctx::CipherCtx;
+use zeroize::Zeroizing;
 
 use super::super::Error;
 
@@ -38,42 +39,39 @@ fn iv(sequence_number: u32, counter: u8) -> [u8; 16] {
     iv
 }
 
-/// One direction's state: a ChaCha20 context per half of the key, and a Poly1305 context.
+/// A ChaCha20 context keyed with one half of the key.
+fn chacha(k: &[u8]) -> Option<CipherCtx> {
+    let mut ctx = CipherCtx::new().ok()?;
+    ctx.encrypt_init(Some(OsslCipher::chacha20()), Some(k), Some(&[0u8; 16]))
+        .ok()?;
+    Some(ctx)
+}
+
+/// What both directions need: K_2's ChaCha20 context and a Poly1305 context. (K_1, for the
+/// length, is the sealing key's own; the opening side decrypts the length elsewhere.)
 struct Keys {
     /// K_2: block 0 gives the Poly1305 key, blocks 1.. encrypt the payload.
     main: CipherCtx,
-    /// K_1: block 0 encrypts the packet length.
-    header: CipherCtx,
     mac: Poly1305,
 }
 
 impl Keys {
-    fn new(key: &[u8]) -> Option<Self> {
-        if key.len() != KEY_LEN {
-            return None;
-        }
-        let (k_2, k_1) = key.split_at(32);
-        let chacha = |k: &[u8]| -> Option<CipherCtx> {
-            let mut ctx = CipherCtx::new().ok()?;
-            ctx.encrypt_init(Some(OsslCipher::chacha20()), Some(k), Some(&[0u8; 16]))
-                .ok()?;
-            Some(ctx)
-        };
+    fn new(k_2: &[u8]) -> Option<Self> {
         Some(Keys {
             main: chacha(k_2)?,
-            header: chacha(k_1)?,
             mac: Poly1305::new()?,
         })
     }
 
-    /// Sets the main context to block 0 of this packet, takes the Poly1305 key from it,
-    /// and leaves the context at block 1, where the payload starts.
-    fn poly_key(&mut self, sequence_number: u32) -> Option<[u8; 64]> {
+    /// Sets the main context to block 0 of this packet, takes the Poly1305 key from it
+    /// (the first 32 bytes of the block; wiped when dropped), and leaves the context at
+    /// block 1, where the payload starts.
+    fn poly_key(&mut self, sequence_number: u32) -> Option<Zeroizing<[u8; 64]>> {
         self.main
             .encrypt_init(None, None, Some(&iv(sequence_number, 0)))
             .ok()?;
-        let mut block = [0u8; 64];
-        let n = self.main.cipher_update_inplace(&mut block, 64).ok()?;
+        let mut block = Zeroizing::new([0u8; 64]);
+        let n = self.main.cipher_update_inplace(&mut *block, 64).ok()?;
         (n == 64).then_some(block)
     }
 
@@ -82,6 +80,27 @@ impl Keys {
         let len = data.len();
         let n = self.main.cipher_update_inplace(data, len).ok()?;
         (n == len).then_some(())
+    }
+}
+
+/// The two halves of a 64-byte key: (K_2, K_1).
+fn halves(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    (key.len() == KEY_LEN).then(|| key.split_at(32))
+}
+
+pub(crate) struct SealingKey {
+    keys: Keys,
+    /// K_1: block 0 encrypts the packet length.
+    header: CipherCtx,
+}
+
+impl SealingKey {
+    pub(crate) fn new(key: &[u8]) -> Option<Self> {
+        let (k_2, k_1) = halves(key)?;
+        Some(SealingKey {
+            keys: Keys::new(k_2)?,
+            header: chacha(k_1)?,
+        })
     }
 
     fn apply_header(&mut self, sequence_number: u32, len: &mut [u8]) -> Option<()> {
@@ -93,14 +112,6 @@ impl Keys {
             .cipher_update_inplace(len, PACKET_LENGTH_LEN)
             .ok()?;
         (n == PACKET_LENGTH_LEN).then_some(())
-    }
-}
-
-pub(crate) struct SealingKey(Keys);
-
-impl SealingKey {
-    pub(crate) fn new(key: &[u8]) -> Option<Self> {
-        Keys::new(key).map(SealingKey)
     }
 
     /// Encrypts `packet` (length || padding length || payload || padding) in place and
@@ -115,12 +126,11 @@ impl SealingKey {
         if packet.len() < PACKET_LENGTH_LEN {
             return None;
         }
-        let keys = &mut self.0;
-        let block0 = keys.poly_key(sequence_number)?;
+        let block0 = self.keys.poly_key(sequence_number)?;
         let (len, rest) = packet.split_at_mut(PACKET_LENGTH_LEN);
-        keys.apply_header(sequence_number, len)?;
-        keys.apply_main(rest)?;
-        keys.mac.tag(&block0[..32], packet, tag)
+        self.apply_header(sequence_number, len)?;
+        self.keys.apply_main(rest)?;
+        self.keys.mac.tag(block0.first_chunk()?, packet, tag)
     }
 }
 
@@ -128,7 +138,8 @@ pub(crate) struct OpeningKey(Keys);
 
 impl OpeningKey {
     pub(crate) fn new(key: &[u8]) -> Option<Self> {
-        Keys::new(key).map(OpeningKey)
+        let (k_2, _k_1) = halves(key)?;
+        Keys::new(k_2).map(OpeningKey)
     }
 
     /// Checks the tag over `packet` (encrypted length || encrypted rest) before decrypting
@@ -148,7 +159,11 @@ impl OpeningKey {
             .ok_or(Error::DecryptionError)?;
         let mut expected = [0u8; TAG_LEN];
         keys.mac
-            .tag(&block0[..32], packet, &mut expected)
+            .tag(
+                block0.first_chunk().ok_or(Error::DecryptionError)?,
+                packet,
+                &mut expected,
+            )
             .ok_or(Error::DecryptionError)?;
         if !openssl::memcmp::eq(&expected, tag) {
             return Err(Error::DecryptionError);
@@ -198,10 +213,7 @@ impl Poly1305 {
 
     /// The Poly1305 tag of `data` under the one-time `key` (32 bytes).
     #[allow(unsafe_code)]
-    fn tag(&mut self, key: &[u8], data: &[u8], out: &mut [u8; TAG_LEN]) -> Option<()> {
-        if key.len() != 32 {
-            return None;
-        }
+    fn tag(&mut self, key: &[u8; 32], data: &[u8], out: &mut [u8; TAG_LEN]) -> Option<()> {
         let ctx = self.ctx.as_ptr();
         let mut written: usize = 0;
         // SAFETY: `ctx` is a live context owned by `self`; every pointer comes with the
