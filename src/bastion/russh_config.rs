@@ -110,3 +110,19 @@ pub(super) fn russh_config(
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// With the default `openssl` feature, chacha20-poly1305@openssh.com (the OpenSSH
+    /// client's default cipher) runs on libcrypto. If the fork fell back to aws-lc without a
+    /// word (libcrypto's Poly1305 not found, a broken init), every connection would still
+    /// work and only the benchmark would notice: 2.4× the CPU per byte.
+    #[cfg(feature = "openssl")]
+    #[test]
+    fn chacha20_poly1305_runs_on_libcrypto() {
+        assert_eq!(
+            russh::cipher::chacha20_poly1305_implementation(),
+            "libcrypto"
+        );
+    }
+}
