@@ -18,7 +18,7 @@ use super::BastionMetrics;
 use super::codes;
 use super::commands;
 use super::connection::{Connection, reject, shown_user};
-use super::verify::{check_security_key_flags, security_key_flags, verify_certificate};
+use super::verify::{refusal_rule, security_key_flags, verify_signed_certificate};
 use crate::audit::PeerText;
 use crate::util::escape;
 
@@ -97,32 +97,21 @@ impl Handler for Connection {
         let policy = self.shared.policy.current();
         let now = SystemTime::now();
         let sk_flags = security_key_flags(cert, signature.sk.map(|sk| sk.flags));
-        let verdict = verify_certificate(
+        let verdict = verify_signed_certificate(
             cert,
             &self.shared.trusted,
             &policy,
             self.peer.ip(),
             now,
             self.shared.max_validity,
-        )
-        .and_then(|id| match sk_flags {
-            // As sshd: the touch (and user verification if required), once the
-            // certificate itself is good.
-            Some(flags) => check_security_key_flags(cert, flags).map(|()| id),
-            None => Ok(id),
-        });
+            sk_flags,
+        );
         let id = match verdict {
             Ok(id) => id,
             Err(refusal) => {
                 let key_fingerprint = cert.public_key().fingerprint(HashAlg::Sha256).to_string();
                 // A revocation names the `[[revoked]]` entry that matched.
-                let rule = match &refusal {
-                    super::verify::Refusal::Revoked => policy
-                        .revocation(Some(cert.serial()), cert.key_id(), &key_fingerprint)
-                        .map(|(r, _)| crate::policy::carried::Lost::Revoked(r).rule())
-                        .unwrap_or_else(|| refusal.rule()),
-                    other => other.rule(),
-                };
+                let rule = refusal_rule(&refusal, &policy, cert, &key_fingerprint);
                 let extra = |f: &mut crate::audit::AuthFailed| {
                     f.conn.key_id = Some(PeerText::cut(cert.key_id()));
                     f.conn.serial = Some(cert.serial());

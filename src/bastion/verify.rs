@@ -407,6 +407,44 @@ pub fn security_key_flags(cert: &Certificate, read: Option<u8>) -> Option<u8> {
     }
 }
 
+/// A certificate that a client proved with a signature, checked as every login to the
+/// bastion checks it (the outer connection's and a recorded session's inner one):
+/// [`verify_certificate`], then, once the certificate itself is good, the security key's
+/// flags (`sk_flags`, from [`security_key_flags`]), as sshd does.
+pub fn verify_signed_certificate(
+    cert: &Certificate,
+    trusted: &TrustedCas,
+    policy: &Policy,
+    peer: IpAddr,
+    now: SystemTime,
+    max_validity: Duration,
+    sk_flags: Option<u8>,
+) -> Result<CertIdentity, Refusal> {
+    let id = verify_certificate(cert, trusted, policy, peer, now, max_validity)?;
+    if let Some(flags) = sk_flags {
+        check_security_key_flags(cert, flags)?;
+    }
+    Ok(id)
+}
+
+/// The rule to audit for `refusal` of `cert`: for a revocation, the `[[revoked]]` entry
+/// that matched (file, line, what it names and why); otherwise the refusal's own rule.
+/// `key_fingerprint` is the certificate's key's `SHA256:` fingerprint.
+pub fn refusal_rule(
+    refusal: &Refusal,
+    policy: &Policy,
+    cert: &Certificate,
+    key_fingerprint: &str,
+) -> String {
+    match refusal {
+        Refusal::Revoked => policy
+            .revocation(Some(cert.serial()), cert.key_id(), key_fingerprint)
+            .map(|(r, _)| crate::policy::carried::Lost::Revoked(r).rule())
+            .unwrap_or_else(|| refusal.rule()),
+        other => other.rule(),
+    }
+}
+
 fn check_key_type(key: &KeyData) -> Result<(), Refusal> {
     match key {
         KeyData::Ed25519(_)

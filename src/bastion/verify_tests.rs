@@ -601,3 +601,49 @@ fn groups_extension_parses_leniently() {
     assert_eq!(parse_groups("a, b,,c"), vec!["a", "b", "c"]);
     assert!(parse_groups("").is_empty());
 }
+
+#[test]
+fn a_signed_certificate_is_checked_whole_before_its_security_key_flags() {
+    let (ca, user) = (key(), key());
+    let trusted = TrustedCas::new(&[ca.public_key().clone()]);
+    let check_signed = |cert: &Certificate, policy: &Policy, flags: Option<u8>| {
+        verify_signed_certificate(cert, &trusted, policy, peer(), now(), MAX, flags)
+    };
+    let cert = sign(&ca, &user, Spec::default());
+    let none = Policy::default();
+    assert!(check_signed(&cert, &none, None).is_ok());
+    assert!(check_signed(&cert, &none, Some(SK_USER_PRESENT)).is_ok());
+    // An untouched security key is refused for that...
+    assert_eq!(
+        check_signed(&cert, &none, Some(0)),
+        Err(Refusal::SkNoUserPresence)
+    );
+    // ...but a certificate that is bad in itself is refused for what is wrong with it,
+    // whatever the flags: the revocation is what the user and the audit log must see.
+    assert_eq!(
+        check_signed(&cert, &revoked(Some(42), None), Some(0)),
+        Err(Refusal::Revoked)
+    );
+}
+
+#[test]
+fn a_revocation_is_audited_with_the_entry_that_matched() {
+    let (ca, user) = (key(), key());
+    let cert = sign(&ca, &user, Spec::default());
+    let fingerprint = user.public_key().fingerprint(HashAlg::Sha256).to_string();
+    let policy = revoked(Some(42), None);
+    let rule = refusal_rule(&Refusal::Revoked, &policy, &cert, &fingerprint);
+    assert!(
+        rule.starts_with("[[revoked]] ") && rule.ends_with("(serial 42: laptop lost)"),
+        "{rule}"
+    );
+    // No entry matches (the policy changed since): the refusal's own rule.
+    assert_eq!(
+        refusal_rule(&Refusal::Revoked, &Policy::default(), &cert, &fingerprint),
+        Refusal::Revoked.rule()
+    );
+    assert_eq!(
+        refusal_rule(&Refusal::UntrustedCa, &policy, &cert, &fingerprint),
+        Refusal::UntrustedCa.rule()
+    );
+}

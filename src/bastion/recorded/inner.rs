@@ -24,7 +24,7 @@ use super::session::{Refused, SessionCtx};
 use super::target;
 use crate::audit::RefusalCode;
 use crate::bastion::connection::reject;
-use crate::bastion::verify::{check_security_key_flags, security_key_flags, verify_certificate};
+use crate::bastion::verify::{refusal_rule, security_key_flags, verify_signed_certificate};
 use crate::policy::Held;
 
 /// How long a relayed request waits for the target's answer.
@@ -365,22 +365,26 @@ impl Handler for Inner {
         let sk_flags = security_key_flags(cert, signature.sk.map(|sk| sk.flags));
         // The same checks as the outer connection's, under the policy in force now, the
         // security key's touch included (this signature is a new one).
-        let id = match verify_certificate(
+        let id = match verify_signed_certificate(
             cert,
             &self.ctx.shared.trusted,
             &policy,
             self.ctx.peer_ip,
             now,
             self.ctx.shared.max_validity,
-        )
-        .and_then(|id| match sk_flags {
-            Some(flags) => check_security_key_flags(cert, flags).map(|()| id),
-            None => Ok(id),
-        }) {
+            sk_flags,
+        ) {
             Ok(id) => id,
             Err(refusal) => {
+                // A revocation names the `[[revoked]]` entry that matched, as the outer
+                // login's refusal does.
+                let key_fingerprint = cert
+                    .public_key()
+                    .fingerprint(ssh_key::HashAlg::Sha256)
+                    .to_string();
+                let rule = refusal_rule(&refusal, &policy, cert, &key_fingerprint);
                 return Ok(self
-                    .refuse_auth(refusal.code(), &refusal.rule(), &refusal.to_string(), user)
+                    .refuse_auth(refusal.code(), &rule, &refusal.to_string(), user)
                     .await);
             }
         };
